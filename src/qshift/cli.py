@@ -1,0 +1,57 @@
+"""Shared plumbing for the stage CLIs in ``stages/``: arguments, config, clean error exits."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable
+
+from .errors import QShiftError
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a params value, e.g. --set methods.tcr.lr=1e-3 (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="disable progress bars")
+    return p
+
+
+def load(args: argparse.Namespace) -> dict:
+    from .config import load_params
+
+    return load_params(args.params, args.overrides)
+
+
+def start_log(path: str) -> logging.Logger:
+    """Mirror the stage's log to ``path`` (the file Snakemake's ``log:`` directive names)."""
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return logging.getLogger("qshift.stage")
+
+
+def progress_enabled(args: argparse.Namespace) -> bool:
+    return not args.no_progress and os.environ.get("QSHIFT_PROGRESS", "1") != "0"
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a stage; user-facing errors print one clear line and exit with status 2."""
+    # our own messages at INFO; libraries (open_clip logs through the root logger) at WARNING
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("qshift").setLevel(logging.INFO)
+    try:
+        main()
+    except QShiftError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:  # the `qshift` console script: a pointer to the real entry points
+    print("QShift stages are run by Snakemake or DVC; see README.md. Stage CLIs live in stages/*.py.")

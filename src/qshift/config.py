@@ -1,0 +1,174 @@
+"""params.yaml: loading, overrides, validation, and the experiment grid both orchestrators use.
+
+``params.yaml`` is the single source of every parameter. Stage CLIs read it (plus optional
+``--set key=value`` overrides); Snakemake reads it as its configfile and turns any
+``--config`` overrides into the same ``--set`` flags; DVC reads it as its params file.
+The path patterns below are the one definition of where each stage writes.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from .errors import ConfigError, InputError
+from .results import CLEAN, DIRECTIONS
+
+DEFAULT_PARAMS = "params.yaml"
+
+# -- the one definition of every path the pipeline writes -----------------------------------
+DATASET_DIR = "data/{dataset}"
+MANIFEST = "data/{dataset}/manifest.json"
+MODEL_DIR = "models/{model}"
+IMAGE_QUERIES = "data/queries/{dataset}/image/{corruption}-s{severity}"  # folder: images + manifest.json
+TEXT_QUERIES = "data/queries/{dataset}/text/{corruption}-s{severity}.json"  # a manifest
+GALLERY = "data/embeddings/{model}/{dataset}/gallery.pt"
+RESULT = "results/{dataset}/{model}/{direction}/{method}/{corruption}-s{severity}.json"
+# every stage mirrors its log here (Snakemake's `log:` directives name the same files)
+LOGS = {
+    "prepare": "logs/prepare/{dataset}.log",
+    "pretrain": "logs/pretrain/{model}.log",
+    "corrupt_images": "logs/corrupt_images/{dataset}/{corruption}-s{severity}.log",
+    "corrupt_text": "logs/corrupt_text/{dataset}/{corruption}-s{severity}.log",
+    "encode_gallery": "logs/encode_gallery/{model}/{dataset}.log",
+    "adapt": "logs/adapt/{dataset}/{model}/{direction}/{method}/{corruption}-s{severity}.log",
+    "report": "logs/report/{dataset}.log",
+}
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"params file not found: {path}")
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise InputError(f"params file {path} is not valid YAML: {e}") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"params file {path} must hold a mapping at top level")
+    for item in overrides or []:
+        apply_override(cfg, item)
+    validate(cfg)
+    return cfg
+
+
+def apply_override(cfg: dict, item: str) -> None:
+    """``a.b.c=value`` with a YAML value; the key path must already exist in params."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    parts = key.split(".")
+    node = cfg
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"override {item!r}: unknown key {'.'.join(parts[:i + 1])!r}")
+        node = node[part]
+    if not isinstance(node, dict) or parts[-1] not in node:
+        valid = ", ".join(sorted(node)) if isinstance(node, dict) else "(not a mapping)"
+        raise ConfigError(f"override {item!r}: unknown key {key!r}; valid here: {valid}")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def diff_overrides(cfg: dict, base: dict, prefix: str = "") -> list[str]:
+    """The ``key=value`` overrides that turn ``base`` into ``cfg`` (used by the Snakefile)."""
+    out = []
+    for k, v in cfg.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            out += diff_overrides(v, base[k], path + ".")
+        elif k not in base or base[k] != v:
+            out.append(f"{path}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}")
+    return out
+
+
+def validate(cfg: dict) -> None:
+    from .corrupt import IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS
+    from .tta import METHODS
+
+    for key in ("seed", "benchmark", "datasets", "model", "corrupt", "adapt", "methods"):
+        if key not in cfg:
+            raise ConfigError(f"params: missing top-level key {key!r}")
+    if cfg["benchmark"] not in cfg["datasets"]:
+        raise ConfigError(f"params: benchmark {cfg['benchmark']!r} has no entry under 'datasets'; "
+                          f"valid: {', '.join(cfg['datasets'])}")
+    for m in cfg["adapt"]["methods"]:
+        METHODS.check(m)
+        if m not in cfg["methods"]:
+            raise ConfigError(f"params: method {m!r} is listed in adapt.methods but has no entry under 'methods'")
+    for d in cfg["adapt"]["directions"]:
+        if d not in DIRECTIONS:
+            raise ConfigError(f"params: adapt.directions has {d!r}; valid: {', '.join(DIRECTIONS)}")
+    for name in cfg["corrupt"]["image"]["names"]:
+        IMAGE_CORRUPTIONS.check(name)
+    for name in cfg["corrupt"]["text"]["names"]:
+        TEXT_CORRUPTIONS.check(name)
+    for s in cfg["corrupt"]["image"]["severities"]:
+        if s not in range(1, 6):
+            raise ConfigError(f"params: image severity {s!r} not in 1..5")
+    for s in cfg["corrupt"]["text"]["levels"]:
+        if s not in range(1, 8):
+            raise ConfigError(f"params: text level {s!r} not in 1..7")
+
+
+def method_hparams(cfg: dict, method: str) -> dict:
+    return copy.deepcopy(cfg["methods"].get(method) or {})
+
+
+@dataclass(frozen=True)
+class Run:
+    dataset: str
+    model: str
+    direction: str
+    method: str
+    corruption: str
+    severity: int
+
+    @property
+    def key(self) -> dict:
+        return {"benchmark": self.dataset, "dataset": self.dataset, "model": self.model,
+                "direction": self.direction, "method": self.method, "corruption": self.corruption,
+                "severity": self.severity}
+
+    @property
+    def result_path(self) -> str:
+        return RESULT.format(**self.key)
+
+
+def query_cells(cfg: dict, direction: str) -> list[tuple[str, int]]:
+    """(corruption, severity) cells of a direction, the clean reference first."""
+    side = cfg["corrupt"]["image" if direction == "i2t" else "text"]
+    levels = side["severities"] if direction == "i2t" else side["levels"]
+    return [(CLEAN, 0)] + [(c, int(s)) for c in side["names"] for s in levels]
+
+
+def runs(cfg: dict) -> Iterator[Run]:
+    dataset, model = cfg["benchmark"], cfg["model"]["name"]
+    for direction in cfg["adapt"]["directions"]:
+        for method in cfg["adapt"]["methods"]:
+            for corruption, severity in query_cells(cfg, direction):
+                yield Run(dataset, model, direction, method, corruption, severity)
+
+
+def queries_path(cfg: dict, direction: str, corruption: str, severity: int) -> str:
+    """The manifest holding a run's queries (the clean test split for the reference run)."""
+    dataset = cfg["benchmark"]
+    if corruption == CLEAN:
+        return MANIFEST.format(dataset=dataset)
+    if direction == "i2t":
+        return IMAGE_QUERIES.format(dataset=dataset, corruption=corruption, severity=severity) + "/manifest.json"
+    return TEXT_QUERIES.format(dataset=dataset, corruption=corruption, severity=severity)
+
+
+def experiment_name(cfg: dict) -> str:
+    return cfg["mlflow"]["experiment"].format(benchmark=cfg["benchmark"])
+
+
+def param_value(cfg: dict, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node

@@ -1,0 +1,1 @@
+"""Datasets: the built-in benchmark generator and the Karpathy-style manifest format."""

@@ -1,0 +1,173 @@
+"""The on-disk format every retrieval dataset uses: image files + a Karpathy-style manifest.
+
+The built-in benchmark, COCO and Flickr30k (converted from Karpathy's ``dataset_*.json``)
+and every corrupted query set are written in this one format, so no later stage can tell
+them apart::
+
+    {
+      "format": "qshift-karpathy-v1",
+      "dataset": "builtin",
+      "image_root": "images",            # relative to the manifest's folder (or absolute)
+      "images": [
+        {"imgid": 0, "filepath": "test", "filename": "000000.png", "split": "test",
+         "sentids": [0, 1, 2, 3, 4],
+         "sentences": [{"sentid": 0, "imgid": 0, "raw": "a red circle ...", "tokens": [...]}, ...]},
+        ...
+      ],
+      "meta": {...}                      # free-form provenance (generator, corruption, seed)
+    }
+
+``load_split`` validates the file and returns a :class:`Split` whose captions are
+normalised as the TCR evaluation protocol does (METHODS.md).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..errors import InputError
+from ..io import read_json, write_json
+
+FORMAT = "qshift-karpathy-v1"
+SPLITS = ("train", "val", "test", "restval")
+_PUNCT = re.compile(r'[.!"()*#:;~]')
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def normalize_caption(text: str, max_words: int = 30) -> str:
+    """Lowercase, replace . ! " ( ) * # : ; ~ by spaces, keep at most ``max_words`` words."""
+    words = _PUNCT.sub(" ", text.lower()).split()
+    return " ".join(words[:max_words])
+
+
+@dataclass
+class Split:
+    """One split of a manifest, ready for retrieval: images, captions and their links."""
+
+    dataset: str
+    manifest: Path
+    image_ids: np.ndarray  # (N_img,) imgid per image
+    image_paths: list[Path]
+    sentids: np.ndarray  # (N_txt,) sentid per caption
+    captions: list[str]  # normalised
+    txt2img: np.ndarray  # (N_txt,) index into images of each caption's image
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.image_paths)
+
+    @property
+    def n_captions(self) -> int:
+        return len(self.captions)
+
+    def img2txt(self) -> list[np.ndarray]:
+        order = np.argsort(self.txt2img, kind="stable")
+        bounds = np.searchsorted(self.txt2img[order], np.arange(self.n_images + 1))
+        return [order[bounds[i] : bounds[i + 1]] for i in range(self.n_images)]
+
+
+def _fail(path: Path, msg: str) -> InputError:
+    return InputError(f"malformed manifest {path}: {msg}")
+
+
+def validate_manifest(doc: Any, path: Path) -> None:
+    if not isinstance(doc, dict):
+        raise _fail(path, f"top level must be an object, got {type(doc).__name__}")
+    if "images" not in doc:
+        raise _fail(path, "missing key 'images'")
+    if not isinstance(doc["images"], list):
+        raise _fail(path, "'images' must be a list")
+    seen_img, seen_sent = set(), set()
+    for i, im in enumerate(doc["images"]):
+        where = f"images[{i}]"
+        if not isinstance(im, dict):
+            raise _fail(path, f"{where} must be an object")
+        for key in ("imgid", "filename", "split", "sentences"):
+            if key not in im:
+                raise _fail(path, f"{where} is missing key {key!r}")
+        if im["split"] not in SPLITS:
+            raise _fail(path, f"{where}.split is {im['split']!r}; valid: {', '.join(SPLITS)}")
+        if im["imgid"] in seen_img:
+            raise _fail(path, f"{where}.imgid {im['imgid']!r} is duplicated")
+        seen_img.add(im["imgid"])
+        if not isinstance(im["sentences"], list) or not im["sentences"]:
+            raise _fail(path, f"{where}.sentences must be a non-empty list")
+        for j, s in enumerate(im["sentences"]):
+            if not isinstance(s, dict) or "raw" not in s or "sentid" not in s:
+                raise _fail(path, f"{where}.sentences[{j}] needs keys 'sentid' and 'raw'")
+            if not isinstance(s["raw"], str):
+                raise _fail(path, f"{where}.sentences[{j}].raw must be a string")
+            if s["sentid"] in seen_sent:
+                raise _fail(path, f"{where}.sentences[{j}].sentid {s['sentid']!r} is duplicated")
+            seen_sent.add(s["sentid"])
+
+
+def read_manifest(path: str | Path) -> dict:
+    path = Path(path)
+    doc = read_json(path, "manifest")
+    validate_manifest(doc, path)
+    return doc
+
+
+def image_root(doc: dict, manifest_path: Path) -> Path:
+    root = Path(doc.get("image_root", "."))
+    return root if root.is_absolute() else (manifest_path.parent / root)
+
+
+def load_split(path: str | Path, split: str = "test", check_files: bool = True,
+               max_words: int = 30) -> Split:
+    """Load one split; captions are normalised; image files are checked to exist."""
+    path = Path(path)
+    doc = read_manifest(path)
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    root = image_root(doc, path)
+    images = [im for im in doc["images"] if im["split"] == split]
+    if not images:
+        present = sorted({im["split"] for im in doc["images"]})
+        raise InputError(f"manifest {path} has no images in split {split!r} (present: {present})")
+    image_ids, paths, sentids, captions, txt2img = [], [], [], [], []
+    for k, im in enumerate(images):
+        p = root / im.get("filepath", "") / im["filename"]
+        if check_files and not p.is_file():
+            raise InputError(f"image file listed in {path} not found: {p}")
+        image_ids.append(im["imgid"])
+        paths.append(p)
+        for s in im["sentences"]:
+            sentids.append(s["sentid"])
+            captions.append(normalize_caption(s["raw"], max_words))
+            txt2img.append(k)
+    return Split(
+        dataset=str(doc.get("dataset", path.parent.name)),
+        manifest=path,
+        image_ids=np.asarray(image_ids),
+        image_paths=paths,
+        sentids=np.asarray(sentids),
+        captions=captions,
+        txt2img=np.asarray(txt2img, dtype=np.int64),
+        meta=dict(doc.get("meta", {})),
+    )
+
+
+def make_image_entry(imgid: int, filename: str, split: str, captions: Iterable[str],
+                     first_sentid: int, filepath: str = "") -> dict:
+    sents = []
+    for j, raw in enumerate(captions):
+        sents.append({"sentid": first_sentid + j, "imgid": imgid, "raw": raw,
+                      "tokens": _WORD.findall(raw.lower())})
+    return {"imgid": imgid, "filepath": filepath, "filename": filename, "split": split,
+            "sentids": [s["sentid"] for s in sents], "sentences": sents}
+
+
+def write_manifest(path: str | Path, dataset: str, images: list[dict], image_root: str = "images",
+                   meta: dict | None = None) -> None:
+    doc = {"format": FORMAT, "dataset": dataset, "image_root": image_root,
+           "images": images, "meta": meta or {}}
+    validate_manifest(doc, Path(path))
+    write_json(path, doc, indent=None)

@@ -1,0 +1,34 @@
+"""Recall@K for cross-modal retrieval, in both directions.
+
+Every query and every gallery item carries an *owner id*: the image id it belongs to. For
+i2t the query is an image and the gallery holds captions (a hit if any of the image's
+captions is within the top K); for t2i the query is a caption and the gallery holds images.
+Both reduce to: hit@K  <=>  some top-K gallery item has the query's owner id.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .results import RECALL_KS
+
+
+def topk_hits(scores: torch.Tensor, query_owner: torch.Tensor, gallery_owner: torch.Tensor,
+              ks: Sequence[int] = RECALL_KS) -> dict[int, torch.Tensor]:
+    """Boolean hit vectors (B,) per K from a (B, N) score matrix."""
+    kmax = min(max(ks), scores.shape[1])
+    top = scores.topk(kmax, dim=1).indices  # (B, kmax)
+    match = gallery_owner.to(top.device)[top] == query_owner.to(top.device)[:, None]
+    first = torch.where(match.any(1), match.float().argmax(1), torch.full_like(match[:, 0], kmax, dtype=torch.long))
+    return {k: first < k for k in ks}
+
+
+def recall_at_k(scores: torch.Tensor | np.ndarray, query_owner, gallery_owner,
+                ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """Recall@K in percent for a full (N_query, N_gallery) score matrix."""
+    scores = torch.as_tensor(scores)
+    hits = topk_hits(scores, torch.as_tensor(np.asarray(query_owner)), torch.as_tensor(np.asarray(gallery_owner)), ks)
+    return {f"R@{k}": 100.0 * float(h.float().mean()) for k, h in hits.items()}

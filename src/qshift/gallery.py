@@ -1,0 +1,111 @@
+"""Gallery embeddings: encoded once per (model, dataset) with the frozen source model.
+
+The file holds both modalities of the clean test split — captions are the gallery of i2t,
+images the gallery of t2i — plus their owner ids, so adaptation jobs never re-encode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .data.manifest import Split, load_split
+from .errors import InputError
+from .io import atomic_path, sha256_file
+from .models.base import RetrievalModel
+
+GALLERY_KEYS = ("image", "text", "image_owner", "text_owner", "model", "manifest_sha256")
+
+
+class ImageFiles(Dataset):
+    def __init__(self, paths, transform):
+        self.paths, self.transform = list(paths), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image, UnidentifiedImageError
+
+        path = self.paths[i]
+        try:
+            with Image.open(path) as im:
+                return self.transform(im.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as e:
+            raise InputError(f"cannot read image {path}: {e}") from None
+
+
+class Captions(Dataset):
+    def __init__(self, captions):
+        self.captions = list(captions)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, i):
+        return self.captions[i]
+
+
+def make_loader(model: RetrievalModel, modality: str, split: Split, order=None, batch_size: int = 64,
+                num_workers: int = 0) -> DataLoader:
+    """Batches of preprocessed queries/gallery items in ``order`` (default: file order)."""
+    if modality == "image":
+        paths = split.image_paths if order is None else [split.image_paths[i] for i in order]
+        ds, collate = ImageFiles(paths, model.image_transform()), None
+    else:
+        caps = split.captions if order is None else [split.captions[i] for i in order]
+        ds, collate = Captions(caps), model.tokenize
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
+                      persistent_workers=False)
+
+
+@torch.no_grad()
+def encode_all(model: RetrievalModel, modality: str, split: Split, batch_size: int, num_workers: int = 0,
+               desc: str = "") -> torch.Tensor:
+    out = []
+    loader = make_loader(model, modality, split, batch_size=batch_size, num_workers=num_workers)
+    for batch in tqdm(loader, desc=desc or f"encode {modality}", unit="batch", leave=False):
+        out.append(model.encode(modality, batch).cpu())
+    return torch.cat(out)
+
+
+def encode_gallery(model: RetrievalModel, manifest: str | Path, out: str | Path, batch_size: int = 256,
+                   num_workers: int = 0) -> dict:
+    split = load_split(manifest, "test")
+    image = encode_all(model, "image", split, batch_size, num_workers, "gallery images")
+    text = encode_all(model, "text", split, batch_size, num_workers, "gallery captions")
+    doc = {"image": image, "text": text,
+           "image_owner": torch.as_tensor(split.image_ids), "text_owner": torch.as_tensor(split.image_ids[split.txt2img]),
+           "model": model.name, "manifest_sha256": sha256_file(manifest)}
+    with atomic_path(out, ".pt") as tmp:
+        torch.save(doc, tmp)
+    return {"n_images": len(image), "n_captions": len(text), "dim": image.shape[1]}
+
+
+def load_gallery(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"gallery embeddings not found: {path} (run the encode_gallery stage)")
+    try:
+        doc = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        raise InputError(f"gallery embeddings {path} are unreadable: {e}") from None
+    missing = [k for k in GALLERY_KEYS if k not in doc]
+    if missing:
+        raise InputError(f"gallery embeddings {path} are missing keys: {', '.join(missing)}")
+    return doc
+
+
+def owners_for(gallery: dict, direction: str) -> tuple[str, str, torch.Tensor, torch.Tensor]:
+    """(query modality, gallery modality, gallery embeddings, gallery owner ids)."""
+    if direction == "i2t":
+        return "image", "text", gallery["text"], gallery["text_owner"]
+    return "text", "image", gallery["image"], gallery["image_owner"]
+
+
+def query_owner(split: Split, direction: str) -> np.ndarray:
+    return split.image_ids if direction == "i2t" else split.image_ids[split.txt2img]

@@ -1,0 +1,146 @@
+"""Contrastive pre-training of the built-in tiny CLIP on the built-in train split (CPU-friendly).
+
+Symmetric InfoNCE with a learnable temperature, AdamW (no weight decay on norms, biases,
+embeddings and the temperature), linear warm-up then cosine decay — the recipe of CLIP,
+scaled down. Images of the train split are decoded once into memory (64 px), each step
+pairs every image with one of its captions drawn at random.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..data.manifest import Split, load_split
+from ..evaluation import recall_at_k
+from ..runtime import autocast, seed_everything
+from .openclip import CLIP_MEAN, CLIP_STD, build_from_config, save_local_dir, tiny_clip_config
+
+
+def load_images_uint8(split: Split, size: int) -> torch.Tensor:
+    arr = np.empty((split.n_images, size, size, 3), np.uint8)
+    for i, p in enumerate(tqdm(split.image_paths, desc="decode images", unit="img", leave=False)):
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BICUBIC)
+            arr[i] = np.asarray(im)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def normalise(images_u8: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (images_u8.float() / 255.0 - mean) / std
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "ln" in name or "embedding" in name or "logit_scale" in name or name.endswith("bias"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_at(step: int, base: float, warmup: int, total: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * base * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, images_u8: torch.Tensor, split: Split, device, batch_size: int = 512) -> dict:
+    model.eval()
+    img = torch.cat([F.normalize(model.encode_image(normalise(images_u8[i:i + batch_size]).to(device)), dim=-1)
+                     for i in range(0, len(images_u8), batch_size)])
+    toks = tokenizer(split.captions)
+    txt = torch.cat([F.normalize(model.encode_text(toks[i:i + batch_size].to(device)), dim=-1)
+                     for i in range(0, len(toks), batch_size)])
+    sims = (img @ txt.T).cpu()
+    owners_img, owners_txt = split.image_ids, split.image_ids[split.txt2img]
+    i2t = recall_at_k(sims, owners_img, owners_txt)
+    t2i = recall_at_k(sims.T, owners_txt, owners_img)
+    return {**{f"i2t_{k}": v for k, v in i2t.items()}, **{f"t2i_{k}": v for k, v in t2i.items()}}
+
+
+def pretrain(manifest: str | Path, out_dir: str | Path, cfg: dict, seed: int, device: torch.device,
+             amp: bool = False, progress: bool = True) -> dict:
+    """Train the tiny CLIP; write an open_clip local-dir folder; return train/val/test metrics."""
+    import open_clip
+
+    pc = cfg
+    seed_everything(seed)
+    config = tiny_clip_config(pc["embed_dim"], pc["vision"], pc["text"], pc["init_temperature"])
+    model = build_from_config(config).to(device)
+    tokenizer = open_clip.tokenize
+    ctx = pc["text"]["context_length"]
+
+    def tok(texts):
+        return tokenizer(list(texts), context_length=ctx)
+
+    size = pc["vision"]["image_size"]
+    train = load_split(manifest, "train")
+    images = load_images_uint8(train, size)
+    tokens = tok(train.captions)
+    caps_of = train.img2txt()
+    caps_per = np.array([len(c) for c in caps_of])
+    cap_start = np.array([c[0] if len(c) else 0 for c in caps_of])
+    if not all(np.array_equal(c, np.arange(s, s + n)) for c, s, n in zip(caps_of, cap_start, caps_per)):
+        raise AssertionError("captions of an image must be contiguous in the manifest")
+
+    opt = torch.optim.AdamW(_param_groups(model, pc["weight_decay"]), lr=pc["lr"], betas=(0.9, 0.98), eps=1e-6)
+    rng = np.random.default_rng(seed)
+    steps, bs = int(pc["steps"]), int(pc["batch_size"])
+    perm, pos = rng.permutation(train.n_images), 0
+    t0 = time.perf_counter()
+    bar = tqdm(range(steps), desc="pretrain", unit="step", disable=not progress)
+    losses = []
+    model.train()
+    for step in bar:
+        if pos + bs > len(perm):
+            perm, pos = rng.permutation(train.n_images), 0
+        idx = perm[pos:pos + bs]
+        pos += bs
+        cap = cap_start[idx] + rng.integers(0, caps_per[idx])
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, pc["lr"], int(pc["warmup"]), steps)
+        with autocast(device, amp):
+            img = F.normalize(model.encode_image(normalise(images[idx]).to(device)), dim=-1)
+            txt = F.normalize(model.encode_text(tokens[cap].to(device)), dim=-1)
+            logits = model.logit_scale.exp() * img @ txt.T
+            labels = torch.arange(len(idx), device=device)
+            loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", temp=f"{1 / model.logit_scale.exp().item():.3f}")
+    train_seconds = time.perf_counter() - t0
+
+    metrics = {"steps": steps, "batch_size": bs, "train_seconds": round(train_seconds, 1),
+               "final_loss": float(np.mean(losses[-20:])), "temperature": float(1 / model.logit_scale.exp())}
+    for split_name in ("val", "test"):
+        try:
+            sp = load_split(manifest, split_name)
+        except Exception:  # noqa: BLE001 - a dataset without that split
+            continue
+        m = evaluate(model, tok, load_images_uint8(sp, size), sp, device)
+        metrics.update({f"{split_name}_{k}": round(v, 2) for k, v in m.items()})
+    model.eval()
+    save_local_dir(model, config, out_dir, extra={"trained_on": str(manifest), "seed": seed, "metrics": metrics})
+    return metrics

@@ -1,0 +1,64 @@
+"""The per-run results file: one JSON per (model, dataset, direction, method, corruption, severity).
+
+Written atomically by the ``adapt`` stage *before* anything is logged to MLflow, so a run's
+numbers never depend on the tracking store. Schema (``schema: 1``)::
+
+    {
+      "schema": 1,
+      "key": {"benchmark": "builtin", "dataset": "builtin", "model": "qshift-tiny-clip",
+              "direction": "i2t", "method": "tcr", "corruption": "gaussian_noise",
+              "severity": 3},
+      "run_key": "builtin/qshift-tiny-clip/i2t/tcr/gaussian_noise-s3",
+      "metrics": {"R@1": 61.2, "R@5": 85.0, "R@10": 91.3},      # percent
+      "n_queries": 1000, "n_gallery": 5000,
+      "online": {                                               # one entry per batch
+         "batch_size": [64, ...], "batch_r1": [59.4, ...], "cum_r1": [59.4, ...],
+         "stats": {"loss": [...], "entropy": [...], "n_selected": [...], ...}
+      },
+      "counters": {"skipped_steps": 0, "nonfinite_loss": 0, "empty_selection": 0, ...},
+      "hparams": {...},                 # the method's effective hyperparameters
+      "timing": {"seconds": 3.2, "queries_per_s": 310.0},
+      "env": {"git_commit": "...", "params_hash": "...", "host": "...", "device": "cpu",
+              "slurm_job_id": null, "torch": "2.14.1"},
+      "mlflow": {"logged": true, "run_id": "...", "error": null}
+    }
+
+A clean-query reference run uses ``corruption: "clean", severity: 0``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from .errors import InputError
+from .io import read_json
+
+SCHEMA = 1
+CLEAN = "clean"
+DIRECTIONS = ("i2t", "t2i")
+RECALL_KS = (1, 5, 10)
+
+
+def run_key(key: dict) -> str:
+    return (f"{key['dataset']}/{key['model']}/{key['direction']}/{key['method']}/"
+            f"{key['corruption']}-s{key['severity']}")
+
+
+def results_path(root: str | Path, key: dict) -> Path:
+    return Path(root) / f"{run_key(key)}.json"
+
+
+def load_result(path: str | Path) -> dict:
+    doc = read_json(path, "results file")
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise InputError(f"results file {path} has schema {doc.get('schema') if isinstance(doc, dict) else None!r}; "
+                         f"expected {SCHEMA}")
+    for k in ("key", "metrics", "online"):
+        if k not in doc:
+            raise InputError(f"results file {path} is missing key {k!r}")
+    return doc
+
+
+def load_results(paths: Iterable[str | Path]) -> list[dict]:
+    return [load_result(p) for p in paths]

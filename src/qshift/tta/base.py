@@ -1,0 +1,138 @@
+"""The interface every test-time adaptation method implements.
+
+A method owns: the trainable parameters of the query tower (the affine weight and bias of
+its normalisation layers — everything else frozen, model in eval mode), an optimiser, and
+whatever state it keeps across the online stream (queues, EMAs). ``adapt_batch`` performs
+its optimisation steps on one batch and returns the retrieval scores of the batch, which by
+protocol come from the forward pass of the *last* step (METHODS.md). The gallery embeddings
+are fixed; scoring is one matrix product per step.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..models.base import RetrievalModel
+from ..registry import Registry
+from ..runtime import autocast
+
+METHODS: Registry[type["TTAMethod"]] = Registry("method")
+
+
+def register_method(name: str):
+    def deco(cls):
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return deco
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy of softmax(logits) per row (natural log)."""
+    logp = logits.log_softmax(dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+@dataclass
+class BatchOutput:
+    scores: torch.Tensor  # (B, N_gallery) from the last step's forward pass, detached
+    stats: dict[str, float] = field(default_factory=dict)  # per-batch diagnostics for logging
+
+
+class TTAMethod:
+    """Base class. Subclasses set ``defaults`` and implement ``adapt_batch``."""
+
+    name: ClassVar[str] = "base"
+    defaults: ClassVar[dict[str, Any]] = {}
+    adapts: ClassVar[bool] = True  # False: no parameters train (source, training-free variants)
+
+    def __init__(self, model: RetrievalModel, modality: str, gallery: torch.Tensor, hparams: dict | None = None,
+                 steps: int = 3, amp: bool = False):
+        unknown = sorted(set(hparams or {}) - set(self.defaults))
+        if unknown:
+            raise ConfigError(f"unknown hyperparameter(s) {', '.join(unknown)} for method {self.name!r}; "
+                              f"valid: {', '.join(sorted(self.defaults)) or '(none)'}")
+        if steps < 1:
+            raise ConfigError(f"adapt.steps must be >= 1, got {steps}")
+        self.hp = {**self.defaults, **(hparams or {})}
+        self.model, self.modality, self.steps, self.amp = model, modality, steps, amp
+        self.gallery = gallery.to(model.device).float()
+        self.counters: Counter[str] = Counter()
+        self.n_batches = 0
+        self.params: list[nn.Parameter] = self.select_params() if self.adapts else []
+        self._source_params = [p.detach().clone() for p in self.params]
+        self.optimizer = self.make_optimizer() if self.adapts else None
+        self._source_opt_state = copy.deepcopy(self.optimizer.state_dict()) if self.optimizer else None
+
+    # -- parameters ---------------------------------------------------------------------------
+    def select_params(self) -> list[nn.Parameter]:
+        """The affine weight and bias of the query tower's normalisation layers."""
+        params = []
+        for _, layer in self.model.norm_layers(self.modality):
+            for p in (layer.weight, layer.bias):
+                if p is not None:
+                    p.requires_grad_(True)
+                    params.append(p)
+        if not params:
+            raise ConfigError(f"model {self.model.name!r} has no normalisation layers to adapt in its "
+                              f"{self.modality} tower")
+        return params
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.params, lr=self.hp["lr"], weight_decay=self.hp["weight_decay"])
+
+    def reset(self) -> None:
+        """Restore the source parameters and optimiser state; subclasses also clear their state."""
+        with torch.no_grad():
+            for p, p0 in zip(self.params, self._source_params):
+                p.copy_(p0)
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(copy.deepcopy(self._source_opt_state))
+        self.counters["resets"] += 1
+
+    # -- helpers -----------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.model.device, self.amp):
+            return self.model.encode(self.modality, x)
+
+    def similarities(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.gallery.T  # one matrix product over the whole gallery
+
+    def update(self, loss: torch.Tensor | None) -> bool:
+        """One optimiser step on ``loss``; guarded: ``None`` (empty selection) or a non-finite
+        loss takes no step and is counted."""
+        if loss is None:
+            self.counters["empty_selection"] += 1
+            self.counters["skipped_steps"] += 1
+            return False
+        if not torch.isfinite(loss):
+            self.counters["nonfinite_loss"] += 1
+            self.counters["skipped_steps"] += 1
+            return False
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.counters["steps"] += 1
+        return True
+
+    # -- the per-batch contract ----------------------------------------------------------------
+    def adapt_batch(self, x: torch.Tensor) -> BatchOutput:
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor) -> BatchOutput:
+        out = self.adapt_batch(x)
+        self.n_batches += 1
+        return out
+
+
+def build_method(name: str, model: RetrievalModel, modality: str, gallery: torch.Tensor,
+                 hparams: dict | None = None, steps: int = 3, amp: bool = False) -> TTAMethod:
+    return METHODS.get(name)(model, modality, gallery, hparams, steps=steps, amp=amp)
+

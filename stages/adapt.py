@@ -1,0 +1,79 @@
+"""Stage `adapt`: one (method, direction, corruption, severity) over the online query stream.
+
+Reads the cached gallery embeddings and the run's query manifest, adapts the query tower
+batch by batch, writes results/<dataset>/<model>/<direction>/<method>/<corruption>-s<severity>.json
+(R@1/5/10, the per-batch online curve, method statistics), then logs the run to MLflow.
+``--corruption clean --severity 0`` is the clean-query reference run.
+"""
+
+from qshift import cli
+
+
+def main() -> None:
+    import time
+
+    from qshift.adapt import run_stream
+    from qshift.config import GALLERY, LOGS, Run, experiment_name, method_hparams, queries_path
+    from qshift.corrupt import IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS
+    from qshift.data.manifest import load_split
+    from qshift.errors import ConfigError, UnknownNameError
+    from qshift.gallery import load_gallery
+    from qshift.io import stable_hash, write_json
+    from qshift.models import load_model
+    from qshift.results import CLEAN, DIRECTIONS, SCHEMA, run_key
+    from qshift.runtime import pick_device, provenance, set_threads
+    from qshift.tracking import log_result, tracking_uri
+    from qshift.tta import METHODS
+
+    p = cli.parser(__doc__)
+    p.add_argument("--method", required=True)
+    p.add_argument("--direction", required=True)
+    p.add_argument("--corruption", required=True, help=f"a corruption name, or {CLEAN!r}")
+    p.add_argument("--severity", required=True, type=int)
+    args = p.parse_args()
+    cfg = cli.load(args)
+
+    METHODS.check(args.method)
+    if args.direction not in DIRECTIONS:
+        raise UnknownNameError("direction", args.direction, DIRECTIONS)
+    registry = IMAGE_CORRUPTIONS if args.direction == "i2t" else TEXT_CORRUPTIONS
+    if args.corruption != CLEAN:
+        if args.corruption not in registry:
+            raise UnknownNameError(f"{registry.kind} for {args.direction} queries", args.corruption,
+                                   registry.names() + [CLEAN])
+    elif args.severity != 0:
+        raise ConfigError(f"the clean reference run takes --severity 0, got {args.severity}")
+
+    run = Run(cfg["benchmark"], cfg["model"]["name"], args.direction, args.method, args.corruption, args.severity)
+    hparams = method_hparams(cfg, args.method)
+    log = cli.start_log(LOGS["adapt"].format(**run.key))
+    set_threads(cfg.get("threads", 0))
+    device = pick_device(cfg["device"])
+    queries = load_split(queries_path(cfg, args.direction, args.corruption, args.severity), "test")
+    gallery = load_gallery(GALLERY.format(model=run.model, dataset=run.dataset))
+    model = load_model(cfg["model"]["source"], device)
+    if gallery["model"] != model.name:
+        raise ConfigError(f"gallery embeddings were made with model {gallery['model']!r}, not {model.name!r}; "
+                          f"rerun encode_gallery")
+
+    ad = cfg["adapt"]
+    body = run_stream(model, args.method, hparams, args.direction, queries, gallery, batch_size=ad["batch_size"],
+                      steps=ad["steps"], seed=cfg["seed"], num_workers=cfg["num_workers"], amp=cfg["amp"],
+                      progress=cli.progress_enabled(args), desc=run_key(run.key))
+    run_cfg = {"batch_size": ad["batch_size"], "steps": ad["steps"], "seed": cfg["seed"], "amp": cfg["amp"],
+               "model_source": cfg["model"]["source"]}
+    result = {"schema": SCHEMA, "key": run.key, "run_key": run_key(run.key), **body, "run": run_cfg,
+              "env": {**provenance(device), "params_hash": stable_hash({"hparams": body["hparams"], **run_cfg})},
+              "finished_at": time.time(),
+              "mlflow": {"logged": False, "run_id": None, "error": "not attempted yet"}}
+    out = run.result_path
+    write_json(out, result)  # the numbers are safe before tracking is attempted
+    result["mlflow"] = log_result(result, tracking_uri(cfg), experiment_name(cfg), artifact=out)
+    write_json(out, result)
+    m = result["metrics"]
+    log.info(f"adapt: {result['run_key']}: R@1 {m['R@1']:.2f} R@5 {m['R@5']:.2f} R@10 {m['R@10']:.2f} "
+          f"({body['timing']['seconds']:.1f}s, mlflow {'ok' if result['mlflow']['logged'] else 'NOT logged'})")
+
+
+if __name__ == "__main__":
+    cli.run(main)

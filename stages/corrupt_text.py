@@ -1,0 +1,28 @@
+"""Stage `corrupt_text`: one (corruption, level) of the test split's query captions.
+
+Output: data/queries/<benchmark>/text/<corruption>-s<level>.json, a manifest in the dataset
+format whose captions are corrupted and whose images are the clean ones.
+"""
+
+from qshift import cli
+
+
+def main() -> None:
+    from qshift.config import LOGS, MANIFEST, TEXT_QUERIES
+    from qshift.corrupt.build import build_text_queries
+
+    p = cli.parser(__doc__)
+    p.add_argument("--corruption", required=True)
+    p.add_argument("--level", required=True, type=int)
+    args = p.parse_args()
+    cfg = cli.load(args)
+    ds = cfg["benchmark"]
+    log = cli.start_log(LOGS["corrupt_text"].format(dataset=ds, corruption=args.corruption, severity=args.level))
+    out = TEXT_QUERIES.format(dataset=ds, corruption=args.corruption, severity=args.level)
+    n = build_text_queries(MANIFEST.format(dataset=ds), out, args.corruption, args.level, seed=cfg["seed"],
+                           progress=cli.progress_enabled(args))
+    log.info("corrupt_text: %d captions -> %s", n, out)
+
+
+if __name__ == "__main__":
+    cli.run(main)

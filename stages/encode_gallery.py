@@ -1,0 +1,28 @@
+"""Stage `encode_gallery`: encode the clean test split once per (model, dataset).
+
+Output: data/embeddings/<model>/<benchmark>/gallery.pt (image and caption embeddings with
+their owner ids). Adaptation jobs read it and never re-encode the gallery.
+"""
+
+from qshift import cli
+
+
+def main() -> None:
+    from qshift.config import GALLERY, LOGS, MANIFEST
+    from qshift.gallery import encode_gallery
+    from qshift.models import load_model
+    from qshift.runtime import pick_device, set_threads
+
+    args = cli.parser(__doc__).parse_args()
+    cfg = cli.load(args)
+    log = cli.start_log(LOGS["encode_gallery"].format(model=cfg["model"]["name"], dataset=cfg["benchmark"]))
+    set_threads(cfg.get("threads", 0))
+    model = load_model(cfg["model"]["source"], pick_device(cfg["device"]))
+    out = GALLERY.format(model=cfg["model"]["name"], dataset=cfg["benchmark"])
+    stats = encode_gallery(model, MANIFEST.format(dataset=cfg["benchmark"]), out, cfg["model"]["batch_size"],
+                           cfg["num_workers"])
+    log.info("encode_gallery: %s -> %s", stats, out)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,25 @@
+# Online test-time adaptation: one job per (method, direction, corruption, severity).
+
+
+rule adapt:
+    input:
+        queries=adapt_queries,
+        gallery=GALLERY,
+        model=MODEL_DIR,
+    output:
+        qc.RESULT.format(dataset=DS, model=MODEL, direction="{direction}", method="{method}",
+                         corruption="{corruption}", severity="{severity}"),
+    params:
+        overrides=OVERRIDES,
+        cfg=adapt_params,
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    log:
+        qc.LOGS["adapt"].format(dataset=DS, model=MODEL, direction="{direction}", method="{method}",
+                       corruption="{corruption}", severity="{severity}"),
+    conda:
+        ENV_FILE
+    shell:
+        "python stages/adapt.py --method {wildcards.method} --direction {wildcards.direction}"
+        " --corruption {wildcards.corruption} --severity {wildcards.severity}{params.overrides}"

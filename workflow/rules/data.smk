@@ -1,0 +1,54 @@
+# Data: the benchmark's images + manifest, and the corrupted query sets (queries only).
+# `params.cfg` is a hash of the parameters a rule reads, so changing them reruns the rule.
+
+
+rule prepare:
+    output:
+        directory(DATASET_DIR),
+    params:
+        overrides=OVERRIDES,
+        cfg=stable_hash([config["seed"], config["datasets"][DS]]),
+    log:
+        qc.LOGS["prepare"].format(dataset=DS),
+    conda:
+        ENV_FILE
+    shell:
+        "python stages/prepare.py{params.overrides}"
+
+
+rule corrupt_images:
+    input:
+        DATASET_DIR,
+    output:
+        directory(qc.IMAGE_QUERIES.format(dataset=DS, corruption="{corruption}", severity="{severity}")),
+    params:
+        overrides=OVERRIDES,
+        cfg=stable_hash([config["seed"], config["corrupt"]["image"]["jpeg_quality"]]),
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    log:
+        qc.LOGS["corrupt_images"].format(dataset=DS, corruption="{corruption}", severity="{severity}"),
+    conda:
+        ENV_FILE
+    shell:
+        "python stages/corrupt_images.py --corruption {wildcards.corruption} --severity {wildcards.severity}{params.overrides}"
+
+
+rule corrupt_text:
+    input:
+        DATASET_DIR,
+    output:
+        qc.TEXT_QUERIES.format(dataset=DS, corruption="{corruption}", severity="{severity}"),
+    params:
+        overrides=OVERRIDES,
+        cfg=stable_hash(config["seed"]),
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    log:
+        qc.LOGS["corrupt_text"].format(dataset=DS, corruption="{corruption}", severity="{severity}"),
+    conda:
+        ENV_FILE
+    shell:
+        "python stages/corrupt_text.py --corruption {wildcards.corruption} --level {wildcards.severity}{params.overrides}"

@@ -1,0 +1,42 @@
+# The source model (trained here for the built-in benchmark) and its gallery embeddings.
+
+
+rule pretrain:
+    input:
+        DATASET_DIR,
+    output:
+        directory(MODEL_DIR),
+        "reports/pretrain.json",
+    params:
+        overrides=OVERRIDES,
+        cfg=stable_hash([config["seed"], config["pretrain"], config["amp"]]),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    log:
+        qc.LOGS["pretrain"].format(model=MODEL),
+    conda:
+        ENV_FILE
+    shell:
+        "python stages/pretrain.py{params.overrides}"
+
+
+rule encode_gallery:
+    input:
+        DATASET_DIR,
+        MODEL_DIR,
+    output:
+        GALLERY,
+    params:
+        overrides=OVERRIDES,
+        cfg=stable_hash(config["model"]),
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    log:
+        qc.LOGS["encode_gallery"].format(model=MODEL, dataset=DS),
+    conda:
+        ENV_FILE
+    shell:
+        "python stages/encode_gallery.py{params.overrides}"

@@ -1,0 +1,19 @@
+# The report: paper-form tables and plots from every results file the DAG declares.
+
+
+rule report:
+    input:
+        RESULTS,
+        "reports/pretrain.json",
+    output:
+        "reports/report.md",
+        "reports/summary.json",
+        directory("reports/figures"),
+    params:
+        overrides=OVERRIDES,
+    log:
+        qc.LOGS["report"].format(dataset=DS),
+    conda:
+        ENV_FILE
+    shell:
+        "python stages/report.py{params.overrides}"
