@@ -47,19 +47,22 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
     online = defaultdict(list)
     done = 0
     t0 = time.perf_counter()
-    for batch in tqdm(loader, desc=desc or f"{method} {direction}", unit="batch", disable=not progress,
-                      leave=False):
-        b = len(batch)
-        out = tta(batch)
-        h = topk_hits(out.scores, owners[order[done:done + b]], g_owner)
-        for k in RECALL_KS:
-            hits[k] += int(h[k].sum())
-        done += b
-        online["batch_size"].append(b)
-        online["batch_r1"].append(100.0 * float(h[1].float().mean()))
-        online["cum_r1"].append(100.0 * hits[1] / done)
-        for key, v in out.stats.items():
-            online[f"stats.{key}"].append(v if not (isinstance(v, float) and math.isnan(v)) else None)
+    try:
+        for batch in tqdm(loader, desc=desc or f"{method} {direction}", unit="batch", disable=not progress,
+                          leave=False):
+            b = len(batch)
+            out = tta(batch)
+            h = topk_hits(out.scores, owners[order[done:done + b]], g_owner)
+            for k in RECALL_KS:
+                hits[k] += int(h[k].sum())
+            done += b
+            online["batch_size"].append(b)
+            online["batch_r1"].append(100.0 * int(h[1].sum()) / b)
+            online["cum_r1"].append(100.0 * hits[1] / done)
+            for key, v in out.stats.items():
+                online[f"stats.{key}"].append(v if not (isinstance(v, float) and math.isnan(v)) else None)
+    finally:
+        tta.close()  # the model leaves the stream as it came in
     seconds = time.perf_counter() - t0
     stats = {k[len("stats."):]: online.pop(k) for k in list(online) if k.startswith("stats.")}
     return {

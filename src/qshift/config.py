@@ -70,7 +70,18 @@ def apply_override(cfg: dict, item: str) -> None:
     if not isinstance(node, dict) or parts[-1] not in node:
         valid = ", ".join(sorted(node)) if isinstance(node, dict) else "(not a mapping)"
         raise ConfigError(f"override {item!r}: unknown key {key!r}; valid here: {valid}")
-    node[parts[-1]] = yaml.safe_load(raw)
+    node[parts[-1]] = parse_value(raw)
+
+
+def parse_value(raw: str) -> Any:
+    """A YAML value, except that ``1e-3`` is a float (YAML 1.1 would read a string)."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def diff_overrides(cfg: dict, base: dict, prefix: str = "") -> list[str]:

@@ -22,8 +22,7 @@ def topk_hits(scores: torch.Tensor, query_owner: torch.Tensor, gallery_owner: to
     kmax = min(max(ks), scores.shape[1])
     top = scores.topk(kmax, dim=1).indices  # (B, kmax)
     match = gallery_owner.to(top.device)[top] == query_owner.to(top.device)[:, None]
-    first = torch.where(match.any(1), match.float().argmax(1), torch.full_like(match[:, 0], kmax, dtype=torch.long))
-    return {k: first < k for k in ks}
+    return {k: match[:, :k].any(1) for k in ks}
 
 
 def recall_at_k(scores: torch.Tensor | np.ndarray, query_owner, gallery_owner,
@@ -31,4 +30,4 @@ def recall_at_k(scores: torch.Tensor | np.ndarray, query_owner, gallery_owner,
     """Recall@K in percent for a full (N_query, N_gallery) score matrix."""
     scores = torch.as_tensor(scores)
     hits = topk_hits(scores, torch.as_tensor(np.asarray(query_owner)), torch.as_tensor(np.asarray(gallery_owner)), ks)
-    return {f"R@{k}": 100.0 * float(h.float().mean()) for k, h in hits.items()}
+    return {f"R@{k}": 100.0 * int(h.sum()) / len(h) for k, h in hits.items()}

@@ -24,9 +24,10 @@ from ..runtime import autocast, seed_everything
 from .openclip import CLIP_MEAN, CLIP_STD, build_from_config, save_local_dir, tiny_clip_config
 
 
-def load_images_uint8(split: Split, size: int) -> torch.Tensor:
+def load_images_uint8(split: Split, size: int, progress: bool = True) -> torch.Tensor:
     arr = np.empty((split.n_images, size, size, 3), np.uint8)
-    for i, p in enumerate(tqdm(split.image_paths, desc="decode images", unit="img", leave=False)):
+    for i, p in enumerate(tqdm(split.image_paths, desc="decode images", unit="img", leave=False,
+                               disable=not progress)):
         with Image.open(p) as im:
             im = im.convert("RGB")
             if im.size != (size, size):
@@ -92,7 +93,7 @@ def pretrain(manifest: str | Path, out_dir: str | Path, cfg: dict, seed: int, de
 
     size = pc["vision"]["image_size"]
     train = load_split(manifest, "train")
-    images = load_images_uint8(train, size)
+    images = load_images_uint8(train, size, progress)
     tokens = tok(train.captions)
     caps_of = train.img2txt()
     caps_per = np.array([len(c) for c in caps_of])
@@ -139,7 +140,7 @@ def pretrain(manifest: str | Path, out_dir: str | Path, cfg: dict, seed: int, de
             sp = load_split(manifest, split_name)
         except Exception:  # noqa: BLE001 - a dataset without that split
             continue
-        m = evaluate(model, tok, load_images_uint8(sp, size), sp, device)
+        m = evaluate(model, tok, load_images_uint8(sp, size, progress), sp, device)
         metrics.update({f"{split_name}_{k}": round(v, 2) for k, v in m.items()})
     model.eval()
     save_local_dir(model, config, out_dir, extra={"trained_on": str(manifest), "seed": seed, "metrics": metrics})

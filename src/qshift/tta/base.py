@@ -61,7 +61,7 @@ class TTAMethod:
                               f"valid: {', '.join(sorted(self.defaults)) or '(none)'}")
         if steps < 1:
             raise ConfigError(f"adapt.steps must be >= 1, got {steps}")
-        self.hp = {**self.defaults, **(hparams or {})}
+        self.hp = {**self.defaults, **{k: _coerce(self.name, k, v, self.defaults[k]) for k, v in (hparams or {}).items()}}
         self.model, self.modality, self.steps, self.amp = model, modality, steps, amp
         self.gallery = gallery.to(model.device).float()
         self.counters: Counter[str] = Counter()
@@ -88,14 +88,25 @@ class TTAMethod:
     def make_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.params, lr=self.hp["lr"], weight_decay=self.hp["weight_decay"])
 
-    def reset(self) -> None:
-        """Restore the source parameters and optimiser state; subclasses also clear their state."""
+    def restore_source(self) -> None:
+        """Put the source parameters and a fresh optimiser state back."""
         with torch.no_grad():
             for p, p0 in zip(self.params, self._source_params):
                 p.copy_(p0)
         if self.optimizer is not None:
             self.optimizer.load_state_dict(copy.deepcopy(self._source_opt_state))
+
+    def reset(self) -> None:
+        """Model recovery mid-stream (counted); subclasses also clear their own state."""
+        self.restore_source()
         self.counters["resets"] += 1
+
+    def close(self) -> None:
+        """End of stream: hand the model back exactly as it came (source weights, frozen)."""
+        self.restore_source()
+        for p in self.params:
+            p.requires_grad_(False)
+            p.grad = None
 
     # -- helpers -----------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,9 +116,10 @@ class TTAMethod:
     def similarities(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.gallery.T  # one matrix product over the whole gallery
 
-    def update(self, loss: torch.Tensor | None) -> bool:
-        """One optimiser step on ``loss``; guarded: ``None`` (empty selection) or a non-finite
-        loss takes no step and is counted."""
+    def check_step(self, loss: torch.Tensor | None) -> bool:
+        """Whether a step may be taken on ``loss``. ``None`` (empty selection) and non-finite
+        losses may not; each refusal is counted. Methods with custom gradient handling call
+        this before their own step; :meth:`update` calls it for everyone else."""
         if loss is None:
             self.counters["empty_selection"] += 1
             self.counters["skipped_steps"] += 1
@@ -115,6 +127,13 @@ class TTAMethod:
         if not torch.isfinite(loss):
             self.counters["nonfinite_loss"] += 1
             self.counters["skipped_steps"] += 1
+            return False
+        return True
+
+    def update(self, loss: torch.Tensor | None) -> bool:
+        """One optimiser step on ``loss``; guarded: ``None`` (empty selection) or a non-finite
+        loss takes no step and is counted."""
+        if not self.check_step(loss):
             return False
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -130,6 +149,46 @@ class TTAMethod:
         out = self.adapt_batch(x)
         self.n_batches += 1
         return out
+
+
+class GalleryEntropyMethod(TTAMethod):
+    """The entropy-style baselines (Tent, EATA, READ, DeYO): each step encodes the batch and
+    takes logits ``q G^T / tau`` over the *whole* gallery; subclasses turn them into a loss.
+    The batch's scores come from the last step's forward pass; the stats from the first."""
+
+    def objective(self, x: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """(loss or ``None`` for an empty selection, per-step diagnostics) for one forward pass."""
+        raise NotImplementedError
+
+    def adapt_batch(self, x: torch.Tensor) -> BatchOutput:
+        stats: dict[str, float] = {}
+        scores = None
+        for step in range(self.steps):
+            sims = self.similarities(self.encode(x))
+            if step == self.steps - 1:
+                scores = sims.detach()
+            loss, step_stats = self.objective(x, sims / self.hp["tau"])
+            if step == 0:
+                stats = {"loss": float("nan") if loss is None else loss.item(), **step_stats}
+            self.update(loss)
+        return BatchOutput(scores, stats)
+
+
+def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
+    """Hyperparameters take the type of their default (``lr: 1e-3`` is a string in YAML 1.1)."""
+    if isinstance(default, bool) or default is None or isinstance(value, type(default)):
+        return value
+    if isinstance(default, (int, float)):
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"hyperparameter {method}.{key} must be a number, got {value!r}") from None
+        if isinstance(default, int) and not isinstance(default, bool):
+            if not as_float.is_integer():
+                raise ConfigError(f"hyperparameter {method}.{key} must be an integer, got {value!r}")
+            return int(as_float)
+        return as_float
+    return value
 
 
 def build_method(name: str, model: RetrievalModel, modality: str, gallery: torch.Tensor,

@@ -138,8 +138,8 @@ class TCR(TTAMethod):
             if step == 0:
                 stats = {"loss": _item(loss), "loss_na": _item(parts["na"]),
                          "loss_mu": _item(parts["mu"]), "loss_mg": _item(parts["mg"]),
-                         "entropy": float(ent.mean()), "n_selected": int((ent <= self.queue.e_max).sum()),
+                         "entropy": ent.detach().mean().item(), "n_selected": int((ent <= self.queue.e_max).sum()),
                          "delta_s": float(self.queue.delta_s), "e_max": float(self.queue.e_max),
-                         "delta_t": float((zq.mean(0) - candidates.mean(0)).norm())}
+                         "delta_t": (zq.detach().mean(0) - candidates.mean(0)).norm().item()}
             self.update(loss)
         return BatchOutput(scores, stats)

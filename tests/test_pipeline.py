@@ -1,0 +1,161 @@
+"""End-to-end: the real pipeline through Snakemake and through DVC on a tiny configuration.
+
+These run the actual stage CLIs (data generation, pre-training, corruption, gallery
+encoding, TCR adaptation, MLflow logging, report) in a throw-away copy of the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline_utils import make_repo, run
+
+pytestmark = pytest.mark.pipeline
+
+
+def expected_results(repo: Path) -> list[Path]:
+    from qshift.config import load_params, runs
+
+    cfg = load_params(repo / "params.yaml")
+    return [repo / r.result_path for r in runs(cfg)]
+
+
+def planned_jobs(repo: Path) -> dict[str, int]:
+    """Rule -> job count of what `snakemake --dry-run` would run."""
+    out = run(["snakemake", "--cores", "2", "--dry-run"], repo).stdout
+    if "Nothing to be done" in out:
+        return {}
+    table = out[out.index("Job stats:"):]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)
+            if m.group(1) != "total"}
+
+
+@pytest.fixture(scope="module")
+def snake_repo(tmp_path_factory):
+    repo = make_repo(tmp_path_factory.mktemp("snake"))
+    run(["snakemake", "--cores", "2"], repo)
+    return repo
+
+
+def test_snakemake_runs_everything(snake_repo):
+    results = expected_results(snake_repo)
+    assert len(results) == 2 * (1 + 2) + 2 * (1 + 1)  # 2 methods x (clean + cells) per direction
+    for path in results:
+        doc = json.loads(path.read_text())
+        assert set(doc["metrics"]) == {"R@1", "R@5", "R@10"}
+        assert doc["n_queries"] == (120 if doc["key"]["direction"] == "i2t" else 600)
+        assert len(doc["online"]["batch_r1"]) == -(-doc["n_queries"] // 64)
+        assert doc["mlflow"]["logged"], doc["mlflow"]
+        assert doc["env"]["git_commit"]
+    report = (snake_repo / "reports/report.md").read_text()
+    assert "| tcr |" in report and "| source |" in report
+    assert "Every run of the grid finished." in report
+    for fig in ("i2t_r1.png", "i2t_online.png", "t2i_r1.png", "t2i_online.png"):
+        assert (snake_repo / "reports/figures" / fig).stat().st_size > 1000
+    summary = json.loads((snake_repo / "reports/summary.json").read_text())
+    assert summary["directions"]["i2t"]["tcr"]["avg_r1"] is not None
+
+
+def test_runs_are_tracked_in_mlflow(snake_repo):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{snake_repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("qshift-builtin")
+    found = client.search_runs([exp.experiment_id], max_results=1000)
+    keys = {r.data.tags["qshift.run_key"] for r in found}
+    assert len(found) == len(expected_results(snake_repo)) == len(keys)
+    some = next(r for r in found if r.data.tags["qshift.run_key"].endswith("/i2t/tcr/clean-s0"))
+    assert {"R_at_1", "R_at_5", "R_at_10"} <= set(some.data.metrics)
+    assert some.data.params["hp.tau"] == "0.02"
+    assert some.data.tags["qshift.git_commit"] and some.data.tags["qshift.params_hash"]
+    history = client.get_metric_history(some.info.run_id, "online.batch_r1")
+    assert len(history) == 2  # 120 queries in batches of 64
+
+
+def test_rerun_does_nothing_and_is_fast(snake_repo):
+    t0 = time.perf_counter()
+    assert planned_jobs(snake_repo) == {}
+    out = run(["snakemake", "--cores", "2"], snake_repo).stdout + ""
+    assert time.perf_counter() - t0 < 60  # generous; the benchmark script prints the real figure
+    assert "Nothing to be done" in out or "Nothing to be done" in run(["snakemake", "-n"], snake_repo).stdout
+
+
+def test_deleting_a_result_reruns_only_its_job_and_the_report(snake_repo):
+    victim = snake_repo / "results/builtin/qshift-tiny-clip/i2t/tcr/gaussian_noise-s3.json"
+    other = snake_repo / "results/builtin/qshift-tiny-clip/i2t/source/gaussian_noise-s3.json"
+    before = other.stat().st_mtime_ns
+    victim.unlink()
+    assert planned_jobs(snake_repo) == {"adapt": 1, "report": 1, "all": 1}
+    run(["snakemake", "--cores", "2"], snake_repo)
+    assert victim.is_file() and other.stat().st_mtime_ns == before
+    assert planned_jobs(snake_repo) == {}
+
+
+def test_same_seed_same_metrics_across_orchestrators(snake_repo, dvc_repo):
+    for path in expected_results(snake_repo):
+        a = json.loads(path.read_text())
+        b = json.loads((dvc_repo / path.relative_to(snake_repo)).read_text())
+        assert a["metrics"] == b["metrics"], path
+        assert a["online"]["batch_r1"] == b["online"]["batch_r1"], path
+
+
+@pytest.fixture(scope="module")
+def dvc_repo(tmp_path_factory):
+    repo = make_repo(tmp_path_factory.mktemp("dvc"))
+    run(["dvc", "repro"], repo)
+    return repo
+
+
+def test_dvc_repro_runs_everything_and_then_nothing(dvc_repo):
+    for path in expected_results(dvc_repo):
+        assert path.is_file(), path
+    assert (dvc_repo / "reports/report.md").is_file()
+    status = run(["dvc", "status"], dvc_repo).stdout
+    assert "up to date" in status, status
+    again = run(["dvc", "repro"], dvc_repo).stdout
+    assert "didn't change, skipping" in again and "Running stage" not in again
+
+
+def snakemake_stages(repo: Path) -> set[tuple[str, frozenset]]:
+    """(command, outputs) of every job Snakemake would run for the whole grid."""
+    out = run(["snakemake", "--detailed-summary", "--forceall"], repo).stdout
+    lines = out.strip().split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("output_file\t"))
+    header = lines[start].split("\t")
+    by_cmd: dict[str, set[str]] = {}
+    for line in lines[start + 1:]:
+        row = dict(zip(header, line.split("\t")))
+        if row.get("shellcmd", "-") in ("-", ""):
+            continue
+        by_cmd.setdefault(" ".join(row["shellcmd"].split()), set()).add(row["output_file"].rstrip("/"))
+    return {(cmd, frozenset(outs)) for cmd, outs in by_cmd.items()}
+
+
+def dvc_stages(repo: Path) -> set[tuple[str, frozenset]]:
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc:
+        return {(" ".join(s.cmd.split()), frozenset(str(o.def_path) for o in s.outs)) for s in dvc.index.stages}
+
+
+def test_snakemake_and_dvc_describe_the_same_dag(tmp_path):
+    repo = make_repo(tmp_path)
+    snake, dvc = snakemake_stages(repo), dvc_stages(repo)
+    assert snake == dvc, f"only in Snakemake: {sorted(snake - dvc)}\nonly in DVC: {sorted(dvc - snake)}"
+    # and with the default params too (the full default grid)
+    (repo / "params.yaml").write_text((Path(__file__).parents[1] / "params.yaml").read_text())
+    assert snakemake_stages(repo) == dvc_stages(repo)
+
+
+def test_snakemake_config_override_reaches_the_stages(tmp_path):
+    repo = make_repo(tmp_path)
+    out = run(["snakemake", "--dry-run", "--printshellcmds", "--forceall", "--config", "seed=7"], repo).stdout
+    assert "python stages/prepare.py --set seed=7" in out
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["seed"] == 42  # the file stays the single source; the override is explicit
