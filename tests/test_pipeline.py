@@ -123,18 +123,15 @@ def test_dvc_repro_runs_everything_and_then_nothing(dvc_repo):
 
 
 def snakemake_stages(repo: Path) -> set[tuple[str, frozenset]]:
-    """(command, outputs) of every job Snakemake would run for the whole grid."""
-    out = run(["snakemake", "--detailed-summary", "--forceall"], repo).stdout
-    lines = out.strip().split("\n")
-    start = next(i for i, line in enumerate(lines) if line.startswith("output_file\t"))
-    header = lines[start].split("\t")
-    by_cmd: dict[str, set[str]] = {}
-    for line in lines[start + 1:]:
-        row = dict(zip(header, line.split("\t")))
-        if row.get("shellcmd", "-") in ("-", ""):
-            continue
-        by_cmd.setdefault(" ".join(row["shellcmd"].split()), set()).add(row["output_file"].rstrip("/"))
-    return {(cmd, frozenset(outs)) for cmd, outs in by_cmd.items()}
+    """(command, outputs) of every job Snakemake would run for the whole grid (its dry run)."""
+    out = run(["snakemake", "--dry-run", "--forceall", "--printshellcmds"], repo).stdout
+    stages = set()
+    for block in re.split(r"\n\s*\n", out):
+        outputs = re.search(r"^\s+output: (.+)$", block, re.M)
+        cmd = re.search(r"^Shell command: (.+)$", block, re.M)
+        if outputs and cmd:
+            stages.add((" ".join(cmd.group(1).split()), frozenset(o.strip() for o in outputs.group(1).split(","))))
+    return stages
 
 
 def dvc_stages(repo: Path) -> set[tuple[str, frozenset]]:
