@@ -7,7 +7,7 @@ from .base import METHODS, TTAMethod, build_method, entropy  # noqa: F401
 
 
 def _register_all() -> None:
-    from . import source, tcr  # noqa: F401
+    from . import deyo, eata, read, rest, sar, source, tcr, tcr_untrain, tent  # noqa: F401
 
 
 _register_all()
