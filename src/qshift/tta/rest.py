@@ -36,8 +36,8 @@ from contextlib import contextmanager
 
 import torch
 
-from .base import BatchOutput, entropy, register_method
-from .tcr import TCR, gap_loss, refine, source_likeness, uniformity_loss
+from .base import BatchOutput, register_method
+from .tcr import TCR, gap_loss, uniformity_loss
 
 
 def _angle(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -144,15 +144,9 @@ class REST(TCR):
         angles = []
         z_src = self.source_embeddings(x)  # before any forward whose graph the swap would invalidate
         for step in range(self.steps):
-            zq = self.encode(x)
-            sims = self.similarities(zq)
+            zq, sims, candidates, positives, ent = self.refined_forward(x, step)
             if step == self.steps - 1:
                 scores = sims.detach()
-            candidates, positives = refine(sims.detach(), self.gallery, int(hp["topk"]))
-            ent = entropy(zq @ candidates.T / hp["tau"])
-            if step == 0 and self.n_batches < hp["queue_batches"]:
-                self.queue.push(source_likeness(zq.detach(), positives), zq, positives, ent,
-                                int(hp["con_ratio"] * len(zq)))
             if len(self.queue) == 0:  # nothing source-like yet (a batch smaller than 1/con_ratio)
                 self.check_step(None)
                 continue

@@ -107,6 +107,20 @@ class TCR(TTAMethod):
         super().reset()
         self.queue = SourceLikeQueue(int(self.hp["queue_size"]))
 
+    def refined_forward(self, x: torch.Tensor, step: int):
+        """Steps 1-3 of the method: encode, refine, entropies of p_hat, and (step 0 of the first
+        ``queue_batches`` batches) the source-like queue update.
+        Returns (z^Q, full-gallery similarities, candidates G', top-1 positives, entropies)."""
+        hp = self.hp
+        zq = self.encode(x)
+        sims = self.similarities(zq)
+        candidates, positives = refine(sims.detach(), self.gallery, int(hp["topk"]))
+        ent = entropy(zq @ candidates.T / hp["tau"])
+        if step == 0 and self.n_batches < hp["queue_batches"]:
+            n_push = int(hp["con_ratio"] * len(zq))
+            self.queue.push(source_likeness(zq.detach(), positives), zq, positives, ent, n_push)
+        return zq, sims, candidates, positives, ent
+
     def losses(self, zq: torch.Tensor, candidates: torch.Tensor, ent: torch.Tensor) -> dict[str, torch.Tensor | None]:
         hp = self.hp
         return {"na": noise_robust_loss(ent, self.queue.e_max),
@@ -118,15 +132,9 @@ class TCR(TTAMethod):
         stats: dict[str, float] = {}
         scores = None
         for step in range(self.steps):
-            zq = self.encode(x)
-            sims = self.similarities(zq)
+            zq, sims, candidates, positives, ent = self.refined_forward(x, step)
             if step == self.steps - 1:
                 scores = sims.detach()
-            candidates, positives = refine(sims.detach(), self.gallery, int(hp["topk"]))
-            ent = entropy(zq @ candidates.T / hp["tau"])
-            if step == 0 and self.n_batches < hp["queue_batches"]:
-                n_push = int(hp["con_ratio"] * len(zq))
-                self.queue.push(source_likeness(zq.detach(), positives), zq, positives, ent, n_push)
             if len(self.queue) == 0:  # nothing source-like yet (a batch smaller than 1/con_ratio)
                 self.update(None)
                 continue
