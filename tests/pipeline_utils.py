@@ -28,6 +28,7 @@ def tiny_params(params: dict) -> dict:
     p["corrupt"]["image"]["names"] = ["gaussian_noise", "defocus_blur"]
     p["corrupt"]["text"]["names"] = ["ocr"]
     p["adapt"]["methods"] = ["source", "tcr"]
+    p["adapt"]["clean_methods"] = ["source", "tcr"]
     p["threads"] = 1
     return p
 

@@ -110,6 +110,10 @@ def validate(cfg: dict) -> None:
         METHODS.check(m)
         if m not in cfg["methods"]:
             raise ConfigError(f"params: method {m!r} is listed in adapt.methods but has no entry under 'methods'")
+    for m in cfg["adapt"].get("clean_methods", []):
+        METHODS.check(m)
+        if m not in cfg["methods"]:
+            raise ConfigError(f"params: method {m!r} is listed in adapt.clean_methods but has no entry under 'methods'")
     for d in cfg["adapt"]["directions"]:
         if d not in DIRECTIONS:
             raise ConfigError(f"params: adapt.directions has {d!r}; valid: {', '.join(DIRECTIONS)}")
@@ -157,11 +161,15 @@ def query_cells(cfg: dict, direction: str) -> list[tuple[str, int]]:
 
 
 def runs(cfg: dict) -> Iterator[Run]:
+    """Every run of the grid: each method on each shifted cell, and the methods listed in
+    ``adapt.clean_methods`` on clean queries."""
     dataset, model = cfg["benchmark"], cfg["model"]["name"]
+    clean_methods = set(cfg["adapt"].get("clean_methods", []))
     for direction in cfg["adapt"]["directions"]:
         for method in cfg["adapt"]["methods"]:
             for corruption, severity in query_cells(cfg, direction):
-                yield Run(dataset, model, direction, method, corruption, severity)
+                if corruption != CLEAN or method in clean_methods:
+                    yield Run(dataset, model, direction, method, corruption, severity)
 
 
 def queries_path(cfg: dict, direction: str, corruption: str, severity: int) -> str:
