@@ -22,7 +22,7 @@ def main() -> None:
     from qshift.models import load_model
     from qshift.results import CLEAN, DIRECTIONS, SCHEMA, run_key
     from qshift.runtime import pick_device, provenance, set_threads
-    from qshift.tracking import log_result, tracking_uri
+    from qshift.tracking import log_result, sweep_of, tracking_uri
     from qshift.tta import METHODS
 
     p = cli.parser(__doc__)
@@ -68,7 +68,8 @@ def main() -> None:
               "mlflow": {"logged": False, "run_id": None, "error": "not attempted yet"}}
     out = run.result_path
     write_json(out, result)  # the numbers are safe before tracking is attempted
-    result["mlflow"] = log_result(result, tracking_uri(cfg), experiment_name(cfg), artifact=out)
+    result["mlflow"] = log_result(result, tracking_uri(cfg), experiment_name(cfg), artifact=out,
+                                  sweep=sweep_of(cfg))
     write_json(out, result)
     m = result["metrics"]
     log.info(f"adapt: {result['run_key']}: R@1 {m['R@1']:.2f} R@5 {m['R@5']:.2f} R@10 {m['R@10']:.2f} "

@@ -1,7 +1,11 @@
-"""Stage `report`: reports/report.md (paper-form tables), reports/summary.json and figures.
+"""Stage `report`: reports/report.md and a self-contained reports/report.html (paper-form
+tables, R@1/5/10, deltas to source, the paper's numbers where the benchmark matches, plots),
+reports/summary.json and reports/figures/.
 
 Reads every results file of the experiment grid in params.yaml; missing runs are listed
-with their reason in a "Not run / failed" section.
+with their reason in a "Not run / failed" section. Results that were not logged to MLflow
+when they ran are replayed now (the results files are not modified), and every run is
+attached to its sweep's parent run; the report says what was replayed and what still fails.
 """
 
 from qshift import cli
@@ -18,7 +22,10 @@ def main() -> None:
     for d, rows in summary["directions"].items():
         log.info(f"report {d}: " + ", ".join(f"{m} avg R@1 {r['avg_r1']:.1f}" if r["avg_r1"] is not None
                                           else f"{m} avg R@1 n/a" for m, r in rows.items()))
-    log.info(f"report: {cfg['report']['dir']}/report.md")
+    mlflow = summary.get("mlflow") or {}
+    if mlflow:
+        log.info(f"report: MLflow replayed {mlflow['replayed']} run(s), {mlflow['failing']} still not logged")
+    log.info(f"report: {cfg['report']['dir']}/report.md, {cfg['report']['dir']}/report.html")
 
 
 if __name__ == "__main__":

@@ -67,9 +67,12 @@ def test_runs_are_tracked_in_mlflow(snake_repo):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{snake_repo / 'mlflow.db'}")
     exp = client.get_experiment_by_name("qshift-builtin")
-    found = client.search_runs([exp.experiment_id], max_results=1000)
+    found = client.search_runs([exp.experiment_id], filter_string="tags.`qshift.role` = 'run'", max_results=1000)
     keys = {r.data.tags["qshift.run_key"] for r in found}
     assert len(found) == len(expected_results(snake_repo)) == len(keys)
+    parents = client.search_runs([exp.experiment_id], filter_string="tags.`qshift.role` = 'sweep'")
+    assert len(parents) == 1
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in found)
     some = next(r for r in found if r.data.tags["qshift.run_key"].endswith("/i2t/tcr/clean-s0"))
     assert {"R_at_1", "R_at_5", "R_at_10"} <= set(some.data.metrics)
     assert some.data.params["hp.tau"] == "0.02"

@@ -1,15 +1,37 @@
-"""Reports: paper-form tables (rows = methods, columns = corruptions, Avg) and plots.
+"""Reports: paper-form tables (rows = methods, columns = corruptions, Avg), plots, HTML.
 
 Reads exactly the results files the experiment grid declares (``config.runs``); a missing
 or unreadable file becomes a "not run / failed" entry with its reason, never a silent gap.
+
+Outputs (``report.dir``): ``report.md``, a self-contained ``report.html`` (inline CSS,
+figures embedded as base64 data URIs, no scripts, nothing fetched), ``summary.json`` and
+``figures/``. Per direction: R@1/R@5/R@10 tables with the clean reference column, deltas to
+``source``, the paper's numbers beside reproduced ones where the benchmark matches
+(:mod:`qshift.paper`), and plots: R@1 per shift, R@1 against severity (grids with several
+severities), a method x corruption heatmap, online R@1 along the stream, and forgetting on
+sequential streams.
+
+Sequential streams: a results file whose ``online`` block carries ``domain`` (one domain
+label per batch, e.g. ``gaussian_noise-s5``) is a stream through several domains; the
+report splits its per-batch R@1 by domain (:func:`sequential_curves`) and compares each
+domain with that method's independent run on the same domain (:func:`forgetting_table`).
+
+MLflow: results whose ``mlflow.logged`` is false are replayed to the store (the results
+files are never modified) and every run of the grid is attached to its sweep's parent run;
+the report lists what was replayed and what still fails (:func:`qshift.tracking.sync_sweep`).
 """
 
 from __future__ import annotations
 
+import base64
+import html
+import json
 import math
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
+from . import paper
 from .config import Run, query_cells, runs
 from .corrupt.text import TEXT_LABELS
 from .errors import QShiftError
@@ -18,6 +40,8 @@ from .results import CLEAN, load_result
 
 DIRECTION_TITLE = {"i2t": "Image-to-text retrieval (image queries corrupted)",
                    "t2i": "Text-to-image retrieval (caption queries corrupted)"}
+METRICS = ("R@1", "R@5", "R@10")
+BASELINE = "source"
 
 
 def cell_label(corruption: str, severity: int, multi: bool) -> str:
@@ -39,17 +63,33 @@ def collect(cfg: dict) -> tuple[dict[Run, dict], list[tuple[Run, str]]]:
     return found, missing
 
 
+def _clean_methods(cfg: dict) -> str:
+    """The methods the grid runs on clean queries (``adapt.clean_methods``), for the report's text."""
+    names = [m for m in cfg["adapt"]["methods"] if m in set(cfg["adapt"].get("clean_methods", []))]
+    return ", ".join(f"`{m}`" for m in names) if names else "no method"
+
+
 def _fmt(v: float | None) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}"
 
 
+def _by_key(found: dict[Run, dict]) -> dict[tuple, dict]:
+    return {(r.direction, r.method, r.corruption, r.severity): doc for r, doc in found.items()}
+
+
+def _cells(cfg: dict, direction: str) -> tuple[list[tuple[str, int]], list[str]]:
+    cells = [c for c in query_cells(cfg, direction) if c[0] != CLEAN]
+    multi = len({s for _, s in cells}) > 1
+    return cells, [cell_label(c, s, multi) for c, s in cells]
+
+
+# -- tables --------------------------------------------------------------------------------------
+
 def direction_table(cfg: dict, direction: str, found: dict[Run, dict], metric: str = "R@1") -> dict:
     """{method: {cell_label: value, 'Avg': ..., 'Clean': ...}} plus the column order."""
-    cells = [c for c in query_cells(cfg, direction) if c[0] != CLEAN]
-    levels = {s for _, s in cells}
-    labels = [cell_label(c, s, len(levels) > 1) for c, s in cells]
+    cells, labels = _cells(cfg, direction)
     rows: dict[str, dict[str, float | None]] = {}
-    by_key = {(r.direction, r.method, r.corruption, r.severity): doc for r, doc in found.items()}
+    by_key = _by_key(found)
     for method in cfg["adapt"]["methods"]:
         row: dict[str, float | None] = {}
         for (c, s), label in zip(cells, labels):
@@ -60,10 +100,24 @@ def direction_table(cfg: dict, direction: str, found: dict[Run, dict], metric: s
         clean = by_key.get((direction, method, CLEAN, 0))
         row["Clean"] = clean["metrics"][metric] if clean else None
         rows[method] = row
-    return {"columns": labels + ["Avg", "Clean"], "rows": rows}
+    return {"columns": labels + ["Avg", "Clean"], "rows": rows, "metric": metric}
 
 
-def markdown_table(table: dict, baseline: str | None = "source") -> str:
+def delta_table(table: dict, baseline: str = BASELINE) -> dict | None:
+    """Each method's difference to the baseline, cell by cell (None without a baseline row)."""
+    base = table["rows"].get(baseline)
+    if base is None:
+        return None
+    rows = {}
+    for method, row in table["rows"].items():
+        if method == baseline:
+            continue
+        rows[method] = {c: (row[c] - base[c] if row.get(c) is not None and base.get(c) is not None else None)
+                        for c in table["columns"]}
+    return {"columns": table["columns"], "rows": rows, "metric": table.get("metric", "R@1")}
+
+
+def markdown_table(table: dict, baseline: str | None = BASELINE) -> str:
     cols = table["columns"]
     lines = ["| Method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     base = table["rows"].get(baseline) if baseline else None
@@ -79,19 +133,142 @@ def markdown_table(table: dict, baseline: str | None = "source") -> str:
     return "\n".join(lines)
 
 
+def markdown_delta_table(delta: dict) -> str:
+    cols = delta["columns"]
+    lines = ["| Method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for method, row in delta["rows"].items():
+        lines.append(f"| {method} | " + " | ".join("—" if row[c] is None else f"{row[c]:+.1f}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def paper_comparison(cfg: dict, direction: str, found: dict[Run, dict]) -> dict:
+    """Reproduced vs paper R@1 for the cells both have: {'match', 'note', 'columns', 'rows'}."""
+    dataset, model = cfg["benchmark"], cfg["model"]["name"]
+    m = paper.match(dataset, model)
+    if m is None:
+        return {"match": None, "columns": [], "rows": {},
+                "note": f"No paper reference for `{dataset}` / `{model}`: the TCR paper reports "
+                        f"{paper.available()}; nothing here is comparable."}
+    cells, labels = _cells(cfg, direction)
+    table = direction_table(cfg, direction, found, "R@1")
+    wanted = [(c, s, lab) for (c, s), lab in zip(cells, labels)] + [("avg", None, "Avg"), (CLEAN, 0, "Clean")]
+    columns, rows = [], {}
+    for method in cfg["adapt"]["methods"]:
+        for c, s, lab in wanted:
+            ref = paper.lookup(dataset, model, direction, method, c, s)
+            if ref is None:
+                continue
+            if lab not in columns:
+                columns.append(lab)
+            rows.setdefault(method, {})[lab] = (table["rows"][method].get(lab), ref)
+    columns = [lab for _, _, lab in wanted if lab in columns]
+    note = f"Paper: {paper.conditions(dataset, model, direction) or 'TCR paper'} ({m[0]} / {m[1]})."
+    if not rows:
+        note += " It has no number for any cell of this grid (image corruptions need severity 5)."
+    elif "Avg" in columns:
+        note += " The paper's Avg is over all of its corruptions; ours over this grid's."
+    return {"match": m, "columns": columns, "rows": rows, "note": note}
+
+
+def markdown_paper_table(cmp: dict) -> str:
+    cols = cmp["columns"]
+    lines = ["| Method (ours / paper) | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for method, row in cmp["rows"].items():
+        lines.append(f"| {method} | " + " | ".join(
+            f"{_fmt(row[c][0])} / {_fmt(row[c][1])}" if c in row else "" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+# -- sequential streams ------------------------------------------------------------------------------
+
+def sequential_curves(found: dict[Run, dict], direction: str) -> dict[str, list[tuple[str, list[float]]]]:
+    """{method: [(domain, per-batch R@1), ...]} for results files of sequential streams."""
+    out: dict[str, list[tuple[str, list[float]]]] = {}
+    for run, doc in sorted(found.items(), key=lambda kv: kv[0].result_path):
+        domains = doc["online"].get("domain")
+        if run.direction != direction or not domains:
+            continue
+        segments: list[tuple[str, list[float]]] = []
+        for dom, r1 in zip(domains, doc["online"]["batch_r1"]):
+            if not segments or segments[-1][0] != dom:
+                segments.append((str(dom), []))
+            segments[-1][1].append(float(r1))
+        out[run.method if run.method not in out else f"{run.method} ({run.corruption})"] = segments
+    return out
+
+
+def forgetting_table(curves: dict[str, list[tuple[str, list[float]]]],
+                     reference: dict[str, dict[str, float]] | None = None) -> dict[str, list[dict]]:
+    """Per method and domain segment: mean R@1 in the stream, the first and last batch, the
+    reference (the method's independent run on that domain) and the gap to it.
+
+    A negative ``gap`` means the sequential stream does worse on that domain than adapting to
+    it alone; ``drift`` (last batch - first batch) shows degradation inside a segment.
+    """
+    out: dict[str, list[dict]] = {}
+    for method, segments in curves.items():
+        rows = []
+        for i, (dom, vals) in enumerate(segments):
+            mean = sum(vals) / len(vals) if vals else None
+            ref = (reference or {}).get(method.split(" (")[0], {}).get(dom)
+            rows.append({"position": i, "domain": dom, "batches": len(vals), "mean_r1": mean,
+                         "first_r1": vals[0] if vals else None, "last_r1": vals[-1] if vals else None,
+                         "drift": vals[-1] - vals[0] if vals else None, "reference_r1": ref,
+                         "gap": (mean - ref) if mean is not None and ref is not None else None})
+        out[method] = rows
+    return out
+
+
+def _forgetting_rows(table: dict[str, list[dict]]) -> list[list[str]]:
+    return [[method, f"{r['position'] + 1}. {r['domain']}", str(r["batches"]), _fmt(r["mean_r1"]),
+             _fmt(r["reference_r1"]), "—" if r["gap"] is None else f"{r['gap']:+.1f}",
+             "—" if r["drift"] is None else f"{r['drift']:+.1f}"]
+            for method, rows in table.items() for r in rows]
+
+
+FORGETTING_COLUMNS = ["Method", "Domain (stream order)", "Batches", "R@1 in stream", "R@1 alone", "Gap",
+                      "Drift (last - first batch)"]
+
+
+def markdown_forgetting_table(table: dict[str, list[dict]]) -> str:
+    lines = ["| " + " | ".join(FORGETTING_COLUMNS) + " |", "|---|---|" + "---:|" * (len(FORGETTING_COLUMNS) - 2)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in _forgetting_rows(table)])
+
+
+def html_forgetting_table(table: dict[str, list[dict]]) -> str:
+    head = "<tr>" + "".join(f"<th class='m'>{_e(c)}</th>" if i < 2 else f"<th>{_e(c)}</th>"
+                            for i, c in enumerate(FORGETTING_COLUMNS)) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td class='m'>{_e(v)}</td>" if i < 2 else f"<td>{_e(v)}</td>"
+                                    for i, v in enumerate(row)) + "</tr>" for row in _forgetting_rows(table))
+    return f"<table>{head}{body}</table>"
+
+
+# -- plots ------------------------------------------------------------------------------------------
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _legend(ax, **kw) -> None:
+    if ax.get_legend_handles_labels()[0]:  # nothing to show when every run of a panel is missing
+        ax.legend(**kw)
+
+
 def _save(fig, path: Path) -> None:
     with atomic_path(path, ".png") as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
 
 
 def plot_bars(table: dict, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    cols = [c for c in table["columns"]]
+    plt = _plt()
+    cols = list(table["columns"])
     methods = list(table["rows"])
     x = np.arange(len(cols))
     width = 0.8 / max(1, len(methods))
@@ -100,7 +277,7 @@ def plot_bars(table: dict, title: str, path: Path) -> None:
         vals = [table["rows"][m].get(c) for c in cols]
         ax.bar(x + i * width - 0.4 + width / 2, [v if v is not None else 0 for v in vals], width, label=m)
     ax.set_xticks(x, cols, rotation=30, ha="right")
-    ax.set_ylabel("R@1 (%)")
+    ax.set_ylabel(f"{table.get('metric', 'R@1')} (%)")
     ax.set_title(title)
     ax.legend(fontsize=8, ncol=min(len(methods), 5))
     ax.grid(axis="y", alpha=0.3)
@@ -108,18 +285,97 @@ def plot_bars(table: dict, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_heatmap(table: dict, title: str, path: Path) -> None:
+    """Methods x corruption cells (and Avg, Clean), coloured and annotated by R@1."""
+    import numpy as np
+
+    plt = _plt()
+    cols, methods = list(table["columns"]), list(table["rows"])
+    data = np.array([[np.nan if table["rows"][m].get(c) is None else table["rows"][m][c] for c in cols]
+                     for m in methods], dtype=float)
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(cols) + 2.5), max(2.2, 0.45 * len(methods) + 1.4)))
+    finite = data[np.isfinite(data)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 100.0)
+    im = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", aspect="auto", vmin=vmin,
+                   vmax=vmax if vmax > vmin else vmin + 1)
+    base = table["rows"].get(BASELINE)
+    for i, m in enumerate(methods):
+        for j, c in enumerate(cols):
+            v = data[i, j]
+            if not np.isfinite(v):
+                ax.text(j, i, "—", ha="center", va="center", fontsize=8, color="grey")
+                continue
+            text = f"{v:.1f}"
+            if base is not None and m != BASELINE and base.get(c) is not None:
+                text += f"\n{v - base[c]:+.1f}"
+            light = (v - vmin) / max(vmax - vmin, 1e-9) > 0.6
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="black" if light else "white")
+    if "Avg" in cols:
+        ax.axvline(cols.index("Avg") - 0.5, color="white", lw=3)
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(methods)), methods, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, label=f"{table.get('metric', 'R@1')} (%)", fraction=0.04)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def severity_series(cfg: dict, direction: str, found: dict[Run, dict]) -> dict[str, dict[str, list]]:
+    """{corruption: {method: [(severity, R@1), ...]}} with the clean run as severity 0."""
+    by_key = _by_key(found)
+    cells = [c for c in query_cells(cfg, direction) if c[0] != CLEAN]
+    out: dict[str, dict[str, list]] = {}
+    for corruption in dict.fromkeys(c for c, _ in cells):
+        for method in cfg["adapt"]["methods"]:
+            pts = []
+            clean = by_key.get((direction, method, CLEAN, 0))
+            if clean:
+                pts.append((0, clean["metrics"]["R@1"]))
+            for c, s in cells:
+                doc = by_key.get((direction, method, c, s)) if c == corruption else None
+                if doc:
+                    pts.append((s, doc["metrics"]["R@1"]))
+            out.setdefault(corruption, {})[method] = pts
+    return out
+
+
+def plot_severity(cfg: dict, direction: str, found: dict[Run, dict], path: Path) -> bool:
+    """R@1 against severity, one panel per corruption; False (no plot) with a single severity."""
+    cells = [c for c in query_cells(cfg, direction) if c[0] != CLEAN]
+    if len({s for _, s in cells}) < 2:
+        return False
+    plt = _plt()
+    series = severity_series(cfg, direction, found)
+    n = len(series)
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.0 * ncols, 2.9 * nrows), squeeze=False)
+    for ax, (corruption, methods) in zip(axes.flat, series.items()):
+        for method, pts in methods.items():
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        ax.set_title(TEXT_LABELS.get(corruption, corruption), fontsize=9)
+        ax.set_xlabel("severity (0 = clean)", fontsize=8)
+        ax.set_ylabel("R@1 (%)", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    _legend(axes.flat[0], fontsize=8)
+    fig.suptitle(f"R@1 against severity — {direction}")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
 def plot_online(cfg: dict, direction: str, found: dict[Run, dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     cells = query_cells(cfg, direction)
     n = len(cells)
     ncols = min(3, n)
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
-    by_key = {(r.direction, r.method, r.corruption, r.severity): doc for r, doc in found.items()}
+    by_key = _by_key(found)
     for ax, (c, s) in zip(axes.flat, cells):
         for method in cfg["adapt"]["methods"]:
             doc = by_key.get((direction, method, c, s))
@@ -133,69 +389,291 @@ def plot_online(cfg: dict, direction: str, found: dict[Run, dict], path: Path) -
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
+    _legend(axes.flat[0], fontsize=8)
     fig.suptitle(f"Online R@1 along the query stream — {direction}")
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
 
 
-def build_report(cfg: dict, out_dir: str | Path = "reports") -> dict:
+def plot_forgetting(curves: dict[str, list[tuple[str, list[float]]]], path: Path, title: str = "Sequential stream",
+                    reference: dict[str, dict[str, float]] | None = None) -> None:
+    """Forgetting on a sequential stream through several domains.
+
+    ``curves``: {method: [(domain, per-batch R@1 in that segment), ...]} in stream order.
+    Left: per-batch R@1 along the whole stream, domain boundaries marked. Right: each
+    segment's mean R@1 against ``reference`` ({method: {domain: R@1}}, the method adapted to
+    that domain alone) when given — the gap is what the stream lost (or gained).
+    """
+    plt = _plt()
+    table = forgetting_table(curves, reference)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [3, 2]})
+    first = next(iter(curves.values()), [])
+    for method, segments in curves.items():
+        ys = [v for _, vals in segments for v in vals]
+        (line,) = ax.plot(range(len(ys)), ys, label=method, lw=1.2)
+        rows = table[method]
+        xs = range(len(rows))
+        bx.plot(xs, [r["mean_r1"] for r in rows], marker="o", color=line.get_color(), label=f"{method} (stream)")
+        if any(r["reference_r1"] is not None for r in rows):
+            bx.plot(xs, [r["reference_r1"] if r["reference_r1"] is not None else math.nan for r in rows],
+                    marker="x", ls="--", color=line.get_color(), label=f"{method} (alone)")
+    start = 0
+    for dom, vals in first:  # boundaries of the first method's stream (all share the order)
+        if start:
+            ax.axvline(start - 0.5, color="grey", lw=0.8, ls=":")
+        ax.text(start + len(vals) / 2 - 0.5, 1.01, dom, transform=ax.get_xaxis_transform(), ha="center",
+                va="bottom", fontsize=7, rotation=20)
+        start += len(vals)
+    ax.set_xlabel("batch along the stream", fontsize=8)
+    ax.set_ylabel("batch R@1 (%)", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    bx.set_xticks(range(len(first)), [d for d, _ in first], rotation=30, ha="right", fontsize=7)
+    bx.set_ylabel("mean R@1 per domain (%)", fontsize=8)
+    bx.grid(alpha=0.3)
+    bx.legend(fontsize=7)
+    fig.suptitle(title, y=1.06)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+# -- HTML -----------------------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0 auto;max-width:1150px;padding:18px 26px;
+color:#1d2330;line-height:1.45;background:#fff}
+h1{font-size:1.6em;border-bottom:2px solid #2f5d9b;padding-bottom:6px}h2{font-size:1.3em;margin-top:1.8em;
+border-bottom:1px solid #d5dbe5;padding-bottom:3px}h3{font-size:1.05em;margin-top:1.3em}
+table{border-collapse:collapse;margin:8px 0 14px;font-size:0.88em;font-variant-numeric:tabular-nums}
+th,td{border:1px solid #d5dbe5;padding:4px 8px;text-align:right;vertical-align:top}
+th{background:#eef2f8}td.m,th.m{text-align:left;font-weight:600}
+td.avg,th.avg{border-left:2px solid #2f5d9b;font-weight:600}td.clean,th.clean{background:#f5f5f2;color:#555}
+tr.ref td{background:#fbf8ec}.d{display:block;font-size:0.8em}.pos{color:#1b7a33}.neg{color:#b3261e}
+.best{font-weight:700;text-decoration:underline}
+.note{color:#555;font-size:0.9em}.fig{margin:10px 0 18px}.fig img{max-width:100%;border:1px solid #e3e7ee}
+ul.missing li{font-family:monospace;font-size:0.88em}code{background:#f1f3f7;padding:0 3px;border-radius:3px}
+.ok{color:#1b7a33}.bad{color:#b3261e}
+"""
+
+
+def _e(s) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def _md_inline(s: str) -> str:
+    """Escape, then render `code` spans (the only Markdown the notes use)."""
+    parts = _e(s).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def html_table(table: dict, baseline: str | None = BASELINE, deltas: bool = True) -> str:
+    cols, rows = table["columns"], table["rows"]
+    base = rows.get(baseline) if baseline else None
+    best = {c: max((r[c] for r in rows.values() if r.get(c) is not None), default=None) for c in cols}
+
+    def cls(c):
+        return {"Avg": "avg", "Clean": "clean"}.get(c, "")
+
+    head = "<tr><th class='m'>Method</th>" + "".join(f"<th class='{cls(c)}'>{_e(c)}</th>" for c in cols) + "</tr>"
+    body = []
+    for method, row in rows.items():
+        tds = []
+        for c in cols:
+            v = row.get(c)
+            mark = " best" if v is not None and len(rows) > 1 and v == best[c] else ""
+            text = f"<span class='{mark.strip()}'>{_fmt(v)}</span>" if mark else _fmt(v)
+            if deltas and base is not None and method != baseline and v is not None and base.get(c) is not None:
+                d = v - base[c]
+                text += f"<span class='d {'pos' if d > 0 else 'neg' if d < 0 else ''}'>{d:+.1f}</span>"
+            tds.append(f"<td class='{cls(c)}'>{text}</td>")
+        ref = " class='ref'" if method == baseline else ""
+        label = f"{_e(method)}" + (" <span class='note'>(reference)</span>" if method == baseline else "")
+        body.append(f"<tr{ref}><td class='m'>{label}</td>{''.join(tds)}</tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def html_paper_table(cmp: dict) -> str:
+    cols = cmp["columns"]
+    head = "<tr><th class='m'>Method</th>" + "".join(f"<th>{_e(c)}<br><span class='note'>ours / paper</span></th>"
+                                                     for c in cols) + "</tr>"
+    body = []
+    for method, row in cmp["rows"].items():
+        tds = []
+        for c in cols:
+            if c not in row:
+                tds.append("<td></td>")
+                continue
+            ours, ref = row[c]
+            d = "" if ours is None else f"<span class='d {'pos' if ours >= ref else 'neg'}'>{ours - ref:+.1f}</span>"
+            tds.append(f"<td>{_fmt(ours)} / {_fmt(ref)}{d}</td>")
+        body.append(f"<tr><td class='m'>{_e(method)}</td>{''.join(tds)}</tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"<div class='fig'><img alt='{_e(alt)}' src='data:image/png;base64,{data}'></div>"
+
+
+# -- the report ------------------------------------------------------------------------------------------
+
+def _safe_uri(uri: str) -> str:
+    """A tracking URI without credentials (user:password@host)."""
+    if "://" in uri and "@" in uri.split("://", 1)[1].split("/", 1)[0]:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return uri
+
+
+def _tracking_notes(sync: dict | None) -> list[str]:
+    """Markdown lines about MLflow replay for the "Not run / failed" section."""
+    if sync is None:
+        return ["MLflow: replay not attempted (report built without tracking)."]
+    lines = [f"MLflow (`{_safe_uri(sync['uri'])}`, experiment `{sync['experiment']}`, sweep `{sync['sweep']}`):"]
+    if sync["replayed"]:
+        lines.append("- replayed now (not logged when they ran; the results files are unchanged): " +
+                     ", ".join(f"`{r.result_path}`" for r, _ in sync["replayed"]))
+    if sync["failing"]:
+        lines += ["- still not logged (numbers above are from the results files; the next report run retries):"]
+        lines += [f"  - `{r.result_path}`: {err}" for r, err in sync["failing"]]
+    if sync.get("error"):
+        lines.append(f"- sweep bookkeeping failed: {sync['error']}")
+    if not sync["replayed"] and not sync["failing"] and not sync.get("error"):
+        lines.append("- every finished run is logged.")
+    return lines
+
+
+def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True) -> dict:
+    """Write report.md, report.html, summary.json and figures/; returns the summary.
+
+    ``track``: replay unlogged results to MLflow and keep the sweep's parent run up to date
+    (never modifies a results file); False builds the report from the files alone.
+    """
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"
     found, missing = collect(cfg)
+    sync = None
+    if track:
+        from .tracking import sync_sweep
+
+        sync = sync_sweep(cfg, found)
     summary: dict = {"benchmark": cfg["benchmark"], "model": cfg["model"]["name"], "directions": {}}
-    md = [f"# QShift report — {cfg['benchmark']} / {cfg['model']['name']}", "",
-          "Recall@1 (%) of each method on each query shift; **Avg** is the plain mean over the corruption "
-          "columns (in brackets: the difference to `source`); **Clean** is the same method on uncorrupted "
-          "queries, the reference. Each run adapts online over the whole query stream "
-          f"(batch {cfg['adapt']['batch_size']}, {cfg['adapt']['steps']} steps per batch, seed {cfg['seed']}).", ""]
+    title = f"QShift report — {cfg['benchmark']} / {cfg['model']['name']}"
+    intro = ("Recall@1 (%) of each method on each query shift; **Avg** is the plain mean over the corruption "
+             "columns (in brackets: the difference to `source`); **Clean** is the same method on uncorrupted "
+             f"queries, the reference (run for {_clean_methods(cfg)}). Each run adapts online over the whole query stream "
+             f"(batch {cfg['adapt']['batch_size']}, {cfg['adapt']['steps']} steps per batch, seed {cfg['seed']}).")
+    md = [f"# {title}", "", intro, ""]
+    intro_html = _md_inline(intro.replace("(in brackets: the difference to `source`)",
+                                          "(second line of a cell: the difference to `source`)"))
+    h = [f"<h1>{_e(title)}</h1>", "<p>" + intro_html.replace("**Avg**", "<b>Avg</b>").replace(
+        "**Clean**", "<b>Clean</b>") + "</p>"]
     pre = Path("reports/pretrain.json")
     if pre.is_file():
-        import json
-
         p = json.loads(pre.read_text())
-        md += ["## Source model", "",
-               f"`{p.get('model')}` trained for {p.get('steps')} steps ({p.get('train_seconds')} s on "
-               f"{p.get('device')}). Clean test R@1: i2t {_fmt(p.get('test_i2t_R@1'))}, "
-               f"t2i {_fmt(p.get('test_t2i_R@1'))}.", ""]
-    import shutil
+        line = (f"`{p.get('model')}` trained for {p.get('steps')} steps ({p.get('train_seconds')} s on "
+                f"{p.get('device')}). Clean test R@1: i2t {_fmt(p.get('test_i2t_R@1'))}, "
+                f"t2i {_fmt(p.get('test_t2i_R@1'))}.")
+        md += ["## Source model", "", line, ""]
+        h += ["<h2>Source model</h2>", f"<p>{_md_inline(line)}</p>"]
 
     if fig_dir.exists():
         shutil.rmtree(fig_dir)
     fig_dir.mkdir(parents=True)
     for direction in cfg["adapt"]["directions"]:
-        tables = {k: direction_table(cfg, direction, found, k) for k in ("R@1", "R@5", "R@10")}
+        tables = {k: direction_table(cfg, direction, found, k) for k in METRICS}
         summary["directions"][direction] = {
             m: {"avg_r1": row["Avg"], "clean_r1": row["Clean"],
                 "cells_r1": {c: row[c] for c in tables["R@1"]["columns"] if c not in ("Avg", "Clean")}}
             for m, row in tables["R@1"]["rows"].items()}
-        plot_bars(tables["R@1"], f"R@1 per query shift — {direction}", fig_dir / f"{direction}_r1.png")
-        plot_online(cfg, direction, found, fig_dir / f"{direction}_online.png")
-        md += [f"## {DIRECTION_TITLE[direction]}", "", markdown_table(tables["R@1"]), "",
-               f"![R@1 per shift](figures/{direction}_r1.png)", "",
-               f"![Online R@1](figures/{direction}_online.png)", "",
-               "<details><summary>R@5 and R@10</summary>", "", "R@5", "", markdown_table(tables["R@5"]), "",
+        figs = {"r1": fig_dir / f"{direction}_r1.png", "online": fig_dir / f"{direction}_online.png",
+                "heatmap": fig_dir / f"{direction}_heatmap.png", "severity": fig_dir / f"{direction}_severity.png",
+                "forgetting": fig_dir / f"{direction}_forgetting.png"}
+        plot_bars(tables["R@1"], f"R@1 per query shift — {direction}", figs["r1"])
+        plot_heatmap(tables["R@1"], f"R@1, method x shift — {direction} (second line: Δ to source)",
+                     figs["heatmap"])
+        plot_online(cfg, direction, found, figs["online"])
+        has_severity = plot_severity(cfg, direction, found, figs["severity"])
+        seq = sequential_curves(found, direction)
+        reference = defaultdict(dict)
+        for r, doc in found.items():
+            if r.direction == direction and not doc["online"].get("domain"):
+                reference[r.method][f"{r.corruption}-s{r.severity}"] = doc["metrics"]["R@1"]
+        if seq:
+            plot_forgetting(seq, figs["forgetting"], f"Sequential streams — {direction}", dict(reference))
+        cmp = paper_comparison(cfg, direction, found)
+        delta = delta_table(tables["R@1"])
+
+        md += [f"## {DIRECTION_TITLE[direction]}", "", markdown_table(tables["R@1"]), ""]
+        if delta is not None and delta["rows"]:
+            md += ["Δ R@1 to `source`, per cell:", "", markdown_delta_table(delta), ""]
+        md += ([cmp["note"], ""] if not cmp["rows"] else [cmp["note"], "", markdown_paper_table(cmp), ""])
+        md += [f"![R@1 per shift](figures/{direction}_r1.png)", "",
+               f"![R@1 heatmap](figures/{direction}_heatmap.png)", ""]
+        md += ([f"![R@1 against severity](figures/{direction}_severity.png)", ""] if has_severity else
+               ["R@1 against severity: not plotted — the grid has a single severity for this direction.", ""])
+        md += [f"![Online R@1](figures/{direction}_online.png)", ""]
+        if seq:
+            forget = forgetting_table(seq, dict(reference))
+            md += ["Sequential streams: each domain's mean R@1 in the stream against the same method adapted to "
+                   "that domain alone (gap < 0: the stream lost accuracy there).", "",
+                   markdown_forgetting_table(forget), "", f"![Forgetting](figures/{direction}_forgetting.png)", ""]
+        md += ["<details><summary>R@5 and R@10</summary>", "", "R@5", "", markdown_table(tables["R@5"]), "",
                "R@10", "", markdown_table(tables["R@10"]), "", "</details>", ""]
+
+        h += [f"<h2>{_e(DIRECTION_TITLE[direction])}</h2>"]
+        for k in METRICS:
+            h += [f"<h3>{_e(k)} (%)</h3>", html_table(tables[k])]
+        h += ["<p class='note'>Second line of a cell: the difference to <code>source</code> (the reference row); "
+              "<b>Clean</b>: uncorrupted queries; <span class='best'>underlined</span>: best in its column.</p>"]
+        h += ["<h3>Paper reference</h3>", f"<p class='note'>{_md_inline(cmp['note'])}</p>"]
+        if cmp["rows"]:
+            h += [html_paper_table(cmp)]
+        h += ["<h3>Figures</h3>", _img(figs["r1"], f"R@1 per shift, {direction}"),
+              _img(figs["heatmap"], f"R@1 heatmap, {direction}")]
+        h += ([_img(figs["severity"], f"R@1 against severity, {direction}")] if has_severity else
+              ["<p class='note'>R@1 against severity: not plotted — the grid has a single severity for this "
+               "direction.</p>"])
+        h += [_img(figs["online"], f"Online R@1, {direction}")]
+        if seq:
+            h += ["<h3>Sequential streams</h3>",
+                  "<p class='note'>Each domain's mean R@1 in the stream against the same method adapted to that "
+                  "domain alone (gap &lt; 0: the stream lost accuracy there).</p>",
+                  html_forgetting_table(forget), _img(figs["forgetting"], f"Forgetting, {direction}")]
+
         counters = defaultdict(dict)
         for r, doc in found.items():
             if r.direction == direction and doc.get("counters", {}).get("skipped_steps"):
                 counters[r.method][cell_label(r.corruption, r.severity, True)] = doc["counters"]["skipped_steps"]
         if counters:
-            md += ["Skipped optimisation steps (empty selection or non-finite loss): " +
-                   "; ".join(f"{m}: " + ", ".join(f"{c} {n}" for c, n in d.items()) for m, d in counters.items()),
-                   ""]
-    untracked = [r for r, doc in found.items() if not doc.get("mlflow", {}).get("logged")]
+            line = ("Skipped optimisation steps (empty selection or non-finite loss): " +
+                    "; ".join(f"{m}: " + ", ".join(f"{c} {n}" for c, n in d.items()) for m, d in counters.items()))
+            md += [line, ""]
+            h += [f"<p class='note'>{_e(line)}</p>"]
+
     md += ["## Not run / failed", ""]
+    h += ["<h2>Not run / failed</h2>"]
     if missing:
         md += [f"- `{r.result_path}`: {why}" for r, why in missing]
+        h += ["<ul class='missing'>" + "".join(f"<li>{_e(r.result_path)}: {_e(why)}</li>" for r, why in missing)
+              + "</ul>"]
     else:
         md += ["Every run of the grid finished."]
-    if untracked:
-        md += ["", "Finished but not logged to MLflow (numbers above are from the results files): " +
-               ", ".join(f"`{r.result_path}`" for r in untracked)]
-    md += [""]
+        h += ["<p class='ok'>Every run of the grid finished.</p>"]
+    notes = _tracking_notes(sync)
+    md += [""] + notes + [""]
+    h += ["<p>" + _md_inline(notes[0]) + "</p>"]
+    if len(notes) > 1:
+        h += ["<ul>" + "".join(f"<li>{_md_inline(n.lstrip(' -'))}</li>" for n in notes[1:]) + "</ul>"]
+
     summary["missing"] = [{"run": r.result_path, "reason": why} for r, why in missing]
+    if sync is not None:
+        summary["mlflow"] = {"replayed": len(sync["replayed"]), "failing": len(sync["failing"])}
     write_text(out_dir / "report.md", "\n".join(md))
+    page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{_e(title)}</title><style>{CSS}</style></head><body>\n" + "\n".join(h) + "\n</body></html>\n")
+    write_text(out_dir / "report.html", page)
     write_json(out_dir / "summary.json", summary)
     return summary

@@ -4,24 +4,38 @@ Runs are keyed deterministically (tag ``qshift.run_key``): logging the same key 
 updates that run instead of creating a duplicate. The results file is always written
 first; tracking is best-effort on top of it — if the store is unreachable the job still
 succeeds, the results file records ``mlflow.logged: false`` with the error, and
-``log_result`` can replay it later (the report stage does).
+``log_result`` can replay it later (the report stage does, see :func:`sync_sweep`).
+
+Sweeps: every run is the child (tag ``mlflow.parentRunId``) of a *sweep* parent run keyed
+by (benchmark, model, hash of the grid-defining params: methods, clean-reference methods,
+directions, corruption names, severities and levels) — tag ``qshift.sweep_key``. The parent is found or created
+under the store lock, so parallel jobs on one sqlite store never create two parents; on a
+tracking server (no shared lock) a writer that loses a creation race deletes its own
+parent, and the report stage re-attaches every run of the grid to the one parent.
 
 Store: ``mlflow.tracking_uri`` in params.yaml (sqlite by default), overridden by the
-``MLFLOW_TRACKING_URI`` environment variable (e.g. a tracking server on a cluster). A
-brand-new sqlite store is created under a file lock, because several processes creating
-its schema at once crash.
+``MLFLOW_TRACKING_URI`` environment variable (e.g. a tracking server on a cluster). Every
+write to a sqlite store happens under a file lock (``<db>.lock``): several processes
+creating its schema at once crash, and concurrent writers can hit "database is locked".
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import math
 import os
+import tempfile
+import time
 from pathlib import Path
 
 TAG_KEY = "qshift.run_key"
+TAG_SWEEP = "qshift.sweep_key"
+TAG_ROLE = "qshift.role"
+TAG_PARENT = "mlflow.parentRunId"
+CURVE_ARTIFACT = "online_curve.json"
 log = logging.getLogger(__name__)
 
 
@@ -29,13 +43,35 @@ def tracking_uri(cfg: dict) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg["mlflow"]["tracking_uri"]
 
 
+# -- sweeps ------------------------------------------------------------------------------------
+
+def sweep_of(cfg: dict) -> dict:
+    """The sweep a run belongs to: (benchmark, model, hash of the grid-defining params)."""
+    from .io import stable_hash
+
+    img, txt = cfg["corrupt"]["image"], cfg["corrupt"]["text"]
+    grid = {"methods": list(cfg["adapt"]["methods"]), "clean_methods": list(cfg["adapt"].get("clean_methods", [])),
+            "directions": list(cfg["adapt"]["directions"]),
+            "image_corruptions": list(img["names"]), "image_severities": [int(s) for s in img["severities"]],
+            "text_corruptions": list(txt["names"]), "text_levels": [int(s) for s in txt["levels"]]}
+    h = stable_hash(grid)
+    return {"benchmark": cfg["benchmark"], "model": cfg["model"]["name"], "grid": grid, "grid_hash": h,
+            "key": f"{cfg['benchmark']}/{cfg['model']['name']}/sweep-{h}"}
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
 @contextlib.contextmanager
 def _store_lock(uri: str):
-    """Serialise first contact with a sqlite store (schema creation is not concurrency-safe)."""
-    if not uri.startswith("sqlite:///"):
+    """Serialise writes to a sqlite store (schema creation and concurrent writes are not safe)."""
+    db = _sqlite_path(uri)
+    if db is None:
         yield
         return
-    db = Path(uri[len("sqlite:///"):])
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{db}.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -51,6 +87,14 @@ def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
+
+
+def _preload(uri: str) -> None:
+    """Import the store's modules before taking the lock, so writers hold it only to write."""
+    import mlflow.tracking  # noqa: F401
+
+    if _sqlite_path(uri) is not None:
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
 
 def _experiment_id(client, name: str) -> str:
@@ -78,51 +122,231 @@ def _flatten(prefix: str, d: dict) -> dict:
     return out
 
 
-def log_result(result: dict, uri: str, experiment: str, artifact: str | Path | None = None) -> dict:
-    """Log one results document; returns the ``mlflow`` status block for the results file."""
-    try:
-        from mlflow.entities import Metric, Param, RunTag
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
 
+
+def _runs_tagged(client, exp_id: str, tag: str, value: str, max_results: int = 100) -> list:
+    return client.search_runs([exp_id], filter_string=f"tags.`{tag}` = '{_quote(value)}'",
+                              max_results=max_results)
+
+
+def _canonical(runs: list):
+    """The oldest of several runs with one key (ties broken by run id): every writer agrees."""
+    return min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+
+def _parent_run(client, exp_id: str, sweep: dict) -> str:
+    """Find or create the sweep's parent run (call under the store lock)."""
+    from mlflow.entities import Param, RunTag
+
+    found = _runs_tagged(client, exp_id, TAG_SWEEP, sweep["key"])
+    parents = [r for r in found if r.data.tags.get(TAG_ROLE) == "sweep"]
+    if parents:
+        return _canonical(parents).info.run_id
+    run_id = client.create_run(exp_id, run_name=sweep["key"],
+                               tags={TAG_SWEEP: sweep["key"], TAG_ROLE: "sweep"}).info.run_id
+    params = {"sweep.benchmark": sweep["benchmark"], "sweep.model": sweep["model"],
+              "sweep.grid_hash": sweep["grid_hash"],
+              **{f"sweep.{k}": ",".join(map(str, v)) for k, v in sweep["grid"].items()}}
+    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    client.set_terminated(run_id)
+    # a tracking server has no shared lock: if another writer created a parent at the same
+    # time, every writer keeps the oldest and the losers delete their own
+    parents = [r for r in _runs_tagged(client, exp_id, TAG_SWEEP, sweep["key"])
+               if r.data.tags.get(TAG_ROLE) == "sweep"]
+    keep = _canonical(parents).info.run_id if parents else run_id
+    if keep != run_id:
+        client.delete_run(run_id)
+    return keep
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float))  # bools count; None and strings do not
+
+
+def _with_retries(fn, attempts: int = 4):
+    """Retry a transient sqlite 'database is locked' (another reader, e.g. the MLflow UI)."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001
+            if i == attempts - 1 or "locked" not in str(e).lower():
+                raise
+            time.sleep(0.5 * 2 ** i)
+
+
+# -- logging one run ---------------------------------------------------------------------------
+
+def log_result(result: dict, uri: str, experiment: str, artifact: str | Path | None = None,
+               sweep: dict | None = None) -> dict:
+    """Log one results document; returns the ``mlflow`` status block for the results file.
+
+    Idempotent by ``result["run_key"]``: logging a key again updates its run (a run whose
+    params changed is replaced). ``sweep`` (:func:`sweep_of`) names the parent run (none when
+    omitted). Never raises; never touches ``artifact``.
+    """
+    try:
+        _preload(uri)
         with _store_lock(uri):
-            client = _client(uri)
-            exp_id = _experiment_id(client, experiment)
-        key = result["run_key"]
-        params = {**{f"key.{k}": v for k, v in result["key"].items()},
-                  **_flatten("hp.", result.get("hparams", {})),
-                  **_flatten("run.", result.get("run", {}))}
-        params = {k: str(v)[:6000] for k, v in params.items()}
-        found = client.search_runs([exp_id], filter_string=f"tags.`{TAG_KEY}` = '{key}'", max_results=1)
-        if found and found[0].data.params != params:
-            # MLflow params are immutable: a rerun with other hyperparameters replaces the run
-            client.delete_run(found[0].info.run_id)
-            found = []
-        run_id = found[0].info.run_id if found else client.create_run(exp_id, run_name=key).info.run_id
-        tags = {TAG_KEY: key, **{f"qshift.{k}": v for k, v in result.get("env", {}).items() if v is not None}}
-        metrics = {mlflow_metric_name(k): v for k, v in result["metrics"].items()}
-        metrics.update({f"counter.{k}": v for k, v in result.get("counters", {}).items()})
-        metrics.update({k: v for k, v in result.get("timing", {}).items() if v is not None})
-        ts = int(result.get("finished_at", 0) * 1000)
-        entries = [Metric(k, float(v), ts, 0) for k, v in metrics.items()]
-        online = result["online"]
-        series = {"online.batch_r1": online["batch_r1"], "online.cum_r1": online["cum_r1"],
-                  **{f"online.{k}": v for k, v in online.get("stats", {}).items()}}
-        for name, values in series.items():
-            entries += [Metric(name, float(v), ts, i) for i, v in enumerate(values)
-                        if v is not None and math.isfinite(float(v))]
-        # MLflow limits a batch to 1000 metrics and 100 params
-        plist = [Param(k, v) for k, v in params.items()]
-        if not found:
-            for i in range(0, len(plist), 100):
-                client.log_batch(run_id, params=plist[i:i + 100])
-        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-        for i in range(0, len(entries), 1000):
-            client.log_batch(run_id, metrics=entries[i:i + 1000])
-        if artifact is not None:
-            client.log_artifact(run_id, str(artifact))
-        client.set_terminated(run_id)
+            run_id = _with_retries(lambda: _log(result, uri, experiment, artifact, sweep))
         return {"logged": True, "run_id": run_id, "experiment": experiment, "uri": uri, "error": None}
     except Exception as e:  # noqa: BLE001 - tracking must never lose a finished result
         log.warning("MLflow logging failed for %s (%s); the results file keeps the numbers and can be "
                     "replayed later", result.get("run_key"), e)
         return {"logged": False, "run_id": None, "experiment": experiment, "uri": uri,
                 "error": f"{type(e).__name__}: {e}"}
+
+
+def _log(result: dict, uri: str, experiment: str, artifact, sweep: dict | None) -> str:
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = _client(uri)
+    exp_id = _experiment_id(client, experiment)
+    parent = _parent_run(client, exp_id, sweep) if sweep else None
+    key = result["run_key"]
+    params = {**{f"key.{k}": v for k, v in result["key"].items()},
+              **_flatten("hp.", result.get("hparams", {})),
+              **_flatten("run.", result.get("run", {}))}
+    params = {k: str(v)[:6000] for k, v in params.items()}
+    found = [r for r in _runs_tagged(client, exp_id, TAG_KEY, key) if r.data.tags.get(TAG_ROLE) != "sweep"]
+    if found:
+        keep = _canonical(found)
+        for dup in found:  # only ever more than one after a race on a tracking server
+            if dup.info.run_id != keep.info.run_id:
+                client.delete_run(dup.info.run_id)
+        found = [keep]
+    if found and found[0].data.params != params:
+        # MLflow params are immutable: a rerun with other hyperparameters replaces the run
+        client.delete_run(found[0].info.run_id)
+        found = []
+    # created with its key tag, so an interrupted attempt is found (and reused) by the next one
+    run_id = found[0].info.run_id if found else client.create_run(
+        exp_id, run_name=key, tags={TAG_KEY: key, TAG_ROLE: "run"}).info.run_id
+    tags = {TAG_KEY: key, TAG_ROLE: "run",
+            **{f"qshift.{k}": v for k, v in result.get("env", {}).items() if v is not None}}
+    if sweep:
+        tags.update({TAG_SWEEP: sweep["key"], TAG_PARENT: parent})
+    metrics = {mlflow_metric_name(k): v for k, v in result["metrics"].items()}
+    metrics.update({f"counter.{k}": v for k, v in result.get("counters", {}).items()})
+    metrics.update({k: v for k, v in result.get("timing", {}).items() if v is not None})
+    ts = int(result.get("finished_at", 0) * 1000)
+    entries = [Metric(k, float(v), ts, 0) for k, v in metrics.items() if _is_number(v)]
+    online = result["online"]
+    series = {"online.batch_r1": online["batch_r1"], "online.cum_r1": online["cum_r1"],
+              **{f"online.{k}": v for k, v in online.get("stats", {}).items()}}
+    for name, values in series.items():
+        entries += [Metric(name, float(v), ts, i) for i, v in enumerate(values)
+                    if _is_number(v) and math.isfinite(float(v))]
+    # MLflow limits a batch to 1000 metrics and 100 params
+    plist = [Param(k, v) for k, v in params.items()]
+    if not found:
+        for i in range(0, len(plist), 100):
+            client.log_batch(run_id, params=plist[i:i + 100])
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    for i in range(0, len(entries), 1000):
+        client.log_batch(run_id, metrics=entries[i:i + 1000])
+    if artifact is not None:
+        client.log_artifact(run_id, str(artifact))
+    with tempfile.TemporaryDirectory() as tmp:  # the curves, small and readable without MLflow
+        curve = Path(tmp) / CURVE_ARTIFACT
+        curve.write_text(json.dumps({"run_key": key, **online}, allow_nan=True))
+        client.log_artifact(run_id, str(curve))
+    client.set_terminated(run_id)
+    return run_id
+
+
+# -- the report stage: replay and sweep bookkeeping ---------------------------------------------
+
+def sync_sweep(cfg: dict, found: dict) -> dict:
+    """Replay unlogged results and attach every run of the grid to the sweep's parent.
+
+    ``found`` maps :class:`qshift.config.Run` to its results document. The results files are
+    never modified (they are outputs of other jobs): a replayed run is simply logged again
+    (``log_result`` is idempotent by key). After the first failed replay the others are not
+    attempted (the store is down; each try could wait for the HTTP timeout). Returns
+    ``{"uri", "experiment", "sweep", "replayed": [(run, run_id)], "failing": [(run, error)],
+    "error"}``; never raises.
+    """
+    from .config import experiment_name
+
+    uri, experiment, sweep = tracking_uri(cfg), experiment_name(cfg), sweep_of(cfg)
+    out: dict = {"uri": uri, "experiment": experiment, "sweep": sweep["key"], "replayed": [], "failing": [],
+                 "error": None}
+    down = _unreachable(uri)
+    for run, doc in sorted(found.items(), key=lambda kv: kv[0].result_path):
+        if doc.get("mlflow", {}).get("logged"):
+            continue
+        if down:
+            out["failing"].append((run, down))
+            continue
+        status = log_result(doc, uri, experiment, artifact=run.result_path, sweep=sweep)
+        if status["logged"]:
+            out["replayed"].append((run, status["run_id"]))
+        else:
+            out["failing"].append((run, status["error"]))
+            down = f"not attempted after an earlier failure ({status['error']})"
+    if down:
+        out["error"] = down if not out["failing"] else None
+        return out
+    try:
+        _preload(uri)
+        with _store_lock(uri):
+            _with_retries(lambda: _attach_children(uri, experiment, sweep, found))
+    except Exception as e:  # noqa: BLE001
+        out["error"] = f"{type(e).__name__}: {e}"
+        log.warning("MLflow sweep bookkeeping failed (%s)", e)
+    return out
+
+
+def _unreachable(uri: str, timeout: float = 5.0) -> str | None:
+    """Why an HTTP tracking server cannot be reached (None when it answers, or not HTTP)."""
+    if not uri.startswith(("http://", "https://")) or "@" in uri.split("://", 1)[1].split("/", 1)[0]:
+        return None
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # it answers (an auth proxy may refuse /health): let MLflow decide
+    except (OSError, ValueError) as e:
+        return f"tracking server unreachable: {type(e).__name__}: {getattr(e, 'reason', e)}"
+    return None
+
+
+def _attach_children(uri: str, experiment: str, sweep: dict, found: dict) -> None:
+    """Every run of the grid becomes a child of this sweep's parent; the parent gets the averages."""
+    from mlflow.entities import Metric, RunTag
+
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return
+    parent = _parent_run(client, exp.experiment_id, sweep)
+    wanted = {doc["run_key"] for doc in found.values()}
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_ROLE}` = 'run'",
+                                  max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            break
+    for r in runs:
+        ours = r.data.tags.get(TAG_KEY) in wanted or r.data.tags.get(TAG_SWEEP) == sweep["key"]
+        if ours and r.data.tags.get(TAG_PARENT) != parent:
+            client.log_batch(r.info.run_id, tags=[RunTag(TAG_PARENT, parent), RunTag(TAG_SWEEP, sweep["key"])])
+    # parents a creation race left behind (tracking server, skewed clocks): now childless
+    for r in _runs_tagged(client, exp.experiment_id, TAG_SWEEP, sweep["key"]):
+        if r.data.tags.get(TAG_ROLE) == "sweep" and r.info.run_id != parent:
+            client.delete_run(r.info.run_id)
+    # the parent's own metrics: R@1 averaged over each (direction, method)'s corruption cells
+    cells: dict[tuple[str, str], list[float]] = {}
+    for run, doc in found.items():
+        if run.corruption != "clean":
+            cells.setdefault((run.direction, run.method), []).append(float(doc["metrics"]["R@1"]))
+    ts = int(max((doc.get("finished_at", 0) for doc in found.values()), default=0) * 1000)
+    metrics = [Metric(f"avg_R_at_1.{d}.{m}", sum(v) / len(v), ts, 0) for (d, m), v in sorted(cells.items())]
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(parent, metrics=metrics[i:i + 1000])

@@ -12,9 +12,15 @@ rule adapt:
     params:
         overrides=OVERRIDES,
         cfg=adapt_params,
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
+        gpu=1,  # one GPU per job under SLURM (--gpus=1); ignored by local runs
+        gpu_model="",  # "" = any GPU; sites pin a model in slurm/config.yaml
+    # short jobs: `--group-components adapt=N` (slurm/config.yaml) bundles N per SLURM job
+    group:
+        "adapt"
     log:
         qc.LOGS["adapt"].format(dataset=DS, model=MODEL, direction="{direction}", method="{method}",
                        corruption="{corruption}", severity="{severity}"),

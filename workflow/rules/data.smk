@@ -8,6 +8,10 @@ rule prepare:
     params:
         overrides=OVERRIDES,
         cfg=stable_hash([config["seed"], config["datasets"][DS]]),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
     log:
         qc.LOGS["prepare"].format(dataset=DS),
     conda:
@@ -24,6 +28,7 @@ rule corrupt_images:
     params:
         overrides=OVERRIDES,
         cfg=stable_hash([config["seed"], config["corrupt"]["image"]["jpeg_quality"]]),
+    threads: 1
     resources:
         mem_mb=2000,
         runtime=60,
@@ -43,6 +48,7 @@ rule corrupt_text:
     params:
         overrides=OVERRIDES,
         cfg=stable_hash(config["seed"]),
+    threads: 1
     resources:
         mem_mb=2000,
         runtime=30,

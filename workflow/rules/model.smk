@@ -14,6 +14,7 @@ rule pretrain:
     resources:
         mem_mb=4000,
         runtime=60,
+        cpus_per_task=2,  # SLURM CPUs (the slurm profile caps threads at its `cores`)
     log:
         qc.LOGS["pretrain"].format(model=MODEL),
     conda:
@@ -31,9 +32,12 @@ rule encode_gallery:
     params:
         overrides=OVERRIDES,
         cfg=stable_hash(config["model"]),
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
+        gpu=1,  # one GPU per job under SLURM (--gpus=1); ignored by local runs
+        gpu_model="",  # "" = any GPU; sites pin a model in slurm/config.yaml
     log:
         qc.LOGS["encode_gallery"].format(model=MODEL, dataset=DS),
     conda:

@@ -7,10 +7,15 @@ rule report:
         "reports/pretrain.json",
     output:
         "reports/report.md",
+        "reports/report.html",
         "reports/summary.json",
         directory("reports/figures"),
     params:
         overrides=OVERRIDES,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
     log:
         qc.LOGS["report"].format(dataset=DS),
     conda:
