@@ -259,6 +259,24 @@ def _legend(ax, **kw) -> None:
         ax.legend(**kw)
 
 
+def _method_colour(cfg: dict, method: str) -> str:
+    methods = list(cfg["adapt"]["methods"])
+    return f"C{methods.index(method) % 10}" if method in methods else "k"
+
+
+def _figure_legend(fig, axes) -> None:
+    """One legend for a grid of panels, with every method that appears in any panel (a panel
+    may lack some methods, e.g. the clean one holds only ``adapt.clean_methods``)."""
+    handles: dict[str, object] = {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 9),
+                   fontsize=8, bbox_to_anchor=(0.5, -0.02))
+        fig.subplots_adjust(bottom=0.12)
+
+
 def _save(fig, path: Path) -> None:
     with atomic_path(path, ".png") as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
@@ -353,16 +371,17 @@ def plot_severity(cfg: dict, direction: str, found: dict[Run, dict], path: Path)
     for ax, (corruption, methods) in zip(axes.flat, series.items()):
         for method, pts in methods.items():
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method,
+                        color=_method_colour(cfg, method))
         ax.set_title(TEXT_LABELS.get(corruption, corruption), fontsize=9)
         ax.set_xlabel("severity (0 = clean)", fontsize=8)
         ax.set_ylabel("R@1 (%)", fontsize=8)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    _legend(axes.flat[0], fontsize=8)
     fig.suptitle(f"R@1 against severity — {direction}")
     fig.tight_layout()
+    _figure_legend(fig, axes)
     _save(fig, path)
     plt.close(fig)
     return True
@@ -382,16 +401,16 @@ def plot_online(cfg: dict, direction: str, found: dict[Run, dict], path: Path) -
             if doc:
                 sizes = doc["online"]["batch_size"]
                 seen = [sum(sizes[: i + 1]) for i in range(len(sizes))]
-                ax.plot(seen, doc["online"]["cum_r1"], label=method)
+                ax.plot(seen, doc["online"]["cum_r1"], label=method, color=_method_colour(cfg, method))
         ax.set_title(cell_label(c, s, True) if c != CLEAN else "clean", fontsize=9)
         ax.set_xlabel("queries seen", fontsize=8)
         ax.set_ylabel("cumulative R@1 (%)", fontsize=8)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    _legend(axes.flat[0], fontsize=8)
     fig.suptitle(f"Online R@1 along the query stream — {direction}")
     fig.tight_layout()
+    _figure_legend(fig, axes)
     _save(fig, path)
     plt.close(fig)
 
