@@ -295,3 +295,13 @@ def test_load_params_valid_file_loads(tmp_path):
 def test_load_params_override_scientific_notation_is_a_float(tmp_path):
     cfg = load_params(_params_with(tmp_path, lambda c: None), ["methods.tcr.lr=1e-3"])
     assert isinstance(cfg["methods"]["tcr"]["lr"], float)
+
+
+def test_load_params_clean_method_outside_the_grid(tmp_path):
+    # Snakemake and DVC would disagree on the clean runs otherwise
+    def edit(c):
+        c["adapt"]["methods"] = ["source", "tcr"]
+        c["adapt"]["clean_methods"] = ["source", "tent"]
+
+    with pytest.raises(ConfigError, match=r"clean_methods has 'tent', which is not in adapt.methods"):
+        load_params(_params_with(tmp_path, edit))

@@ -111,9 +111,9 @@ def validate(cfg: dict) -> None:
         if m not in cfg["methods"]:
             raise ConfigError(f"params: method {m!r} is listed in adapt.methods but has no entry under 'methods'")
     for m in cfg["adapt"].get("clean_methods", []):
-        METHODS.check(m)
-        if m not in cfg["methods"]:
-            raise ConfigError(f"params: method {m!r} is listed in adapt.clean_methods but has no entry under 'methods'")
+        if m not in cfg["adapt"]["methods"]:
+            raise ConfigError(f"params: adapt.clean_methods has {m!r}, which is not in adapt.methods "
+                              f"({', '.join(cfg['adapt']['methods'])})")
     for d in cfg["adapt"]["directions"]:
         if d not in DIRECTIONS:
             raise ConfigError(f"params: adapt.directions has {d!r}; valid: {', '.join(DIRECTIONS)}")
