@@ -51,9 +51,6 @@ def merged_profile(repo: Path = REPO) -> dict:
     return {**user, **(yaml.safe_load(default.read_text()) or {} if default.is_file() else {})}
 
 
-RETRIES_OVERRIDDEN = (merged_profile().get("retries") or 0) < 1
-RETRIES_REASON = ("workflow/profiles/default/config.yaml sets `retries: 0`, which overrides the "
-                  "`retries: 2` of slurm/config.yaml (the workflow profile is applied last)")
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -180,8 +177,8 @@ def test_profile_is_where_snakemake_looks_and_names_the_site_block():
     assert any(g.startswith("adapt=") for g in prof["group-components"])
 
 
-@pytest.mark.xfail(RETRIES_OVERRIDDEN, reason=RETRIES_REASON, run=False, strict=True)
 def test_profile_retries_survive_the_workflow_profile():
+    # the workflow profile (workflow/profiles/default) is applied last: it must not reset retries
     assert merged_profile()["retries"] >= 1
 
 
@@ -271,7 +268,6 @@ def catch_up(repo: Path) -> None:
         run(SNAKE, repo)
 
 
-@pytest.mark.xfail(RETRIES_OVERRIDDEN, reason=RETRIES_REASON, run=False, strict=True)
 def test_rerun_does_only_the_missing_work_and_retries_a_job_killed_once(slurm_repo, cluster):
     repo, _ = slurm_repo
     if "cancelled" not in _state:
