@@ -249,19 +249,6 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def store_template(tmp_path_factory) -> Path:
-    """An empty MLflow sqlite store, made once per session (creating one takes ~5 s)."""
-    path = tmp_path_factory.getbasetemp() / "mlflow-template.db"
-    if not path.exists():
-        from mlflow.tracking import MlflowClient
-
-        tmp = path.with_name("mlflow-template.tmp.db")
-        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()
-        tmp.rename(path)
-    return path
-
-
 def test_report_replays_unlogged_results_without_touching_them(tmp_path, monkeypatch, store_template):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -47,19 +47,6 @@ def make_doc(method: str = "tcr", direction: str = "i2t", corruption: str = "gau
             "mlflow": {"logged": False, "run_id": None, "error": "not attempted yet"}}
 
 
-@pytest.fixture(scope="session")
-def store_template(tmp_path_factory) -> Path:
-    """An empty MLflow sqlite store, made once: creating one runs every schema migration (~5 s)."""
-    path = tmp_path_factory.getbasetemp() / "mlflow-template.db"
-    if not path.exists():
-        from mlflow.tracking import MlflowClient
-
-        tmp = path.with_name("mlflow-template.tmp.db")
-        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()
-        tmp.rename(path)
-    return path
-
-
 @pytest.fixture
 def store(tmp_path, store_template) -> Path:
     """A copy of the empty store at ``tmp_path/mlflow.db`` (what ``params(tmp_path)`` points at)."""

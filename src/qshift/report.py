@@ -259,6 +259,17 @@ def _legend(ax, **kw) -> None:
         ax.legend(**kw)
 
 
+def _finish_panels(plt, fig, axes, n: int, title: str, path: Path) -> None:
+    """Blank the unused panels of a grid, title it, add one legend, save and close."""
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    _figure_legend(fig, axes)
+    _save(fig, path)
+    plt.close(fig)
+
+
 def _method_colour(cfg: dict, method: str) -> str:
     methods = list(cfg["adapt"]["methods"])
     return f"C{methods.index(method) % 10}" if method in methods else "k"
@@ -377,13 +388,7 @@ def plot_severity(cfg: dict, direction: str, found: dict[Run, dict], path: Path)
         ax.set_xlabel("severity (0 = clean)", fontsize=8)
         ax.set_ylabel("R@1 (%)", fontsize=8)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    fig.suptitle(f"R@1 against severity — {direction}")
-    fig.tight_layout()
-    _figure_legend(fig, axes)
-    _save(fig, path)
-    plt.close(fig)
+    _finish_panels(plt, fig, axes, n, f"R@1 against severity — {direction}", path)
     return True
 
 
@@ -406,13 +411,7 @@ def plot_online(cfg: dict, direction: str, found: dict[Run, dict], path: Path) -
         ax.set_xlabel("queries seen", fontsize=8)
         ax.set_ylabel("cumulative R@1 (%)", fontsize=8)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    fig.suptitle(f"Online R@1 along the query stream — {direction}")
-    fig.tight_layout()
-    _figure_legend(fig, axes)
-    _save(fig, path)
-    plt.close(fig)
+    _finish_panels(plt, fig, axes, n, f"Online R@1 along the query stream — {direction}", path)
 
 
 def plot_forgetting(curves: dict[str, list[tuple[str, list[float]]]], path: Path, title: str = "Sequential stream",

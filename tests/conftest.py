@@ -1,0 +1,20 @@
+"""Fixtures shared by several test modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store, made once: creating one runs every schema migration (~5 s)."""
+    path = tmp_path_factory.getbasetemp() / "mlflow-template.db"
+    if not path.exists():
+        from mlflow.tracking import MlflowClient
+
+        tmp = path.with_name("mlflow-template.tmp.db")
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()
+        tmp.rename(path)
+    return path
