@@ -23,13 +23,14 @@ from qshift.adapt import run_stream
 from qshift.data.manifest import Split
 from qshift.models import load_model
 from qshift.tta import METHODS, build_method
+from qshift.tta.base import ema
 from qshift.tta import rest as rest_mod
 from qshift.tta import sar as sar_mod
 from qshift.tta.deyo import deyo_weights, entropy_filter, patch_shuffle, plpd
 from qshift.tta.eata import eata_select, update_ema_prob
 from qshift.tta.read import read_loss
 from qshift.tta.rest import consistency_loss, decouple, distillation_loss
-from qshift.tta.sar import sar_select, update_loss_ema
+from qshift.tta.sar import sar_select
 from qshift.tta.tcr_untrain import scale_and_shift
 
 ALL_METHODS = ["source", "tcr", "tent", "eata", "sar", "read", "deyo", "tcr_untrain", "rest"]
@@ -321,8 +322,8 @@ def test_sar_select_keeps_entropies_up_to_the_kth_smallest_inclusive():
 
 
 def test_sar_loss_ema():
-    assert update_loss_ema(None, 0.5, 0.9) == 0.5
-    assert update_loss_ema(0.5, 0.1, 0.9) == pytest.approx(0.46)
+    assert ema(None, 0.5, 0.9) == 0.5
+    assert ema(0.5, 0.1, 0.9) == pytest.approx(0.46)
 
 
 def test_sar_runs_both_sam_passes_and_steps_with_the_perturbed_gradient(model, gallery, monkeypatch):

@@ -174,6 +174,11 @@ class GalleryEntropyMethod(TTAMethod):
         return BatchOutput(scores, stats)
 
 
+def ema(old, new, momentum: float):
+    """Exponential moving average ``momentum * old + (1 - momentum) * new``; starts at ``new``."""
+    return new if old is None else momentum * old + (1 - momentum) * new
+
+
 def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
     """Hyperparameters take the type of their default (``lr: 1e-3`` is a string in YAML 1.1)."""
     if isinstance(default, bool) or default is None or isinstance(value, type(default)):

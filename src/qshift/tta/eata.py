@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import GalleryEntropyMethod, entropy, register_method
+from .base import GalleryEntropyMethod, ema, entropy, register_method
 
 
 def eata_select(ent: torch.Tensor, probs: torch.Tensor, ema_prob: torch.Tensor | None, ratio: float,
@@ -36,8 +36,7 @@ def update_ema_prob(ema_prob: torch.Tensor | None, kept_probs: torch.Tensor, mom
     """EMA of the mean prediction of the kept samples; unchanged when none was kept."""
     if len(kept_probs) == 0:
         return ema_prob
-    mean = kept_probs.mean(0)
-    return mean if ema_prob is None else momentum * ema_prob + (1 - momentum) * mean
+    return ema(ema_prob, kept_probs.mean(0), momentum)
 
 
 @register_method("eata")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import BatchOutput, TTAMethod, entropy, register_method
+from .base import BatchOutput, TTAMethod, ema, entropy, register_method
 
 
 def sar_select(ent: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,11 +31,6 @@ def sar_select(ent: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Ten
         return torch.zeros_like(ent, dtype=torch.bool), ent.new_tensor(float("-inf"))
     thr = ent.kthvalue(k).values
     return ent <= thr, thr
-
-
-def update_loss_ema(ema: float | None, loss: float, momentum: float) -> float:
-    """SAR's loss EMA: the first value is the loss itself."""
-    return loss if ema is None else momentum * ema + (1 - momentum) * loss
 
 
 @register_method("sar")
@@ -111,7 +106,7 @@ class SAR(TTAMethod):
                          "loss": nan if loss is None else loss, "loss_second": nan if loss2 is None else loss2}
             if loss2 is None:
                 continue
-            self.loss_ema = update_loss_ema(self.loss_ema, loss2, hp["ema_momentum"])
+            self.loss_ema = ema(self.loss_ema, loss2, hp["ema_momentum"])
             if self.loss_ema < hp["reset_threshold"]:
                 self.reset()
                 resets += 1
