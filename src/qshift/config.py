@@ -184,10 +184,3 @@ def queries_path(cfg: dict, direction: str, corruption: str, severity: int) -> s
 
 def experiment_name(cfg: dict) -> str:
     return cfg["mlflow"]["experiment"].format(benchmark=cfg["benchmark"])
-
-
-def param_value(cfg: dict, dotted: str) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node

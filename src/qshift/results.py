@@ -29,7 +29,6 @@ A clean-query reference run uses ``corruption: "clean", severity: 0``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
 
 from .errors import InputError
 from .io import read_json
@@ -45,10 +44,6 @@ def run_key(key: dict) -> str:
             f"{key['corruption']}-s{key['severity']}")
 
 
-def results_path(root: str | Path, key: dict) -> Path:
-    return Path(root) / f"{run_key(key)}.json"
-
-
 def load_result(path: str | Path) -> dict:
     doc = read_json(path, "results file")
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
@@ -59,6 +54,3 @@ def load_result(path: str | Path) -> dict:
             raise InputError(f"results file {path} is missing key {k!r}")
     return doc
 
-
-def load_results(paths: Iterable[str | Path]) -> list[dict]:
-    return [load_result(p) for p in paths]
