@@ -3,7 +3,8 @@
 Reads the cached gallery embeddings and the run's query manifest, adapts the query tower
 batch by batch, writes results/<dataset>/<model>/<direction>/<method>/<corruption>-s<severity>.json
 (R@1/5/10, the per-batch online curve, method statistics), then logs the run to MLflow.
-``--corruption clean --severity 0`` is the clean-query reference run.
+``--corruption clean --severity 0`` is the clean-query reference run; ``--corruption <stream>
+--severity 0`` runs one of the direction's multi-domain streams (params ``streams``).
 """
 
 from qshift import cli
@@ -13,7 +14,7 @@ def main() -> None:
     import time
 
     from qshift.adapt import run_stream
-    from qshift.config import GALLERY, LOGS, Run, experiment_name, method_hparams, queries_path
+    from qshift.config import GALLERY, LOGS, Run, experiment_name, method_hparams, queries_path, streams
     from qshift.corrupt import IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS
     from qshift.data.manifest import load_split
     from qshift.errors import ConfigError, UnknownNameError
@@ -28,7 +29,7 @@ def main() -> None:
     p = cli.parser(__doc__)
     p.add_argument("--method", required=True)
     p.add_argument("--direction", required=True)
-    p.add_argument("--corruption", required=True, help=f"a corruption name, or {CLEAN!r}")
+    p.add_argument("--corruption", required=True, help=f"a corruption name, a stream name, or {CLEAN!r}")
     p.add_argument("--severity", required=True, type=int)
     args = p.parse_args()
     cfg = cli.load(args)
@@ -37,12 +38,14 @@ def main() -> None:
     if args.direction not in DIRECTIONS:
         raise UnknownNameError("direction", args.direction, DIRECTIONS)
     registry = IMAGE_CORRUPTIONS if args.direction == "i2t" else TEXT_CORRUPTIONS
-    if args.corruption != CLEAN:
-        if args.corruption not in registry:
-            raise UnknownNameError(f"{registry.kind} for {args.direction} queries", args.corruption,
-                                   registry.names() + [CLEAN])
-    elif args.severity != 0:
-        raise ConfigError(f"the clean reference run takes --severity 0, got {args.severity}")
+    named = streams(cfg, args.direction)
+    if args.corruption in named or args.corruption == CLEAN:
+        if args.severity != 0:
+            what = "the clean reference run" if args.corruption == CLEAN else f"stream {args.corruption!r}"
+            raise ConfigError(f"{what} takes --severity 0, got {args.severity}")
+    elif args.corruption not in registry:
+        raise UnknownNameError(f"{registry.kind} or stream for {args.direction} queries", args.corruption,
+                               registry.names() + [CLEAN] + sorted(named))
 
     run = Run(cfg["benchmark"], cfg["model"]["name"], args.direction, args.method, args.corruption, args.severity)
     hparams = method_hparams(cfg, args.method)

@@ -3,6 +3,11 @@
 Queries arrive in a fixed seeded order, in batches; the model is never reset between
 batches (continual). Per batch we keep only hit vectors and a few statistics, so memory
 does not grow with the stream's length.
+
+A multi-domain query set (:mod:`qshift.streams`) brings its own arrival order when it has
+one (sequential streams) and per-query domains: the results then carry each batch's
+majority domain (``online.domain``), R@K per domain (``metrics_by_domain``) and the
+stream's definition (``stream``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from .gallery import make_loader, owners_for, query_owner
 from .models.base import RetrievalModel
 from .results import DIRECTIONS, RECALL_KS
 from .runtime import seed_everything
+from .streams import majority, stream_info
 from .tta import build_method
 
 
@@ -39,7 +45,13 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
     q_mod, _, g_emb, g_owner = owners_for(gallery, direction)
     owners = torch.as_tensor(query_owner(queries, direction))
     n = len(owners)
-    order = stream_order(n, seed)
+    info = stream_info(queries, direction)
+    order = info["order"] if info is not None and info["order"] is not None else stream_order(n, seed)
+    if len(order) != n:
+        raise ConfigError(f"query order has {len(order)} entries for {n} queries")
+    q_dom = None if info is None else [info["query_domain"][i] for i in order]  # in arrival order
+    dom_hits: dict[str, dict[int, int]] = defaultdict(lambda: {k: 0 for k in RECALL_KS})
+    dom_n: dict[str, int] = defaultdict(int)
     tta = build_method(method, model, q_mod, g_emb, hparams, steps=steps, amp=amp)
     loader = make_loader(model, q_mod, queries, order=order, batch_size=batch_size, num_workers=num_workers)
 
@@ -55,6 +67,14 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
             h = topk_hits(out.scores, owners[order[done:done + b]], g_owner)
             for k in RECALL_KS:
                 hits[k] += int(h[k].sum())
+            if q_dom is not None:
+                labels = q_dom[done:done + b]
+                hk = {k: h[k].cpu().tolist() for k in RECALL_KS}  # one device sync per batch
+                for i, lab in enumerate(labels):
+                    dom_n[lab] += 1
+                    for k in RECALL_KS:
+                        dom_hits[lab][k] += int(hk[k][i])
+                online["domain"].append(majority(labels, info["domains"]))
             done += b
             online["batch_size"].append(b)
             online["batch_r1"].append(100.0 * int(h[1].sum()) / b)
@@ -65,8 +85,15 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
         tta.close()  # the model leaves the stream as it came in
     seconds = time.perf_counter() - t0
     stats = {k[len("stats."):]: online.pop(k) for k in list(online) if k.startswith("stats.")}
+    extra = {}
+    if info is not None:
+        ranked = [d for d in info["domains"] if d in dom_n] + sorted(set(dom_n) - set(info["domains"]))
+        extra = {"stream": {k: info[k] for k in ("name", "kind", "domains")},
+                 "metrics_by_domain": {d: {**{f"R@{k}": 100.0 * dom_hits[d][k] / dom_n[d] for k in RECALL_KS},
+                                           "n_queries": dom_n[d]} for d in ranked}}
     return {
         "metrics": {f"R@{k}": 100.0 * hits[k] / n for k in RECALL_KS},
+        **extra,
         "n_queries": n,
         "n_gallery": int(g_emb.shape[0]),
         "online": {**online, "stats": stats},

@@ -26,6 +26,9 @@ MANIFEST = "data/{dataset}/manifest.json"
 MODEL_DIR = "models/{model}"
 IMAGE_QUERIES = "data/queries/{dataset}/image/{corruption}-s{severity}"  # folder: images + manifest.json
 TEXT_QUERIES = "data/queries/{dataset}/text/{corruption}-s{severity}.json"  # a manifest
+# multi-domain query streams (qshift.streams): same formats, their own folders
+STREAM_IMAGE_QUERIES = "data/queries/{dataset}/image-stream/{stream}"  # folder: images + manifest.json
+STREAM_TEXT_QUERIES = "data/queries/{dataset}/text-stream/{stream}.json"  # a manifest
 GALLERY = "data/embeddings/{model}/{dataset}/gallery.pt"
 RESULT = "results/{dataset}/{model}/{direction}/{method}/{corruption}-s{severity}.json"
 # every stage mirrors its log here (Snakemake's `log:` directives name the same files)
@@ -34,6 +37,7 @@ LOGS = {
     "pretrain": "logs/pretrain/{model}.log",
     "corrupt_images": "logs/corrupt_images/{dataset}/{corruption}-s{severity}.log",
     "corrupt_text": "logs/corrupt_text/{dataset}/{corruption}-s{severity}.log",
+    "corrupt_stream": "logs/corrupt_stream/{dataset}/{side}/{stream}.log",
     "encode_gallery": "logs/encode_gallery/{model}/{dataset}.log",
     "adapt": "logs/adapt/{dataset}/{model}/{direction}/{method}/{corruption}-s{severity}.log",
     "report": "logs/report/{dataset}.log",
@@ -127,6 +131,48 @@ def validate(cfg: dict) -> None:
     for s in cfg["corrupt"]["text"]["levels"]:
         if s not in range(1, 8):
             raise ConfigError(f"params: text level {s!r} not in 1..7")
+    validate_streams(cfg)
+
+
+def validate_streams(cfg: dict) -> None:
+    """The optional ``streams`` section: methods within adapt.methods, valid stream definitions
+    whose names cannot be mistaken for a corruption (they share the results path pattern)."""
+    from .corrupt import IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS
+    from .streams import SIDES, validate_stream
+
+    st = cfg.get("streams")
+    if st is None:
+        return
+    if not isinstance(st, dict):
+        raise ConfigError("params: streams must be a mapping with keys methods, image, text")
+    unknown = set(st) - {"methods", "image", "text"}
+    if unknown:
+        raise ConfigError(f"params: streams has unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                          f"valid: methods, image, text")
+    methods = st.get("methods") or []
+    if not isinstance(methods, list):
+        raise ConfigError("params: streams.methods must be a list")
+    for m in methods:
+        if m not in cfg["adapt"]["methods"]:
+            raise ConfigError(f"params: streams.methods has {m!r}, which is not in adapt.methods "
+                              f"({', '.join(cfg['adapt']['methods'])})")
+    reserved = {CLEAN, *IMAGE_CORRUPTIONS.names(), *TEXT_CORRUPTIONS.names()}
+    for direction, (side, _) in SIDES.items():
+        defs = st.get(side) or {}
+        if not isinstance(defs, dict):
+            raise ConfigError(f"params: streams.{side} must be a mapping of stream name -> definition")
+        for name, spec in defs.items():
+            validate_stream(name, spec, direction, reserved)
+
+
+def streams(cfg: dict, direction: str) -> dict[str, dict]:
+    """The direction's stream definitions (``streams.image`` for i2t, ``streams.text`` for t2i)."""
+    side = "image" if direction == "i2t" else "text"
+    return dict((cfg.get("streams") or {}).get(side) or {})
+
+
+def is_stream(cfg: dict, direction: str, corruption: str) -> bool:
+    return corruption in streams(cfg, direction)
 
 
 def method_hparams(cfg: dict, method: str) -> dict:
@@ -161,15 +207,20 @@ def query_cells(cfg: dict, direction: str) -> list[tuple[str, int]]:
 
 
 def runs(cfg: dict) -> Iterator[Run]:
-    """Every run of the grid: each method on each shifted cell, and the methods listed in
-    ``adapt.clean_methods`` on clean queries."""
+    """Every run of the grid: each method on each shifted cell, the methods listed in
+    ``adapt.clean_methods`` on clean queries, and ``streams.methods`` on each of the direction's
+    streams (``corruption`` = the stream's name, ``severity`` 0)."""
     dataset, model = cfg["benchmark"], cfg["model"]["name"]
     clean_methods = set(cfg["adapt"].get("clean_methods", []))
+    stream_methods = set((cfg.get("streams") or {}).get("methods") or [])
     for direction in cfg["adapt"]["directions"]:
         for method in cfg["adapt"]["methods"]:
             for corruption, severity in query_cells(cfg, direction):
                 if corruption != CLEAN or method in clean_methods:
                     yield Run(dataset, model, direction, method, corruption, severity)
+            if method in stream_methods:
+                for name in streams(cfg, direction):
+                    yield Run(dataset, model, direction, method, name, 0)
 
 
 def queries_path(cfg: dict, direction: str, corruption: str, severity: int) -> str:
@@ -177,9 +228,17 @@ def queries_path(cfg: dict, direction: str, corruption: str, severity: int) -> s
     dataset = cfg["benchmark"]
     if corruption == CLEAN:
         return MANIFEST.format(dataset=dataset)
+    if is_stream(cfg, direction, corruption):
+        return stream_path(cfg, direction, corruption) + ("/manifest.json" if direction == "i2t" else "")
     if direction == "i2t":
         return IMAGE_QUERIES.format(dataset=dataset, corruption=corruption, severity=severity) + "/manifest.json"
     return TEXT_QUERIES.format(dataset=dataset, corruption=corruption, severity=severity)
+
+
+def stream_path(cfg: dict, direction: str, stream: str) -> str:
+    """A stream's output: a folder (image streams) or a manifest (text streams)."""
+    pattern = STREAM_IMAGE_QUERIES if direction == "i2t" else STREAM_TEXT_QUERIES
+    return pattern.format(dataset=cfg["benchmark"], stream=stream)
 
 
 def experiment_name(cfg: dict) -> str:

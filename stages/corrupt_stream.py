@@ -1,0 +1,45 @@
+"""Stage `corrupt_stream`: one multi-domain query stream (params ``streams.image`` / ``streams.text``).
+
+Output: data/queries/<benchmark>/image-stream/<stream>/ (i2t: JPEG images + manifest.json) or
+data/queries/<benchmark>/text-stream/<stream>.json (t2i: a manifest of corrupted captions).
+Each query is corrupted by its own domain with the per-corruption sets' seed and records it
+(``domain``); a sequential stream also fixes the arrival order (``meta.stream.order``).
+Depends on the dataset only.
+"""
+
+from qshift import cli
+
+
+def main() -> None:
+    from qshift.config import LOGS, MANIFEST, stream_path, streams
+    from qshift.errors import UnknownNameError
+    from qshift.results import DIRECTIONS
+    from qshift.streams import SIDES, build_image_stream, build_text_stream
+
+    p = cli.parser(__doc__)
+    p.add_argument("--direction", required=True, help="i2t (image stream) or t2i (text stream)")
+    p.add_argument("--stream", required=True, help="a stream name under params streams.image / streams.text")
+    args = p.parse_args()
+    cfg = cli.load(args)
+    if args.direction not in DIRECTIONS:
+        raise UnknownNameError("direction", args.direction, DIRECTIONS)
+    side = SIDES[args.direction][0]
+    defs = streams(cfg, args.direction)
+    if args.stream not in defs:
+        raise UnknownNameError(f"stream (params streams.{side})", args.stream, defs)
+    ds = cfg["benchmark"]
+    log = cli.start_log(LOGS["corrupt_stream"].format(dataset=ds, side=side, stream=args.stream))
+    out = stream_path(cfg, args.direction, args.stream)
+    if args.direction == "i2t":
+        counts = build_image_stream(MANIFEST.format(dataset=ds), out, args.stream, defs[args.stream], cfg["seed"],
+                                    quality=cfg["corrupt"]["image"]["jpeg_quality"],
+                                    progress=cli.progress_enabled(args))
+    else:
+        counts = build_text_stream(MANIFEST.format(dataset=ds), out, args.stream, defs[args.stream], cfg["seed"],
+                                   progress=cli.progress_enabled(args))
+    log.info("corrupt_stream: %s stream %r (%s): %s -> %s", side, args.stream, defs[args.stream]["kind"],
+             ", ".join(f"{d} {n}" for d, n in counts.items()), out)
+
+
+if __name__ == "__main__":
+    cli.run(main)
