@@ -29,6 +29,13 @@ def tiny_params(params: dict) -> dict:
     p["corrupt"]["text"]["names"] = ["ocr"]
     p["adapt"]["methods"] = ["source", "tcr"]
     p["adapt"]["clean_methods"] = ["source", "tcr"]
+    # one stream of each kind per direction where the tiny grid has the domains, run by tcr only
+    p["streams"] = {"methods": ["tcr"],
+                    "image": {"mix": {"kind": "mixed", "corruptions": ["gaussian_noise", "defocus_blur"],
+                                      "severities": [3]},
+                              "seq": {"kind": "sequential", "corruptions": ["gaussian_noise", "defocus_blur"],
+                                      "severities": [3]}},
+                    "text": {"tseq": {"kind": "sequential", "corruptions": ["ocr", "char_swap"], "levels": [2]}}}
     p["threads"] = 1
     return p
 

@@ -54,6 +54,10 @@ def sweep_of(cfg: dict) -> dict:
             "directions": list(cfg["adapt"]["directions"]),
             "image_corruptions": list(img["names"]), "image_severities": [int(s) for s in img["severities"]],
             "text_corruptions": list(txt["names"]), "text_levels": [int(s) for s in txt["levels"]]}
+    st = cfg.get("streams") or {}
+    if st.get("methods") and (st.get("image") or st.get("text")):  # absent otherwise: older sweep keys hold
+        grid["streams"] = {"methods": list(st["methods"]), "image": dict(st.get("image") or {}),
+                           "text": dict(st.get("text") or {})}
     h = stable_hash(grid)
     return {"benchmark": cfg["benchmark"], "model": cfg["model"]["name"], "grid": grid, "grid_hash": h,
             "key": f"{cfg['benchmark']}/{cfg['model']['name']}/sweep-{h}"}
@@ -230,6 +234,8 @@ def _log(result: dict, uri: str, experiment: str, artifact, sweep: dict | None) 
     metrics = {mlflow_metric_name(k): v for k, v in result["metrics"].items()}
     metrics.update({f"counter.{k}": v for k, v in result.get("counters", {}).items()})
     metrics.update({k: v for k, v in result.get("timing", {}).items() if v is not None})
+    for dom, vals in result.get("metrics_by_domain", {}).items():  # multi-domain streams
+        metrics.update({f"domain.{dom}.{mlflow_metric_name(k)}": v for k, v in vals.items()})
     ts = int(result.get("finished_at", 0) * 1000)
     entries = [Metric(k, float(v), ts, 0) for k, v in metrics.items() if _is_number(v)]
     online = result["online"]
@@ -344,7 +350,7 @@ def _attach_children(uri: str, experiment: str, sweep: dict, found: dict) -> Non
     # the parent's own metrics: R@1 averaged over each (direction, method)'s corruption cells
     cells: dict[tuple[str, str], list[float]] = {}
     for run, doc in found.items():
-        if run.corruption != "clean":
+        if run.corruption != "clean" and not doc.get("stream"):  # streams are not corruption cells
             cells.setdefault((run.direction, run.method), []).append(float(doc["metrics"]["R@1"]))
     ts = int(max((doc.get("finished_at", 0) for doc in found.values()), default=0) * 1000)
     metrics = [Metric(f"avg_R_at_1.{d}.{m}", sum(v) / len(v), ts, 0) for (d, m), v in sorted(cells.items())]

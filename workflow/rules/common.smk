@@ -2,9 +2,11 @@
 
 
 def adapt_queries(w):
-    """The run's query set: the clean dataset for the reference run, else the corrupted set."""
+    """The run's query set: the clean dataset for the reference run, a stream's set, else the corrupted set."""
     if w.corruption == "clean":
         return DATASET_DIR
+    if qc.is_stream(config, w.direction, w.corruption):  # a multi-domain stream (corrupt_stream_*)
+        return qc.stream_path(config, w.direction, w.corruption)
     if w.direction == "i2t":
         return qc.IMAGE_QUERIES.format(dataset=DS, corruption=w.corruption, severity=w.severity)
     return qc.TEXT_QUERIES.format(dataset=DS, corruption=w.corruption, severity=w.severity)
@@ -13,3 +15,10 @@ def adapt_queries(w):
 def adapt_params(w):
     return stable_hash([config["seed"], config["adapt"]["batch_size"], config["adapt"]["steps"], config["amp"],
                         config["methods"][w.method]])
+
+
+def stream_params(w, side):
+    """Hash of what a stream's query set depends on: the seed, its definition (and JPEG quality)."""
+    spec = ((config.get("streams") or {}).get(side) or {}).get(w.stream)
+    extra = config["corrupt"]["image"]["jpeg_quality"] if side == "image" else None
+    return stable_hash([config["seed"], spec, extra])
