@@ -1,7 +1,12 @@
 """Stage `corrupt_images`: one (corruption, severity) of the test split's query images.
 
 Output: data/queries/<benchmark>/image/<corruption>-s<severity>/ with JPEG images (quality
-from params) and a manifest.json in the dataset format (captions unchanged).
+from params) and a manifest.json in the dataset format (captions unchanged). Images are
+corrupted on a pool of `corrupt.image.workers` processes (0 = all cores of the job).
+
+Big datasets can fan out further: `--shard i/n` builds every n-th image from the i-th into
+<output>.shards/<i>-of-<n>/, and `--merge-shards n` joins the n shard folders into the
+output; the result is byte-identical to a single job.
 """
 
 from qshift import cli
@@ -9,19 +14,36 @@ from qshift import cli
 
 def main() -> None:
     from qshift.config import IMAGE_QUERIES, LOGS, MANIFEST
-    from qshift.corrupt.build import build_image_queries
+    from qshift.corrupt.build import build_image_queries, merge_image_shards, parse_shard, shard_dir
+    from qshift.errors import ConfigError
 
     p = cli.parser(__doc__)
     p.add_argument("--corruption", required=True)
     p.add_argument("--severity", required=True, type=int)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--shard", metavar="I/N", help="build only shard I of N (0 <= I < N)")
+    mode.add_argument("--merge-shards", metavar="N", type=int, help="join the N built shards into the output")
     args = p.parse_args()
     cfg = cli.load(args)
     ds = cfg["benchmark"]
-    log = cli.start_log(LOGS["corrupt_images"].format(dataset=ds, corruption=args.corruption,
-                                                          severity=args.severity))
+    params = cfg["corrupt"]["image"]
     out = IMAGE_QUERIES.format(dataset=ds, corruption=args.corruption, severity=args.severity)
+    log_path = LOGS["corrupt_images"].format(dataset=ds, corruption=args.corruption, severity=args.severity)
+    if args.merge_shards is not None:
+        if args.merge_shards < 1:
+            raise ConfigError(f"--merge-shards must be >= 1, got {args.merge_shards}")
+        log = cli.start_log(log_path)
+        n = merge_image_shards([shard_dir(out, i, args.merge_shards) for i in range(args.merge_shards)], out)
+        log.info("corrupt_images: merged %d shards, %d images -> %s", args.merge_shards, n, out)
+        return
+    shard = parse_shard(args.shard) if args.shard else None
+    if shard:
+        out = str(shard_dir(out, *shard))
+        log_path = log_path.removesuffix(".log") + f".shard{shard[0]}-of-{shard[1]}.log"
+    log = cli.start_log(log_path)
     n = build_image_queries(MANIFEST.format(dataset=ds), out, args.corruption, args.severity, seed=cfg["seed"],
-                            quality=cfg["corrupt"]["image"]["jpeg_quality"], progress=cli.progress_enabled(args))
+                            quality=params["jpeg_quality"], progress=cli.progress_enabled(args),
+                            workers=params.get("workers", 1), shard=shard)
     log.info("corrupt_images: %d images -> %s", n, out)
 
 
