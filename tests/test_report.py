@@ -29,8 +29,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 
 def grid(methods=("source", "tcr"), directions=("i2t", "t2i"), image=("gaussian_noise", "defocus_blur", "contrast"),
          severities=(3, 5), text=("ocr", "char_replace"), levels=(2,), benchmark=None, model=None,
-         clean_methods=None) -> dict:
+         clean_methods=None, streams=None) -> dict:
     cfg = load_params(REPO / "params.yaml")
+    cfg["streams"] = streams or {"methods": [], "image": {}, "text": {}}
     cfg["adapt"].update(methods=list(methods), directions=list(directions),
                         clean_methods=list(methods if clean_methods is None else clean_methods))
     cfg["corrupt"]["image"].update(names=list(image), severities=list(severities))
@@ -370,3 +371,61 @@ def test_report_stage_cli_writes_markdown_and_html_with_the_tracking_server_down
     md = (tmp_path / "reports/report.md").read_text()
     assert "sweep bookkeeping failed: tracking server unreachable" in md
     assert not (tmp_path / "mlflow.db").exists()
+
+
+# -- multi-domain streams ------------------------------------------------------------------------------
+
+MIX = {"kind": "mixed", "corruptions": ["gaussian_noise", "contrast"], "severities": [3]}
+SEQ = {"kind": "sequential", "corruptions": ["gaussian_noise", "contrast"], "severities": [3]}
+
+
+def stream_doc(run, kind: str, by_domain: dict[str, tuple[float, int]], batches: list[str]) -> dict:
+    """A stream's results file as run_stream writes it: per-domain R@1 and per-batch domains."""
+    doc = make_doc(run, n_batches=len(batches), domains=batches)
+    n = sum(k for _, k in by_domain.values())
+    doc["metrics"]["R@1"] = sum(r * k for r, k in by_domain.values()) / n
+    doc["metrics_by_domain"] = {d: {"R@1": r, "R@5": r + 20, "R@10": r + 28, "n_queries": k}
+                                for d, (r, k) in by_domain.items()}
+    doc["stream"] = {"name": run.corruption, "kind": kind, "domains": list(by_domain)}
+    doc["online"]["batch_r1"] = [by_domain[d][0] + i for i, d in enumerate(batches)]
+    return doc
+
+
+def test_stream_section_compares_each_stream_with_the_independent_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = grid(methods=("source", "tcr"), directions=("i2t",), image=("gaussian_noise", "contrast"), severities=(3,),
+               streams={"methods": ["source", "tcr"], "image": {"mix": MIX, "seq": SEQ}, "text": {}})
+    written = write_grid(cfg, tmp_path, skip={"results/builtin/qshift-tiny-clip/i2t/source/mix-s0.json"})
+    assert {r.corruption for r in written} == {"clean", "gaussian_noise", "contrast", "mix", "seq"}
+    by = {(r.method, r.corruption): r for r in written}
+    gn, ct = "gaussian_noise-s3", "contrast-s3"
+    mix = stream_doc(by["tcr", "mix"], "mixed", {gn: (40.0, 100), ct: (30.0, 300)}, [ct, gn, ct, ct])
+    write_json(tmp_path / by["tcr", "mix"].result_path, mix)
+    for m in ("source", "tcr"):
+        write_json(tmp_path / by[m, "seq"].result_path,
+                   stream_doc(by[m, "seq"], "sequential", {gn: (50.0, 128), ct: (20.0, 128)}, [gn, gn, ct, ct]))
+    found, missing = report.collect(cfg)
+    assert [r.result_path for r, _ in missing] == ["results/builtin/qshift-tiny-clip/i2t/source/mix-s0.json"]
+    # the mixed stream alternates domains batch by batch: never read as a sequential stream
+    curves = report.sequential_curves(found, "i2t")
+    assert set(curves) == {"source", "tcr"} and [d for d, _ in curves["tcr"]] == [gn, ct]
+
+    summary = report.build_report(cfg, tmp_path / "reports", track=False)
+    tcr_gn, tcr_ct = (r1_of(by["tcr", c]) for c in ("gaussian_noise", "contrast"))
+    alone = (100 * tcr_gn + 300 * tcr_ct) / 400  # weighted by the stream's queries per domain
+    got = summary["streams"]["i2t"]["mix"]["methods"]["tcr"]
+    assert got["r1"] == 32.5 and got["alone_r1"] == pytest.approx(alone)
+    assert got["by_domain"][gn] == {"r1": 40.0, "alone_r1": tcr_gn}
+    assert summary["streams"]["i2t"]["mix"]["methods"]["source"]["r1"] is None  # missing: shown, not dropped
+    md = (tmp_path / "reports/report.md").read_text()
+    assert "### Streams — i2t" in md
+    assert "| Method | mix (mixed, 2 domains) | seq (sequential, 2 domains) |" in md
+    seq_alone = (tcr_gn + tcr_ct) / 2
+    assert f"| tcr | 32.5 / {alone:.1f} ({32.5 - alone:+.1f}) | 35.0 / {seq_alone:.1f} ({35 - seq_alone:+.1f}) |" in md
+    assert "| source | — |" in md
+    assert "Mixed stream `mix`, per domain:" in md and "Mixed stream `seq`" not in md
+    assert f"| tcr | 40.0 / {tcr_gn:.1f} ({40 - tcr_gn:+.1f}) | 30.0 / {tcr_ct:.1f} ({30 - tcr_ct:+.1f}) |" in md
+    assert f"| tcr | 1. {gn} | 2 | 50.5 | {tcr_gn:.1f} |" in md  # the forgetting table, from the seq stream
+    assert (tmp_path / "reports/figures/i2t_forgetting.png").stat().st_size > 1000
+    page = (tmp_path / "reports/report.html").read_text()
+    assert "Streams — i2t" in page and "<b>mixed</b>" in page and "Mixed stream <code>mix</code>" in page

@@ -11,10 +11,13 @@ figures embedded as base64 data URIs, no scripts, nothing fetched), ``summary.js
 severities), a method x corruption heatmap, online R@1 along the stream, and forgetting on
 sequential streams.
 
-Sequential streams: a results file whose ``online`` block carries ``domain`` (one domain
-label per batch, e.g. ``gaussian_noise-s5``) is a stream through several domains; the
-report splits its per-batch R@1 by domain (:func:`sequential_curves`) and compares each
-domain with that method's independent run on the same domain (:func:`forgetting_table`).
+Streams (params ``streams``, :mod:`qshift.streams`): per direction a method x stream table,
+each stream's R@1 beside the same method's independent runs on the stream's domains
+(:func:`stream_tables`), and per domain for mixed streams. A results file whose ``online``
+block carries ``domain`` (one domain label per batch, e.g. ``gaussian_noise-s5``) and that is
+not a mixed stream is a sequential stream; the report splits its per-batch R@1 by domain
+(:func:`sequential_curves`) and compares each domain with that method's independent run on
+the same domain (:func:`forgetting_table`).
 
 MLflow: results whose ``mlflow.logged`` is false are replayed to the store (the results
 files are never modified) and every run of the grid is attached to its sweep's parent run;
@@ -32,11 +35,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from . import paper
-from .config import Run, query_cells, runs
+from .config import Run, query_cells, runs, streams
 from .corrupt.text import TEXT_LABELS
 from .errors import QShiftError
 from .io import atomic_path, write_json, write_text
 from .results import CLEAN, load_result
+from .streams import domain_label, stream_domains
 
 DIRECTION_TITLE = {"i2t": "Image-to-text retrieval (image queries corrupted)",
                    "t2i": "Text-to-image retrieval (caption queries corrupted)"}
@@ -181,20 +185,112 @@ def markdown_paper_table(cmp: dict) -> str:
 
 # -- sequential streams ------------------------------------------------------------------------------
 
+def _is_sequential(doc: dict) -> bool:
+    """Per-batch domains and not a mixed stream (a file without a ``stream`` block counts)."""
+    return bool(doc["online"].get("domain")) and (doc.get("stream") or {}).get("kind", "sequential") == "sequential"
+
+
 def sequential_curves(found: dict[Run, dict], direction: str) -> dict[str, list[tuple[str, list[float]]]]:
-    """{method: [(domain, per-batch R@1), ...]} for results files of sequential streams."""
+    """{method: [(domain, per-batch R@1), ...]} for results files of sequential streams; a
+    method with several sequential streams is keyed ``"<method> (<stream>)"``."""
+    docs = [(run, doc) for run, doc in sorted(found.items(), key=lambda kv: kv[0].result_path)
+            if run.direction == direction and _is_sequential(doc)]
+    per_method = defaultdict(int)
+    for run, _ in docs:
+        per_method[run.method] += 1
     out: dict[str, list[tuple[str, list[float]]]] = {}
-    for run, doc in sorted(found.items(), key=lambda kv: kv[0].result_path):
-        domains = doc["online"].get("domain")
-        if run.direction != direction or not domains:
-            continue
+    for run, doc in docs:
         segments: list[tuple[str, list[float]]] = []
-        for dom, r1 in zip(domains, doc["online"]["batch_r1"]):
+        for dom, r1 in zip(doc["online"]["domain"], doc["online"]["batch_r1"]):
             if not segments or segments[-1][0] != dom:
                 segments.append((str(dom), []))
             segments[-1][1].append(float(r1))
-        out[run.method if run.method not in out else f"{run.method} ({run.corruption})"] = segments
+        out[run.method if per_method[run.method] == 1 else f"{run.method} ({run.corruption})"] = segments
     return out
+
+
+def independent_r1(found: dict[Run, dict], direction: str) -> dict[str, dict[str, float]]:
+    """{method: {"<corruption>-s<severity>": R@1}} of the one-domain runs (the streams' references)."""
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for r, doc in found.items():
+        if r.direction == direction and not doc["online"].get("domain") and not doc.get("stream"):
+            out[r.method][f"{r.corruption}-s{r.severity}"] = doc["metrics"]["R@1"]
+    return dict(out)
+
+
+def stream_tables(cfg: dict, direction: str, found: dict[Run, dict],
+                  reference: dict[str, dict[str, float]]) -> dict[str, dict]:
+    """Per stream of the direction: {"kind", "domains", "rows": {method: {"r1", "alone",
+    "by_domain": {domain: {"r1", "alone", "n"}}}}}.
+
+    ``alone`` is the method's independent R@1 on the stream's domains, weighted by how many of
+    the stream's queries each domain has (None when one of those runs is not in the grid): what
+    the stream would score if mixing or ordering the domains made no difference.
+    """
+    by_key = _by_key(found)
+    methods = [m for m in cfg["adapt"]["methods"] if m in set((cfg.get("streams") or {}).get("methods") or [])]
+    out: dict[str, dict] = {}
+    for name, spec in streams(cfg, direction).items():
+        domains = [domain_label(c, s) for c, s in stream_domains(spec, direction)]
+        rows = {}
+        for method in methods:
+            doc = by_key.get((direction, method, name, 0))
+            by_dom = (doc or {}).get("metrics_by_domain") or {}
+            ref = reference.get(method, {})
+            cells = {d: {"r1": by_dom.get(d, {}).get("R@1"), "alone": ref.get(d),
+                         "n": by_dom.get(d, {}).get("n_queries")} for d in domains}
+            weights = {d: (c["n"] if c["n"] is not None else 1) for d, c in cells.items()}
+            alone = (sum(weights[d] * cells[d]["alone"] for d in domains) / sum(weights.values())
+                     if all(cells[d]["alone"] is not None for d in domains) and sum(weights.values()) else None)
+            rows[method] = {"r1": doc["metrics"]["R@1"] if doc else None, "alone": alone, "by_domain": cells}
+        out[name] = {"kind": spec["kind"], "domains": domains, "rows": rows}
+    return out
+
+
+def _vs(ours: float | None, alone: float | None) -> str:
+    """``ours / alone (Δ)``: a stream's R@1 beside the independent runs' (Δ < 0: the stream lost)."""
+    if ours is None:
+        return "—"
+    if alone is None:
+        return f"{_fmt(ours)} / —"
+    return f"{_fmt(ours)} / {_fmt(alone)} ({ours - alone:+.1f})"
+
+
+def _stream_rows(tables: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """Method x stream: header and rows of ``in stream / alone (Δ)`` cells."""
+    names = list(tables)
+    methods = list(dict.fromkeys(m for t in tables.values() for m in t["rows"]))
+    header = ["Method"] + [f"{n} ({tables[n]['kind']}, {len(tables[n]['domains'])} domains)" for n in names]
+    rows = [[m] + [_vs(tables[n]["rows"][m]["r1"], tables[n]["rows"][m]["alone"]) if m in tables[n]["rows"]
+                   else "" for n in names] for m in methods]
+    return header, rows
+
+
+def _mixed_domain_rows(name: str, table: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["Method"] + table["domains"]
+    rows = [[m] + [_vs(row["by_domain"][d]["r1"], row["by_domain"][d]["alone"]) for d in table["domains"]]
+            for m, row in table["rows"].items()]
+    return header, rows
+
+
+def _md_grid(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _html_grid(header: list[str], rows: list[list[str]]) -> str:
+    head = "<tr>" + "".join(f"<th class='m'>{_e(c)}</th>" if i == 0 else f"<th>{_e(c)}</th>"
+                            for i, c in enumerate(header)) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td class='m'>{_e(v)}</td>" if i == 0 else f"<td>{_e(v)}</td>"
+                                    for i, v in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table>{head}{body}</table>"
+
+
+STREAMS_NOTE = ("Multi-domain query streams (params `streams`): **mixed** — each query's domain is drawn at random "
+                "from the stream's set, so every batch mixes shifts (REST's multi-distribution shift); "
+                "**sequential** — the domains arrive one after another in equal blocks. A cell reads "
+                "*R@1 in the stream / the same method adapted to each domain alone* (its independent runs, "
+                "weighted by the stream's queries per domain) and the difference (< 0: the stream lost accuracy).")
 
 
 def forgetting_table(curves: dict[str, list[tuple[str, list[float]]]],
@@ -615,10 +711,16 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
         plot_online(cfg, direction, found, figs["online"])
         has_severity = plot_severity(cfg, direction, found, figs["severity"])
         seq = sequential_curves(found, direction)
-        reference = defaultdict(dict)
-        for r, doc in found.items():
-            if r.direction == direction and not doc["online"].get("domain"):
-                reference[r.method][f"{r.corruption}-s{r.severity}"] = doc["metrics"]["R@1"]
+        reference = independent_r1(found, direction)
+        st_tables = stream_tables(cfg, direction, found, reference)
+        if st_tables:
+            summary.setdefault("streams", {})[direction] = {
+                name: {"kind": t["kind"], "domains": t["domains"],
+                       "methods": {m: {"r1": row["r1"], "alone_r1": row["alone"],
+                                       "by_domain": {d: {"r1": c["r1"], "alone_r1": c["alone"]}
+                                                     for d, c in row["by_domain"].items()}}
+                                   for m, row in t["rows"].items()}}
+                for name, t in st_tables.items()}
         if seq:
             plot_forgetting(seq, figs["forgetting"], f"Sequential streams — {direction}", dict(reference))
         cmp = paper_comparison(cfg, direction, found)
@@ -633,6 +735,11 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
         md += ([f"![R@1 against severity](figures/{direction}_severity.png)", ""] if has_severity else
                ["R@1 against severity: not plotted — the grid has a single severity for this direction.", ""])
         md += [f"![Online R@1](figures/{direction}_online.png)", ""]
+        if st_tables:
+            md += [f"### Streams — {direction}", "", STREAMS_NOTE, "", _md_grid(*_stream_rows(st_tables)), ""]
+            for name, t in st_tables.items():
+                if t["kind"] == "mixed" and t["rows"]:
+                    md += [f"Mixed stream `{name}`, per domain:", "", _md_grid(*_mixed_domain_rows(name, t)), ""]
         if seq:
             forget = forgetting_table(seq, dict(reference))
             md += ["Sequential streams: each domain's mean R@1 in the stream against the same method adapted to "
@@ -655,6 +762,17 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
               ["<p class='note'>R@1 against severity: not plotted — the grid has a single severity for this "
                "direction.</p>"])
         h += [_img(figs["online"], f"Online R@1, {direction}")]
+        if st_tables:
+            h += [f"<h3>Streams — {_e(direction)}</h3>",
+                  "<p class='note'>" + _md_inline(STREAMS_NOTE).replace("**mixed**", "<b>mixed</b>").replace(
+                      "**sequential**", "<b>sequential</b>").replace(
+                      "*R@1 in the stream / the same method adapted to each domain alone*",
+                      "<i>R@1 in the stream / the same method adapted to each domain alone</i>") + "</p>",
+                  _html_grid(*_stream_rows(st_tables))]
+            for name, t in st_tables.items():
+                if t["kind"] == "mixed" and t["rows"]:
+                    h += [f"<p>Mixed stream <code>{_e(name)}</code>, per domain:</p>",
+                          _html_grid(*_mixed_domain_rows(name, t))]
         if seq:
             h += ["<h3>Sequential streams</h3>",
                   "<p class='note'>Each domain's mean R@1 in the stream against the same method adapted to that "
@@ -664,7 +782,8 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
         counters = defaultdict(dict)
         for r, doc in found.items():
             if r.direction == direction and doc.get("counters", {}).get("skipped_steps"):
-                counters[r.method][cell_label(r.corruption, r.severity, True)] = doc["counters"]["skipped_steps"]
+                where = r.corruption if doc.get("stream") else cell_label(r.corruption, r.severity, True)
+                counters[r.method][where] = doc["counters"]["skipped_steps"]
         if counters:
             line = ("Skipped optimisation steps (empty selection or non-finite loss): " +
                     "; ".join(f"{m}: " + ", ".join(f"{c} {n}" for c, n in d.items()) for m, d in counters.items()))
