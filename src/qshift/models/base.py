@@ -2,22 +2,34 @@
 
 A :class:`RetrievalModel` encodes images and captions into one L2-normalised space and
 tells test-time adaptation which normalisation layers belong to each query tower.
-Loaders are registered per source scheme, e.g. ``local-dir:models/qshift-tiny-clip``
-(an open_clip folder: the same path hub-downloaded open_clip models take).
+Loaders are registered per source scheme (``params.yaml: model.source``):
+
+- ``local-dir:PATH`` — an open_clip folder (the built-in model; the layout hub models have);
+- ``open_clip:ARCH@TAG`` / ``open_clip:ARCH@FILE`` / ``open_clip:hf-hub:ORG/NAME`` — open_clip
+  architectures with pretrained weights (:mod:`.openclip`);
+- ``hf-blip:ID_OR_PATH`` / ``hf-clip:ID_OR_PATH`` — transformers BLIP retrieval (ITC) and CLIP
+  models (:mod:`.hf`).
+
+Downloaded weights live in one cache folder (``model.cache_dir``, default ``models/cache``);
+a cached model loads without touching the network, so jobs on compute nodes without internet
+work once a login node has fetched the weights (``scripts/fetch_models.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..registry import Registry
 
 MODALITIES = ("image", "text")
+DEFAULT_CACHE_DIR = "models/cache"
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
 
@@ -64,23 +76,73 @@ class RetrievalModel(ABC):
         return torch.nn.functional.normalize(z.float(), dim=-1)
 
 
-LOADERS: Registry[Callable[[str, torch.device], RetrievalModel]] = Registry("model source scheme")
+# A loader takes (identifier, device, cache_dir) and returns a model.
+LOADERS: Registry[Callable[[str, torch.device, Path], RetrievalModel]] = Registry("model source scheme")
 
 
-def load_model(source: str, device: torch.device | str = "cpu") -> RetrievalModel:
-    """Load a model from a source string ``scheme:identifier``.
+def _register_loaders() -> None:
+    from . import hf, openclip  # noqa: F401  (each registers its schemes; heavy imports stay lazy)
 
-    Schemes: ``local-dir:PATH`` (an open_clip folder with open_clip_config.json and
-    weights), ``open_clip:ARCH@TAG_OR_FILE`` (an open_clip architecture with a pretrained
-    tag or checkpoint file).
+
+def schemes() -> list[str]:
+    _register_loaders()
+    return LOADERS.names()
+
+
+def hub_offline() -> bool:
+    """Whether the user forbade network access (``HF_HUB_OFFLINE=1`` or ``TRANSFORMERS_OFFLINE=1``).
+    Then only cached weights are used and nothing waits on a connection timeout."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+@contextlib.contextmanager
+def cache_only():
+    """Within this block huggingface_hub (and open_clip/transformers through it) reads only the
+    cache, exactly as under ``HF_HUB_OFFLINE=1``: a cached model then loads without the revision
+    check that otherwise hangs on compute nodes without internet. (The library reads the
+    setting at call time from ``huggingface_hub.constants``.)"""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def not_cached_error(source: str, cache_dir: Path, detail: str = "") -> InputError:
+    """The error for weights that are neither cached nor downloadable, saying how to pre-fetch."""
+    why = "network access is disabled (HF_HUB_OFFLINE)" if hub_offline() else "the download failed"
+    return InputError(
+        f"model {source!r} is not in the cache {cache_dir} and {why}{': ' + detail if detail else ''}. "
+        f"Pre-fetch it once on a machine with internet (e.g. a login node): "
+        f"python scripts/fetch_models.py --cache-dir {cache_dir} {source!r} — or copy a cache folder that "
+        f"holds it to {cache_dir} (model.cache_dir in params.yaml)")
+
+
+def missing_path_error(source: str, path: Path, expected: str) -> InputError:
+    return InputError(f"model path {path} not found (model.source {source!r}; expected {expected}). "
+                      f"Model source schemes: {', '.join(schemes())}")
+
+
+def load_model(source: str, device: torch.device | str = "cpu",
+               cache_dir: str | Path | None = None) -> RetrievalModel:
+    """Load a model from a source string ``scheme:identifier`` (schemes: module docstring).
+
+    ``cache_dir`` (``model.cache_dir``; default ``models/cache``) holds downloaded weights.
+    The model comes back in eval mode with every parameter frozen; TTA methods unfreeze
+    the normalisation layers they adapt.
     """
-    from . import openclip  # noqa: F401  (registers its loaders)
-
     scheme, sep, ident = source.partition(":")
     if not sep or not ident:
         raise ConfigError(f"model source {source!r} must look like SCHEME:IDENTIFIER; "
-                          f"schemes: {', '.join(LOADERS.names())}")
-    model = LOADERS.get(scheme)(ident, torch.device(device))
+                          f"schemes: {', '.join(schemes())}")
+    _register_loaders()
+    loader = LOADERS.get(scheme)
+    model = loader(ident, torch.device(device), Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR))
     model.module.eval()
     for p in model.module.parameters():
         p.requires_grad_(False)
