@@ -4,6 +4,7 @@
 # requirements.txt/constraints.txt change, the package only when it points elsewhere.
 #   QSHIFT_VENV  where the virtualenv lives (default: .venv in the repository)
 #   PYTHON       the Python 3.11 interpreter to build it from (default: python3)
+#   QSHIFT_NLTK_DATA  where WordNet (SR/RI text corruptions) goes (default ~/.cache/qshift/nltk_data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${QSHIFT_VENV:-.venv}"
@@ -27,6 +28,9 @@ if [ "$where" != "$(pwd -P)/src/qshift/__init__.py" ]; then
   "$VENV/bin/python" -m pip install --quiet --no-deps -e .
   changed=1
 fi
+# WordNet for the synonym-based text corruptions, from Debian packages (instant when present)
+bash scripts/wordnet.sh || echo "setup: warning: WordNet is not installed; the SR/RI text corruptions" \
+  "fail until it is (run scripts/wordnet.sh)" >&2
 if [ "$changed" = 1 ]; then
   "$VENV/bin/python" -c 'import torch, open_clip, snakemake, dvc, mlflow, qshift; print(f"setup: ok (torch {torch.__version__})")'
 fi

@@ -1,7 +1,9 @@
 """Stage `corrupt_text`: one (corruption, level) of the test split's query captions.
 
 Output: data/queries/<benchmark>/text/<corruption>-s<level>.json, a manifest in the dataset
-format whose captions are corrupted and whose images are the clean ones.
+format whose captions are corrupted and whose images are the clean ones. Model-based types
+(formal, casual, passive, active, backtrans) need corrupt.text.models.<name> in params.yaml;
+without it the stage exits 2 saying so (the pipeline leaves such types out of its grid).
 """
 
 from qshift import cli
@@ -10,17 +12,20 @@ from qshift import cli
 def main() -> None:
     from qshift.config import LOGS, MANIFEST, TEXT_QUERIES
     from qshift.corrupt.build import build_text_queries
+    from qshift.corrupt.text import TEXT_CORRUPTIONS, validate_text_params
 
     p = cli.parser(__doc__)
-    p.add_argument("--corruption", required=True)
-    p.add_argument("--level", required=True, type=int)
+    p.add_argument("--corruption", required=True, help=f"one of: {', '.join(TEXT_CORRUPTIONS.names())}")
+    p.add_argument("--level", required=True, type=int, help="1..7 (word probability 0.05 * level)")
     args = p.parse_args()
     cfg = cli.load(args)
+    validate_text_params(cfg)
+    TEXT_CORRUPTIONS.check(args.corruption)
     ds = cfg["benchmark"]
     log = cli.start_log(LOGS["corrupt_text"].format(dataset=ds, corruption=args.corruption, severity=args.level))
     out = TEXT_QUERIES.format(dataset=ds, corruption=args.corruption, severity=args.level)
     n = build_text_queries(MANIFEST.format(dataset=ds), out, args.corruption, args.level, seed=cfg["seed"],
-                           progress=cli.progress_enabled(args))
+                           progress=cli.progress_enabled(args), cfg=cfg)
     log.info("corrupt_text: %d captions -> %s", n, out)
 
 

@@ -27,7 +27,7 @@ from ..data.manifest import image_root, read_manifest, write_manifest
 from ..errors import ConfigError, InputError
 from ..io import atomic_dir, derive_seed
 from .image import corrupt_image
-from .text import TEXT_CORRUPTIONS, corrupt_text
+from .text import TEXT_CORRUPTIONS
 
 
 def _test_images(doc: dict) -> list[dict]:
@@ -219,26 +219,43 @@ def merge_image_shards(shard_dirs: Iterable[str | Path], out_dir: str | Path) ->
     return len(entries)
 
 def build_text_queries(manifest: str | Path, out: str | Path, corruption: str, level: int, seed: int,
-                       progress: bool = True) -> int:
-    TEXT_CORRUPTIONS.check(corruption)
+                       progress: bool = True, cfg: dict | None = None) -> int:
+    """Corrupt every test caption. ``cfg`` (params) supplies the models, generation settings and
+    device of the model-based types, which are generated in batches over all captions at once;
+    without a configured model they raise ``ModelNotConfigured`` before any work is done."""
+    from . import seq2seq
+    from .text import corrupt_texts, validate_text_params
+
+    spec = TEXT_CORRUPTIONS.get(corruption)
+    if cfg is not None:
+        validate_text_params(cfg)
+    if spec.group == "sentence" and seq2seq.model_sources(cfg, corruption) is None:
+        raise seq2seq.ModelNotConfigured(corruption)
     manifest, out = Path(manifest), Path(out)
     doc = read_manifest(manifest)
     dataset = doc.get("dataset", manifest.parent.name)
     images = _test_images(doc)
     if not images:
         raise InputError(f"manifest {manifest} has no test split to corrupt")
-    n = 0
+    sentences = [s for im in images for s in im["sentences"]]
+    seeds = [derive_seed(dataset, s["sentid"], corruption, level) for s in sentences]
+    try:
+        texts = corrupt_texts(corruption, [s["raw"] for s in sentences], level, seeds, cfg, progress=progress)
+    except InputError as e:
+        raise InputError(f"{manifest}: {e}") from None
+    corrupted = iter(texts)
     entries = []
-    for im in tqdm(images, desc=f"{corruption} l{level}", unit="img", disable=not progress, leave=False):
+    for im in images:
         sents = []
         for s in im["sentences"]:
-            raw = corrupt_text(corruption, s["raw"], level, derive_seed(dataset, s["sentid"], corruption, level))
+            raw = next(corrupted)
             sents.append({**s, "raw": raw, "tokens": raw.split(), "clean": s["raw"]})
-            n += 1
         entries.append({**im, "sentences": sents})
+    meta = {"source_manifest": os.path.relpath(manifest, out.parent), "corruption": corruption,
+            "level": level, "word_probability": 0.05 * level, "seed": seed, "modality": "text"}
+    if spec.group == "sentence":
+        meta["seq2seq"] = seq2seq.provenance(cfg, corruption, level)
     # images stay the clean ones: point image_root at the source dataset's image folder
     root = os.path.relpath(image_root(doc, manifest), out.parent)
-    write_manifest(out, dataset, entries, image_root=root,
-                   meta={"source_manifest": os.path.relpath(manifest, out.parent), "corruption": corruption,
-                         "level": level, "word_probability": 0.05 * level, "seed": seed, "modality": "text"})
-    return n
+    write_manifest(out, dataset, entries, image_root=root, meta=meta)
+    return len(texts)

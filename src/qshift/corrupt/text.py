@@ -1,39 +1,65 @@
-"""Text corruptions of query captions (levels 1-7, word probability p = 0.05 * level).
+"""Text corruptions of query captions: the benchmark's 15 types, levels 1-7, word
+probability p = 0.05 * level.
 
-Character-level types use nlpaug (offline, no models): OCR (``OcrAug``) and random
-character insert / replace / swap / delete (``RandomCharAug``) — the CI/CR/CS/CD of the
-benchmark. Each caption is seeded from (dataset, sentence id, corruption, level), so the
-result is stable under any job order and any PYTHONHASHSEED.
+* char (nlpaug, offline): ``ocr`` (OCR, ``OcrAug``) and ``char_insert`` / ``char_replace`` /
+  ``char_swap`` / ``char_delete`` (CI/CR/CS/CD, ``RandomCharAug``), all with ``aug_word_p=p``.
+* word (own code, :mod:`.eda`): ``synonym_replace`` / ``random_insert`` (SR/RI, WordNet
+  offline), ``random_swap`` / ``random_delete`` (RS/RD), ``insert_punct`` (IP).
+* sentence (transformers seq2seq, :mod:`.seq2seq`): ``formal``, ``casual``, ``passive``,
+  ``active``, ``backtrans``; they run only when ``corrupt.text.models`` names their model,
+  otherwise :func:`not_run_reason` says why and the pipeline skips them.
+
+Each caption is seeded from (dataset, sentence id, corruption, level) by the caller, so a
+result is stable under any job order and any PYTHONHASHSEED. Empty or whitespace-only
+captions come back unchanged; any other string (non-ASCII included) comes back as a string.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from . import eda, seq2seq
 from ..errors import InputError
 from ..registry import Registry
 
-TEXT_CORRUPTIONS: Registry = Registry("text corruption")
-# display labels used in reports (the benchmark's abbreviations)
-TEXT_LABELS = {"ocr": "OCR", "char_insert": "CI", "char_replace": "CR", "char_swap": "CS", "char_delete": "CD"}
+LEVELS = range(1, 8)
+
+
+@dataclass(frozen=True)
+class TextCorruption:
+    name: str
+    label: str  # the benchmark's abbreviation, used in reports
+    group: str  # "char" | "word" | "sentence"
+    fn: Callable[[str, float, int], str] | None = None  # (caption, p, seed) -> caption; None: model-based
+
+
+TEXT_CORRUPTIONS: Registry[TextCorruption] = Registry("text corruption")
 
 
 def word_probability(level: int) -> float:
     return 0.05 * level
 
 
-def _nlpaug(name: str, make_aug):
-    def corruption(text: str, level: int, seed: int) -> str:
-        if not text.strip():
-            return text
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        out = make_aug(word_probability(level)).augment(text)
-        return out[0] if isinstance(out, list) else out
+def _nlpaug(make_aug) -> Callable[[str, float, int], str]:
+    def corruption(text: str, p: float, seed: int) -> str:
+        # nlpaug draws from the global `random` and numpy RNGs: seed them for this caption and
+        # put the caller's state back afterwards
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            out = make_aug(p).augment(text)
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+        out = out[0] if isinstance(out, list) else out
+        return out if isinstance(out, str) else text
 
-    corruption.__name__ = name
     return corruption
 
 
@@ -52,17 +78,80 @@ def _random_char(action: str):
     return make
 
 
-TEXT_CORRUPTIONS.register("ocr")(_nlpaug("ocr", _ocr))
-TEXT_CORRUPTIONS.register("char_insert")(_nlpaug("char_insert", _random_char("insert")))
-TEXT_CORRUPTIONS.register("char_replace")(_nlpaug("char_replace", _random_char("substitute")))
-TEXT_CORRUPTIONS.register("char_swap")(_nlpaug("char_swap", _random_char("swap")))
-TEXT_CORRUPTIONS.register("char_delete")(_nlpaug("char_delete", _random_char("delete")))
+_ALL = (TextCorruption("ocr", "OCR", "char", _nlpaug(_ocr)),
+        TextCorruption("char_insert", "CI", "char", _nlpaug(_random_char("insert"))),
+        TextCorruption("char_replace", "CR", "char", _nlpaug(_random_char("substitute"))),
+        TextCorruption("char_swap", "CS", "char", _nlpaug(_random_char("swap"))),
+        TextCorruption("char_delete", "CD", "char", _nlpaug(_random_char("delete"))),
+        TextCorruption("synonym_replace", "SR", "word", eda.synonym_replace),
+        TextCorruption("random_insert", "RI", "word", eda.random_insert),
+        TextCorruption("random_swap", "RS", "word", eda.random_swap),
+        TextCorruption("random_delete", "RD", "word", eda.random_delete),
+        TextCorruption("insert_punct", "IP", "word", eda.insert_punct),
+        TextCorruption("formal", "Formal", "sentence"),
+        TextCorruption("casual", "Casual", "sentence"),
+        TextCorruption("passive", "Passive", "sentence"),
+        TextCorruption("active", "Active", "sentence"),
+        TextCorruption("backtrans", "Backtrans", "sentence"))
+for _c in _ALL:
+    TEXT_CORRUPTIONS.register(_c.name)(_c)
+
+# display labels used in reports (the benchmark's abbreviations), in the benchmark's order
+TEXT_LABELS = {c.name: c.label for c in _ALL}
+MODEL_BASED = tuple(c.name for c in _ALL if c.group == "sentence")
 
 
-def corrupt_text(name: str, text: str, level: int, seed: int) -> str:
-    fn = TEXT_CORRUPTIONS.get(name)
-    if not 1 <= int(level) <= 7:
-        raise InputError(f"text corruption level must be in 1..7, got {level!r}")
-    if not isinstance(text, str):
-        raise InputError(f"text corruption {name!r} needs a string, got {type(text).__name__}")
-    return fn(text, int(level), seed)
+def _check_level(level: int) -> int:
+    if isinstance(level, bool) or int(level) != level or int(level) not in LEVELS:
+        raise InputError(f"text corruption level must be an integer in 1..7, got {level!r}")
+    return int(level)
+
+
+def corrupt_texts(name: str, texts: Sequence[str], level: int, seeds: Sequence[int], cfg: dict | None = None,
+                  progress: bool = False) -> list[str]:
+    """Corrupt many captions (one seed each); model-based types are generated in batches
+    with the models ``cfg`` names (:class:`seq2seq.ModelNotConfigured` when none)."""
+    spec = TEXT_CORRUPTIONS.get(name)
+    level = _check_level(level)
+    if len(texts) != len(seeds):
+        raise InputError(f"text corruption {name!r}: {len(texts)} captions but {len(seeds)} seeds")
+    for t in texts:
+        if not isinstance(t, str):
+            raise InputError(f"text corruption {name!r} needs string captions, got {type(t).__name__}: {t!r}")
+    if spec.fn is None:
+        return seq2seq.corrupt_sentences(name, texts, level, seeds, cfg, progress=progress)
+    p = word_probability(level)
+    pairs = tqdm(zip(texts, seeds), total=len(texts), desc=f"{name} l{level}", unit="caption", disable=not progress,
+                 leave=False)
+    return [t if not t.strip() else spec.fn(t, p, int(s)) for t, s in pairs]
+
+
+def corrupt_text(name: str, text: str, level: int, seed: int, cfg: dict | None = None) -> str:
+    """Corrupt one caption (model-based types: prefer :func:`corrupt_texts`, which batches)."""
+    return corrupt_texts(name, [text], level, [seed], cfg)[0]
+
+
+def not_run_reason(cfg: dict, name: str) -> str | None:
+    """Why ``name`` cannot run with this configuration (None when it can): the report shows
+    it in its "not run" list and the pipeline leaves the type out of the grid."""
+    if TEXT_CORRUPTIONS.get(name).group == "sentence" and seq2seq.model_sources(cfg, name) is None:
+        return f"not run (no model configured: corrupt.text.models.{name})"
+    return None
+
+
+def available_text_corruptions(cfg: dict) -> list[str]:
+    """The configured ``corrupt.text.names`` that can run (in their configured order)."""
+    return [n for n in cfg["corrupt"]["text"]["names"] if not_run_reason(cfg, n) is None]
+
+
+def validate_text_params(cfg: dict) -> None:
+    """Check ``corrupt.text`` (names, levels, models, prefixes, generation); ConfigError if bad."""
+    from ..errors import ConfigError
+
+    text = cfg["corrupt"]["text"]
+    for name in text.get("names", []):
+        TEXT_CORRUPTIONS.check(name)
+    for level in text.get("levels", []):
+        if isinstance(level, bool) or level not in LEVELS:
+            raise ConfigError(f"params: text level {level!r} not in 1..7")
+    seq2seq.validate(cfg)
