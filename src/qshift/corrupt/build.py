@@ -141,6 +141,7 @@ def build_image_queries(manifest: str | Path, out_dir: str | Path, corruption: s
     from .image import IMAGE_CORRUPTIONS
 
     IMAGE_CORRUPTIONS.check(corruption)
+    workers = resolve_workers(workers)  # a bad value fails before any work
     if not isinstance(quality, int) or not 1 <= quality <= 100:
         raise ConfigError(f"params: corrupt.image.jpeg_quality must be an integer in 1..100, got {quality!r}")
     manifest = Path(manifest)
