@@ -12,17 +12,6 @@ Seeds are the pipeline's, so every cell is the query the adapt stage sees.
 from qshift import cli
 
 
-def _text_corrupter(cfg: dict):
-    """corrupt_text bound to params (the models of model-based types) when it takes them."""
-    import inspect
-
-    from qshift.corrupt.text import corrupt_text
-
-    if "cfg" in inspect.signature(corrupt_text).parameters:
-        return lambda name, text, level, seed: corrupt_text(name, text, level, seed, cfg=cfg)
-    return corrupt_text
-
-
 def main() -> None:
     from pathlib import Path
 
@@ -32,7 +21,7 @@ def main() -> None:
     from qshift.config import MANIFEST
     from qshift.corrupt.examples import contact_sheet, pipeline_seed, text_examples
     from qshift.corrupt.image import BENCHMARK_IMAGE
-    from qshift.corrupt.text import TEXT_CORRUPTIONS, TEXT_LABELS
+    from qshift.corrupt.text import TEXT_CORRUPTIONS, TEXT_LABELS, corrupt_text
     from qshift.data.manifest import image_root, read_manifest
     from qshift.errors import ConfigError, InputError
     from qshift.io import write_json
@@ -69,7 +58,8 @@ def main() -> None:
     sents = [s for t in test for s in t["sentences"][:1]][:args.captions]  # first caption of the first images
     names = [n for n in TEXT_LABELS if n in TEXT_CORRUPTIONS] + [n for n in TEXT_CORRUPTIONS if n not in TEXT_LABELS]
     text = text_examples([s["raw"] for s in sents], names, range(1, 8), out / "text_examples.md",
-                         corrupt=_text_corrupter(cfg), seed_for=[pipeline_seed(dataset, s["sentid"]) for s in sents],
+                         corrupt=lambda n, t, lv, sd: corrupt_text(n, t, lv, sd, cfg=cfg),  # params name the models
+                         seed_for=[pipeline_seed(dataset, s["sentid"]) for s in sents],
                          labels=TEXT_LABELS)
     write_json(out / "examples.json", {
         "dataset": dataset, "seed": "derive_seed(dataset, id, corruption, severity or level)",
