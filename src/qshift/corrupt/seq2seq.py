@@ -141,6 +141,9 @@ class Seq2Seq:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForSeq2SeqLM.from_pretrained(path).to(device).eval()
+        except ImportError as e:  # Marian/T5 slow tokenizers need sentencepiece, FSMT (wmt19) sacremoses
+            raise InputError(f"{key}: the tokenizer of {source!r} needs a package that is not installed ({e}); "
+                             "install it, e.g. `pip install sentencepiece sacremoses`") from None
         except (OSError, ValueError, KeyError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise InputError(f"{key}: cannot load seq2seq model {source!r} ({first}); give a local "
@@ -160,7 +163,7 @@ class Seq2Seq:
             kwargs["num_beams"] = 1
             kwargs["logits_processor"] = LogitsProcessorList([_SeededGumbel(seeds, temperature, gen["top_k"])])
         with torch.inference_mode():
-            out = self.model.generate(**enc, **kwargs)
+            out = self.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **kwargs)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True,
                                                                clean_up_tokenization_spaces=True)]
 
