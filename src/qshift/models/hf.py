@@ -160,12 +160,17 @@ def _cache_first(load: Callable, ident: str, source: str, cache_dir: Path, kwarg
         return load(ident, local_files_only=True, **kw)
     except OSError as e:  # transformers: "... not in the cached files ..."
         if hub_offline():
-            raise not_cached_error(source, cache_dir, str(e).splitlines()[0]) from None
+            raise not_cached_error(source, cache_dir, _why(e, ident)) from None
     cache_dir.mkdir(parents=True, exist_ok=True)
     try:
         return load(ident, **kw)
     except OSError as e:  # no connection, unknown repo, gated repo: transformers raises OSError
-        raise not_cached_error(source, cache_dir, str(e).splitlines()[0]) from None
+        raise not_cached_error(source, cache_dir, _why(e, ident)) from None
+
+
+def _why(error: Exception, ident: str) -> str:
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return f"{first} (read as a hub id: there is no local folder {ident!r} either)"
 
 
 @dataclass(frozen=True)
