@@ -23,8 +23,8 @@ IMAGE_CORRUPTIONS_16 = ("gaussian_noise", "shot_noise", "impulse_noise", "speckl
 # the benchmark's 15 text corruption types: its abbreviation -> QShift's corruption name
 TEXT_TYPES_15 = {"OCR": "ocr", "CI": "char_insert", "CR": "char_replace", "CS": "char_swap", "CD": "char_delete",
                  "SR": "synonym_replace", "RI": "random_insert", "RS": "random_swap", "RD": "random_delete",
-                 "IP": "insert_punctuation", "Formal": "formal", "Casual": "casual", "Passive": "passive",
-                 "Active": "active", "Backtrans": "back_translation"}
+                 "IP": "insert_punct", "Formal": "formal", "Casual": "casual", "Passive": "passive",
+                 "Active": "active", "Backtrans": "backtrans"}
 METHODS = ("source", "tent", "eata", "sar", "read", "deyo", "tcr")
 
 # dataset / backbone names as a params.yaml might spell them -> the canonical name used here
