@@ -165,7 +165,7 @@ def test_paper_numbers_are_data_keyed_by_dataset_backbone_direction_method_corru
     assert paper.PAPER[("coco", "blip-vit-l16", "t2i", "source", "avg")] == 43.3
     assert paper.PAPER[("coco", "blip-vit-b16", "i2t", "source", "zoom_blur")] == 8.4
     assert paper.PAPER[("coco", "blip-vit-b16", "t2i", "tcr", "ocr")] == 34.1
-    assert paper.PAPER[("coco", "blip-vit-b16", "t2i", "source", "back_translation")] == 54.2
+    assert paper.PAPER[("coco", "blip-vit-b16", "t2i", "source", "backtrans")] == 54.2
     assert paper.PAPER[("fashion-gen", "clip-vit-b16", "t2i", "tcr", "clean")] == 14.0
     assert paper.PAPER[("flickr", "blip-vit-b16", "i2t", "eata", "avg")] == 65.1
     assert sum(k[:4] == ("coco", "blip-vit-b16", "i2t", "tcr") for k in paper.PAPER) == 16 + 1
