@@ -45,10 +45,17 @@ def snake_repo(tmp_path_factory):
 
 def test_snakemake_runs_everything(snake_repo):
     results = expected_results(snake_repo)
-    assert len(results) == 2 * (1 + 2) + 2 * (1 + 1)  # 2 methods x (clean + cells) per direction
+    # 2 methods x (clean + cells) per direction, and tcr on 2 image streams and 1 text stream
+    assert len(results) == 2 * (1 + 2) + 2 * (1 + 1) + 3
     for path in results:
         doc = json.loads(path.read_text())
         assert set(doc["metrics"]) == {"R@1", "R@5", "R@10"}
+        if doc["key"]["corruption"] in ("mix", "seq", "tseq"):
+            by = doc["metrics_by_domain"]
+            assert sum(v["n_queries"] for v in by.values()) == doc["n_queries"]
+            assert len(doc["online"]["domain"]) == len(doc["online"]["batch_r1"])
+            if doc["stream"]["kind"] == "sequential":  # the domains arrive in blocks, in the listed order
+                assert list(dict.fromkeys(doc["online"]["domain"])) == doc["stream"]["domains"]
         assert doc["n_queries"] == (120 if doc["key"]["direction"] == "i2t" else 600)
         assert len(doc["online"]["batch_r1"]) == -(-doc["n_queries"] // 64)
         assert doc["mlflow"]["logged"], doc["mlflow"]
@@ -60,6 +67,10 @@ def test_snakemake_runs_everything(snake_repo):
         assert (snake_repo / "reports/figures" / fig).stat().st_size > 1000
     summary = json.loads((snake_repo / "reports/summary.json").read_text())
     assert summary["directions"]["i2t"]["tcr"]["avg_r1"] is not None
+    assert "### Streams — i2t" in report and "### Streams — t2i" in report
+    assert summary["streams"]["i2t"]["mix"]["methods"]["tcr"]["alone_r1"] is not None
+    assert (snake_repo / "reports/figures/i2t_forgetting.png").stat().st_size > 1000
+    assert (snake_repo / "reports/figures/t2i_forgetting.png").stat().st_size > 1000
 
 
 def test_runs_are_tracked_in_mlflow(snake_repo):
