@@ -206,3 +206,16 @@ def test_corrupt_stream_stage_rejects_an_unknown_stream(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "unknown stream (params streams.image) 'nope'; valid choices: mixed, sequential" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--corruption", "mixed", "--severity", "3"], "stream 'mixed' takes --severity 0, got 3"),
+    (["--corruption", "mixd", "--severity", "0"], "valid choices: brightness, clean, contrast"),
+])
+def test_adapt_stage_checks_stream_runs(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, str(REPO / "stages/adapt.py"), "--params", str(REPO / "params.yaml"),
+                           "--method", "tcr", "--direction", "i2t", *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    if "mixd" in args:
+        assert "mixed" in proc.stderr and "sequential" in proc.stderr  # streams are listed among the choices

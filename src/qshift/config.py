@@ -155,7 +155,8 @@ def validate_streams(cfg: dict) -> None:
     for m in methods:
         if m not in cfg["adapt"]["methods"]:
             raise ConfigError(f"params: streams.methods has {m!r}, which is not in adapt.methods "
-                              f"({', '.join(cfg['adapt']['methods'])})")
+                              f"({', '.join(cfg['adapt']['methods'])}); add it there or drop it from "
+                              f"streams.methods")
     reserved = {CLEAN, *IMAGE_CORRUPTIONS.names(), *TEXT_CORRUPTIONS.names()}
     for direction, (side, _) in SIDES.items():
         defs = st.get(side) or {}
