@@ -24,6 +24,19 @@ numbers never depend on the tracking store. Schema (``schema: 1``)::
     }
 
 A clean-query reference run uses ``corruption: "clean", severity: 0``.
+
+A run on a multi-domain query stream (:mod:`qshift.streams`) uses ``corruption: <stream
+name>, severity: 0`` and adds three optional keys (absent from every other run)::
+
+      "stream": {"name": "mixed", "kind": "mixed",             # or "sequential"
+                 "domains": ["gaussian_noise-s3", "contrast-s3"]},  # the definition's order
+      "metrics_by_domain": {                                    # percent, per query domain
+         "gaussian_noise-s3": {"R@1": 58.0, "R@5": 83.1, "R@10": 90.2, "n_queries": 503}, ...},
+      "online": {..., "domain": ["contrast-s3", ...]}          # each batch's majority domain
+
+Domain labels are ``"<corruption>-s<severity>"`` (text streams: the level), as in results
+paths. The report splits sequential streams' per-batch R@1 by ``online.domain`` (forgetting)
+and MLflow gets ``domain.<label>.R_at_1`` etc. from ``metrics_by_domain``.
 """
 
 from __future__ import annotations
