@@ -72,6 +72,11 @@ def grid_params() -> dict:
     params["corrupt"]["image"]["severities"] = [1, 2, 3, 4, 5]
     params["corrupt"]["text"]["names"] = TEXT_CORRUPTIONS.names()
     params["corrupt"]["text"]["levels"] = [1, 2, 3, 4, 5, 6, 7]
+    # the sentence-level types join the grid only with a model named (a dry run loads none)
+    params["corrupt"]["text"]["models"] = {
+        "formal": "prithivida/informal_to_formal_styletransfer", "casual": "prithivida/formal_to_informal_styletransfer",
+        "passive": "prithivida/active_to_passive_styletransfer", "active": "prithivida/passive_to_active_styletransfer",
+        "backtrans": ["facebook/wmt19-en-de", "facebook/wmt19-de-en"]}
     params["adapt"]["methods"] = methods
     params["adapt"]["directions"] = ["i2t", "t2i"]
     for m in methods:

@@ -48,13 +48,13 @@ def main() -> None:
                                registry.names() + [CLEAN] + sorted(named))
 
     run = Run(cfg["benchmark"], cfg["model"]["name"], args.direction, args.method, args.corruption, args.severity)
-    hparams = method_hparams(cfg, args.method)
+    hparams = method_hparams(cfg, args.method, args.direction)
     log = cli.start_log(LOGS["adapt"].format(**run.key))
     set_threads(cfg.get("threads", 0))
     device = pick_device(cfg["device"])
     queries = load_split(queries_path(cfg, args.direction, args.corruption, args.severity), "test")
     gallery = load_gallery(GALLERY.format(model=run.model, dataset=run.dataset))
-    model = load_model(cfg["model"]["source"], device)
+    model = load_model(cfg["model"]["source"], device, cfg["model"].get("cache_dir"))
     if gallery["model"] != model.name:
         raise ConfigError(f"gallery embeddings were made with model {gallery['model']!r}, not {model.name!r}; "
                           f"rerun encode_gallery")

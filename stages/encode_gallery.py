@@ -17,7 +17,7 @@ def main() -> None:
     cfg = cli.load(args)
     log = cli.start_log(LOGS["encode_gallery"].format(model=cfg["model"]["name"], dataset=cfg["benchmark"]))
     set_threads(cfg.get("threads", 0))
-    model = load_model(cfg["model"]["source"], pick_device(cfg["device"]))
+    model = load_model(cfg["model"]["source"], pick_device(cfg["device"]), cfg["model"].get("cache_dir"))
     out = GALLERY.format(model=cfg["model"]["name"], dataset=cfg["benchmark"])
     stats = encode_gallery(model, MANIFEST.format(dataset=cfg["benchmark"]), out, cfg["model"]["batch_size"],
                            cfg["num_workers"])

@@ -1,6 +1,8 @@
-"""Stage `prepare`: build the benchmark's test/train data in the manifest format.
+"""Stage `prepare`: the benchmark's data in the manifest format.
 
 Built-in benchmark: procedurally rendered scenes with 5 captions each, from the seed.
+Downloaded benchmarks (COCO, Flickr30k): the download stage's data/raw/<benchmark>/ turned
+into the same format (test split, captions normalised when read).
 Output: data/<benchmark>/ (images/ + manifest.json).
 """
 
@@ -8,20 +10,23 @@ from qshift import cli
 
 
 def main() -> None:
-    from qshift.config import DATASET_DIR, LOGS
-    from qshift.data.builtin import generate_builtin
-    from qshift.errors import ConfigError
+    from qshift.config import DATASET_DIR, LOGS, RAW_DIR, dataset_params
+    from qshift.data.karpathy import dataset_kind, prepare_real
+    from qshift.presets import dataset_name
 
     args = cli.parser(__doc__).parse_args()
     cfg = cli.load(args)
-    name = cfg["benchmark"]
-    if name != "builtin":
-        raise ConfigError(f"prepare: benchmark {name!r} has no generator; only 'builtin' is generated "
-                          f"(real datasets come from the download stage)")
-    d = cfg["datasets"][name]
-    log = cli.start_log(LOGS["prepare"].format(dataset=name))
-    stats = generate_builtin(DATASET_DIR.format(dataset=name), n_train=d["n_train"], n_val=d["n_val"],
-                             n_test=d["n_test"], image_size=d["image_size"], seed=cfg["seed"],
+    bench = cfg["benchmark"]
+    d = dataset_params(cfg)
+    log = cli.start_log(LOGS["prepare"].format(dataset=bench))
+    if dataset_kind(d) == "builtin":
+        from qshift.data.builtin import generate_builtin
+
+        stats = generate_builtin(DATASET_DIR.format(dataset=bench), n_train=d["n_train"], n_val=d["n_val"],
+                                 n_test=d["n_test"], image_size=d["image_size"], seed=cfg["seed"],
+                                 progress=cli.progress_enabled(args))
+    else:
+        stats = prepare_real(dataset_name(cfg), d, RAW_DIR.format(dataset=bench), DATASET_DIR.format(dataset=bench),
                              progress=cli.progress_enabled(args))
     log.info("prepare: %s", stats)
 

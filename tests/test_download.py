@@ -549,18 +549,19 @@ def test_stage_cli(server: Server, tmp_path: Path, capsys) -> None:
     server.files["/zips/val2014.zip"] = coco_zip()
     params["datasets"]["coco"].update(coco_cfg(server))
     params["download"].update(backoff=0.001)
-    assert _run_stage(tmp_path, params, "--dataset", "coco")[0] == 0
-    rec = json.loads((tmp_path / "data" / "raw" / "coco" / "download.json").read_text())
+    # the benchmark switch selects the dataset: coco-c runs on datasets.coco
+    assert _run_stage(tmp_path, params, "--set", "benchmark=coco-c")[0] == 0
+    rec = json.loads((tmp_path / "data" / "raw" / "coco-c" / "download.json").read_text())
     assert rec["n_images"] == 3 and (tmp_path / "data" / "cache" / "coco" / "val2014.zip").is_file()
-    assert (tmp_path / "logs" / "download" / "coco.log").is_file()
+    assert (tmp_path / "logs" / "download" / "coco-c.log").is_file()
     assert _run_stage(tmp_path, params)[0] == 0  # the benchmark (builtin): nothing to download
     assert json.loads((tmp_path / "data" / "raw" / "builtin" / "download.json").read_text())["files"] == []
     capsys.readouterr()
-    assert _run_stage(tmp_path, params, "--dataset", "flickr30k")[0] == 2
+    assert _run_stage(tmp_path, params, "--set", "benchmark=flickr-c")[0] == 2
     err = capsys.readouterr().err
     assert err.startswith("error: params: datasets.flickr30k.images has neither a url nor a path")
-    assert _run_stage(tmp_path, params, "--dataset", "nope")[0] == 2
-    assert "dataset 'nope' has no entry under 'datasets'; valid: builtin, coco, flickr30k" in capsys.readouterr().err
+    assert _run_stage(tmp_path, params, "--set", "benchmark=nope")[0] == 2
+    assert "benchmark 'nope' has no entry under 'benchmarks'; valid: builtin, coco-c" in capsys.readouterr().err
 
 
 def test_params_entries_validate() -> None:

@@ -36,7 +36,7 @@ CFG = yaml.safe_load((REPO / "params.yaml").read_text())
 BENCH, MODEL = CFG["benchmark"], CFG["model"]["name"]
 MANIFEST = Path(config.MANIFEST.format(dataset=BENCH))  # relative to the stage's cwd
 GALLERY = config.GALLERY.format(model=MODEL, dataset=BENCH)
-TEXT_CORRUPTION = TEXT_CORRUPTIONS.names()[0]
+TEXT_CORRUPTION = "ocr"
 QUERY_MANIFEST = config.TEXT_QUERIES.format(dataset=BENCH, corruption=TEXT_CORRUPTION, severity=2)
 
 

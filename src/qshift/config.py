@@ -9,6 +9,7 @@ The path patterns below are the one definition of where each stage writes.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,6 +22,7 @@ from .results import CLEAN, DIRECTIONS
 DEFAULT_PARAMS = "params.yaml"
 
 # -- the one definition of every path the pipeline writes -----------------------------------
+RAW_DIR = "data/raw/{dataset}"  # the download stage's output (annotations/, images/, download.json)
 DATASET_DIR = "data/{dataset}"
 MANIFEST = "data/{dataset}/manifest.json"
 MODEL_DIR = "models/{model}"
@@ -32,8 +34,11 @@ STREAM_TEXT_QUERIES = "data/queries/{dataset}/text-stream/{stream}.json"  # a ma
 GALLERY = "data/embeddings/{model}/{dataset}/gallery.pt"
 RESULT = "results/{dataset}/{model}/{direction}/{method}/{corruption}-s{severity}.json"
 # every stage mirrors its log here (Snakemake's `log:` directives name the same files)
+EXAMPLES_DIR = "{report}/corruptions"  # contact sheet + text examples (stage `examples`)
 LOGS = {
+    "download": "logs/download/{dataset}.log",
     "prepare": "logs/prepare/{dataset}.log",
+    "examples": "logs/examples/{dataset}.log",
     "pretrain": "logs/pretrain/{model}.log",
     "corrupt_images": "logs/corrupt_images/{dataset}/{corruption}-s{severity}.log",
     "corrupt_text": "logs/corrupt_text/{dataset}/{corruption}-s{severity}.log",
@@ -54,9 +59,35 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None =
         raise InputError(f"params file {path} is not valid YAML: {e}") from None
     if not isinstance(cfg, dict):
         raise InputError(f"params file {path} must hold a mapping at top level")
-    for item in overrides or []:
+    return resolve(cfg, overrides)
+
+
+def resolve(raw: dict, overrides: list[str] | None = None) -> dict:
+    """The effective params: the file, the selected benchmark's preset over it, then the
+    overrides (a ``benchmark=...`` override selects the preset first). See qshift.presets."""
+    from . import presets
+
+    overrides = list(overrides or [])
+    switch = [o for o in overrides if o.partition("=")[0].strip() == "benchmark"]
+    cfg = copy.deepcopy(raw)
+    for item in switch:
         apply_override(cfg, item)
+    if "benchmarks" in cfg:
+        cfg = presets.apply_preset(cfg)
+    for item in overrides:
+        if item not in switch:
+            apply_override(cfg, item)
     validate(cfg)
+    presets.dvc_guard(raw, cfg)
+    if "DVC_STAGE" in os.environ:  # dvc.yaml's matrix takes corrupt.text.names literally
+        from .corrupt.text import not_run_reason
+
+        skipped = {n: not_run_reason(cfg, n) for n in cfg["corrupt"]["text"]["names"] if not_run_reason(cfg, n)}
+        if skipped:
+            raise ConfigError("dvc.yaml runs every name in corrupt.text.names, but these cannot run: "
+                              + "; ".join(f"{n}: {why}" for n, why in skipped.items())
+                              + ". Configure their models or remove them from corrupt.text.names "
+                                "(Snakemake leaves them out and the report lists them as not run).")
     return cfg
 
 
@@ -100,16 +131,45 @@ def diff_overrides(cfg: dict, base: dict, prefix: str = "") -> list[str]:
     return out
 
 
+# model.source schemes (qshift.models LOADERS; kept here so validating params never imports
+# the model libraries — tests/test_presets.py checks the two agree)
+MODEL_SCHEMES = ("hf-blip", "hf-clip", "local-dir", "open_clip")
+
+
 def validate(cfg: dict) -> None:
-    from .corrupt import IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS
+    from . import presets
+    from .corrupt import IMAGE_CORRUPTIONS
+    from .corrupt.text import validate_text_params
+    from .data.karpathy import validate_dataset, validate_download
     from .tta import METHODS
 
     for key in ("seed", "benchmark", "datasets", "model", "corrupt", "adapt", "methods"):
         if key not in cfg:
             raise ConfigError(f"params: missing top-level key {key!r}")
-    if cfg["benchmark"] not in cfg["datasets"]:
+    if "benchmarks" in cfg:
+        presets.preset(cfg)
+        presets.setting(cfg)
+        presets.dataset_cfg(cfg)
+    elif cfg["benchmark"] not in cfg["datasets"]:
         raise ConfigError(f"params: benchmark {cfg['benchmark']!r} has no entry under 'datasets'; "
                           f"valid: {', '.join(cfg['datasets'])}")
+    for name, d in cfg["datasets"].items():
+        validate_dataset(name, d)
+    if "download" in cfg:
+        validate_download(cfg["download"])
+    scheme = str(cfg["model"].get("source", "")).partition(":")[0]
+    if scheme not in MODEL_SCHEMES:
+        raise ConfigError(f"params: model.source {cfg['model'].get('source')!r} must look like SCHEME:IDENTIFIER; "
+                          f"schemes: {', '.join(MODEL_SCHEMES)}")
+    if not isinstance(cfg["model"].get("cache_dir", ""), str):
+        raise ConfigError(f"params: model.cache_dir must be a path, got {cfg['model']['cache_dir']!r}")
+    image = cfg["corrupt"]["image"]
+    workers = image.get("workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"params: corrupt.image.workers must be an integer >= 0 (0 = all cores), got {workers!r}")
+    quality = image.get("jpeg_quality", 95)
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise ConfigError(f"params: corrupt.image.jpeg_quality must be an integer in 1..100, got {quality!r}")
     for m in cfg["adapt"]["methods"]:
         METHODS.check(m)
         if m not in cfg["methods"]:
@@ -123,14 +183,14 @@ def validate(cfg: dict) -> None:
             raise ConfigError(f"params: adapt.directions has {d!r}; valid: {', '.join(DIRECTIONS)}")
     for name in cfg["corrupt"]["image"]["names"]:
         IMAGE_CORRUPTIONS.check(name)
-    for name in cfg["corrupt"]["text"]["names"]:
-        TEXT_CORRUPTIONS.check(name)
+    validate_text_params(cfg)
     for s in cfg["corrupt"]["image"]["severities"]:
         if s not in range(1, 6):
             raise ConfigError(f"params: image severity {s!r} not in 1..5")
-    for s in cfg["corrupt"]["text"]["levels"]:
-        if s not in range(1, 8):
-            raise ConfigError(f"params: text level {s!r} not in 1..7")
+    for m, hp in cfg["methods"].items():
+        for d in (hp or {}).get(BY_DIRECTION, {}) or {}:
+            if d not in DIRECTIONS:
+                raise ConfigError(f"params: methods.{m}.{BY_DIRECTION} has {d!r}; valid: {', '.join(DIRECTIONS)}")
     validate_streams(cfg)
 
 
@@ -176,8 +236,17 @@ def is_stream(cfg: dict, direction: str, corruption: str) -> bool:
     return corruption in streams(cfg, direction)
 
 
-def method_hparams(cfg: dict, method: str) -> dict:
-    return copy.deepcopy(cfg["methods"].get(method) or {})
+# methods.<name>.by_direction.<direction>: hyperparameters that differ per query modality,
+# e.g. METHODS.md's lr 3e-5 for text queries on BLIP (the coco-c/flickr-c presets set it)
+BY_DIRECTION = "by_direction"
+
+
+def method_hparams(cfg: dict, method: str, direction: str | None = None) -> dict:
+    hp = copy.deepcopy(cfg["methods"].get(method) or {})
+    per = hp.pop(BY_DIRECTION, None) or {}
+    if direction is not None:
+        hp.update(per.get(direction) or {})
+    return hp
 
 
 @dataclass(frozen=True)
@@ -201,10 +270,17 @@ class Run:
 
 
 def query_cells(cfg: dict, direction: str) -> list[tuple[str, int]]:
-    """(corruption, severity) cells of a direction, the clean reference first."""
-    side = cfg["corrupt"]["image" if direction == "i2t" else "text"]
-    levels = side["severities"] if direction == "i2t" else side["levels"]
-    return [(CLEAN, 0)] + [(c, int(s)) for c in side["names"] for s in levels]
+    """(corruption, severity) cells of a direction, the clean reference first. Text types
+    that cannot run here (a model-based type with no model configured) are left out; the
+    report lists them as not run."""
+    if direction == "i2t":
+        side = cfg["corrupt"]["image"]
+        names, levels = side["names"], side["severities"]
+    else:
+        from .corrupt.text import available_text_corruptions
+
+        names, levels = available_text_corruptions(cfg), cfg["corrupt"]["text"]["levels"]
+    return [(CLEAN, 0)] + [(c, int(s)) for c in names for s in levels]
 
 
 def runs(cfg: dict) -> Iterator[Run]:
@@ -240,6 +316,19 @@ def stream_path(cfg: dict, direction: str, stream: str) -> str:
     """A stream's output: a folder (image streams) or a manifest (text streams)."""
     pattern = STREAM_IMAGE_QUERIES if direction == "i2t" else STREAM_TEXT_QUERIES
     return pattern.format(dataset=cfg["benchmark"], stream=stream)
+
+
+def dataset_params(cfg: dict) -> dict:
+    """The ``datasets`` entry the selected benchmark runs on."""
+    from .presets import dataset_cfg
+
+    return dataset_cfg(cfg) if "benchmarks" in cfg else cfg["datasets"][cfg["benchmark"]]
+
+
+def trains_model(cfg: dict) -> bool:
+    """Whether the pretrain stage trains the model (the built-in CLIP saved at MODEL_DIR) or
+    only fetches a pretrained one into model.cache_dir and records it."""
+    return cfg["model"]["source"] == "local-dir:" + MODEL_DIR.format(model=cfg["model"]["name"])
 
 
 def experiment_name(cfg: dict) -> str:

@@ -30,13 +30,14 @@ import base64
 import html
 import json
 import math
+import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
 
 from . import paper
-from .config import Run, query_cells, runs, streams
-from .corrupt.text import TEXT_LABELS
+from .config import EXAMPLES_DIR, Run, query_cells, runs, streams
+from .corrupt.text import TEXT_LABELS, not_run_reason
 from .errors import QShiftError
 from .io import atomic_path, write_json, write_text
 from .results import CLEAN, load_result
@@ -687,9 +688,12 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
     pre = Path("reports/pretrain.json")
     if pre.is_file():
         p = json.loads(pre.read_text())
-        line = (f"`{p.get('model')}` trained for {p.get('steps')} steps ({p.get('train_seconds')} s on "
-                f"{p.get('device')}). Clean test R@1: i2t {_fmt(p.get('test_i2t_R@1'))}, "
-                f"t2i {_fmt(p.get('test_t2i_R@1'))}.")
+        if p.get("trained", True):
+            line = (f"`{p.get('model')}` trained for {p.get('steps')} steps ({p.get('train_seconds')} s on "
+                    f"{p.get('device')}). Clean test R@1: i2t {_fmt(p.get('test_i2t_R@1'))}, "
+                    f"t2i {_fmt(p.get('test_t2i_R@1'))}.")
+        else:
+            line = f"`{p.get('model')}`: pretrained `{p.get('source')}` ({p.get('parameters'):,} parameters), not trained here."
         md += ["## Source model", "", line, ""]
         h += ["<h2>Source model</h2>", f"<p>{_md_inline(line)}</p>"]
 
@@ -730,6 +734,14 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
         if delta is not None and delta["rows"]:
             md += ["Δ R@1 to `source`, per cell:", "", markdown_delta_table(delta), ""]
         md += ([cmp["note"], ""] if not cmp["rows"] else [cmp["note"], "", markdown_paper_table(cmp), ""])
+        flags = paper.base_deviations(cmp["rows"])
+        if flags:
+            flag_line = (f"**Check the set-up:** the reproduced Base (`source`, no adaptation) deviates from the paper's "
+                         f"by more than {paper.BASE_TOLERANCE:g} R@1 point in " + ", ".join(
+                             f"{f['column']} ({_fmt(f['ours'])} vs {_fmt(f['paper'])}, {f['gap']:+.1f})" for f in flags)
+                         + " — data, weights or preprocessing differ from the paper's.")
+            md += [flag_line, ""]
+            summary.setdefault("base_deviations", {})[direction] = flags
         md += [f"![R@1 per shift](figures/{direction}_r1.png)", "",
                f"![R@1 heatmap](figures/{direction}_heatmap.png)", ""]
         md += ([f"![R@1 against severity](figures/{direction}_severity.png)", ""] if has_severity else
@@ -756,6 +768,8 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
         h += ["<h3>Paper reference</h3>", f"<p class='note'>{_md_inline(cmp['note'])}</p>"]
         if cmp["rows"]:
             h += [html_paper_table(cmp)]
+        if flags:
+            h += [f"<p class='missing'>{_md_inline(flag_line)}</p>"]
         h += ["<h3>Figures</h3>", _img(figs["r1"], f"R@1 per shift, {direction}"),
               _img(figs["heatmap"], f"R@1 heatmap, {direction}")]
         h += ([_img(figs["severity"], f"R@1 against severity, {direction}")] if has_severity else
@@ -790,8 +804,22 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
             md += [line, ""]
             h += [f"<p class='note'>{_e(line)}</p>"]
 
+    ex_dir = Path(EXAMPLES_DIR.format(report=cfg["report"]["dir"]))
+    if (ex_dir / "contact_sheet.png").is_file():
+        rel = os.path.relpath(ex_dir, out_dir)
+        md += ["## Corruption examples", "", f"![Contact sheet]({rel}/contact_sheet.png)", "",
+               f"Text corruptions by type and level: [{rel}/text_examples.md]({rel}/text_examples.md)", ""]
+        h += ["<h2>Corruption examples</h2>", _img(ex_dir / "contact_sheet.png", "Image corruptions by severity"),
+              f"<p>Text corruptions by type and level: <a href='{_e(rel)}/text_examples.md'>text_examples.md</a></p>"]
+
     md += ["## Not run / failed", ""]
     h += ["<h2>Not run / failed</h2>"]
+    skipped_types = [(n, not_run_reason(cfg, n)) for n in cfg["corrupt"]["text"]["names"] if not_run_reason(cfg, n)]
+    if skipped_types:
+        md += [f"- text corruption `{n}`: {why}" for n, why in skipped_types] + [""]
+        h += ["<ul class='missing'>" + "".join(f"<li>text corruption {_e(n)}: {_e(why)}</li>"
+                                                for n, why in skipped_types) + "</ul>"]
+        summary["not_run_types"] = {n: why for n, why in skipped_types}
     if missing:
         md += [f"- `{r.result_path}`: {why}" for r, why in missing]
         h += ["<ul class='missing'>" + "".join(f"<li>{_e(r.result_path)}: {_e(why)}</li>" for r, why in missing)

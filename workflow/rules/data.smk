@@ -2,12 +2,33 @@
 # `params.cfg` is a hash of the parameters a rule reads, so changing them reruns the rule.
 
 
+rule download:
+    output:
+        directory(RAW_DIR),
+    params:
+        overrides=OVERRIDES,
+        # download.* (mirror, retries) changes how, not what: it does not rerun the download
+        cfg=stable_hash(qc.dataset_params(config)),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=240,
+    log:
+        qc.LOGS["download"].format(dataset=DS),
+    conda:
+        ENV_FILE
+    shell:
+        "python stages/download.py{params.overrides}"
+
+
 rule prepare:
+    input:
+        RAW_DIR,
     output:
         directory(DATASET_DIR),
     params:
         overrides=OVERRIDES,
-        cfg=stable_hash([config["seed"], config["datasets"][DS]]),
+        cfg=stable_hash([config["seed"], qc.dataset_params(config)]),
     threads: 1
     resources:
         mem_mb=2000,
@@ -28,7 +49,8 @@ rule corrupt_images:
     params:
         overrides=OVERRIDES,
         cfg=stable_hash([config["seed"], config["corrupt"]["image"]["jpeg_quality"]]),
-    threads: 1
+    # a process pool of corrupt.image.workers inside the job (0 = every core it is given)
+    threads: config["corrupt"]["image"]["workers"] or workflow.cores
     resources:
         mem_mb=2000,
         runtime=60,
@@ -47,7 +69,7 @@ rule corrupt_text:
         qc.TEXT_QUERIES.format(dataset=DS, corruption="{corruption}", severity="{severity}"),
     params:
         overrides=OVERRIDES,
-        cfg=stable_hash(config["seed"]),
+        cfg=stable_hash([config["seed"], {k: v for k, v in config["corrupt"]["text"].items() if k not in ("names", "levels")}]),
     threads: 1
     resources:
         mem_mb=2000,
@@ -99,3 +121,26 @@ rule corrupt_stream_text:
         ENV_FILE
     shell:
         "python stages/corrupt_stream.py --direction t2i --stream {wildcards.stream}{params.overrides}"
+
+
+# A corruption x severity contact sheet and a table of text corruptions by type and level.
+rule examples:
+    input:
+        DATASET_DIR,
+    output:
+        f"{EXAMPLES_DIR}/contact_sheet.png",
+        f"{EXAMPLES_DIR}/text_examples.md",
+        f"{EXAMPLES_DIR}/examples.json",
+    params:
+        overrides=OVERRIDES,
+        cfg=stable_hash([config["seed"], config["corrupt"]["text"]]),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    log:
+        qc.LOGS["examples"].format(dataset=DS),
+    conda:
+        ENV_FILE
+    shell:
+        "python stages/examples.py --no-progress{params.overrides}"

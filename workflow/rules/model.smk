@@ -9,7 +9,7 @@ rule pretrain:
         "reports/pretrain.json",
     params:
         overrides=OVERRIDES,
-        cfg=stable_hash([config["seed"], config["pretrain"], config["amp"]]),
+        cfg=stable_hash([config["seed"], config["pretrain"], config["amp"], config["model"]["source"]]),
     threads: 2
     resources:
         mem_mb=4000,
