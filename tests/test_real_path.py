@@ -101,6 +101,17 @@ def check_benchmark(repo: Path, server: Server, bench: str, model: str, source: 
     assert "Every run of the grid finished." in report
 
 
+def assert_fetched_once(server: Server) -> None:
+    """The mirror reached the server, one full GET per file (over the whole module)."""
+    assert [e["status"] for e in server.requests(ANN_PATH)] == [200]
+    assert [e["status"] for e in server.requests(ZIP_PATH)] == [200]
+
+
+def assert_nothing_to_do(repo: Path, bench: str) -> None:
+    proc = run(["snakemake", "--cores", "2", "--config", f"benchmark={bench}"], repo)
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def server():
     s = Server()
@@ -129,6 +140,7 @@ def real_repo(tmp_path_factory, server):
     cc["model"] = {"name": "tiny-hf-blip", "source": f"hf-blip:{blip}", "batch_size": 16}
     cc["corrupt"] = {"image": {"names": ["gaussian_noise"], "severities": [5]},
                      "text": {"names": ["char_swap"], "levels": [7]}}
+    cc["adapt"] = {"clean_methods": ["source"]}  # fewer jobs: tcr on the corrupted cells only
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     return repo
 
@@ -137,30 +149,29 @@ def test_qgs_coco_runs_offline_through_the_mirror(real_repo, server, monkeypatch
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     repo = real_repo
     run(["snakemake", "--cores", "2", "--config", "benchmark=qgs-coco"], repo)
-    assert [e["status"] for e in server.requests(ANN_PATH)] == [200]
-    assert [e["status"] for e in server.requests(ZIP_PATH)] == [200]
+    assert_fetched_once(server)
     assert (repo / "data/cache/coco/val2014.zip").read_bytes() == server.files[ZIP_PATH]
     check_benchmark(repo, server, "qgs-coco", "tiny-hf-clip", f"hf-clip:{repo.parent / 'tiny-clip'}")
     # query-gallery shift: every listed method on clean queries only
-    keys = sorted((json.loads(p.read_text())["key"]["direction"], json.loads(p.read_text())["key"]["method"],
-                   json.loads(p.read_text())["key"]["corruption"]) for p in results(repo, "qgs-coco"))
-    assert keys == [(d, m, "clean") for d in ("i2t", "t2i") for m in ("source", "tcr")]
-    assert "Nothing to be done" in run(["snakemake", "--cores", "2", "--config", "benchmark=qgs-coco"],
-                                       repo).stdout
+    keys = {(d["key"]["direction"], d["key"]["method"], d["key"]["corruption"])
+            for d in (json.loads(p.read_text()) for p in results(repo, "qgs-coco"))}
+    assert keys == {(d, m, "clean") for d in ("i2t", "t2i") for m in ("source", "tcr")}
+    assert_nothing_to_do(repo, "qgs-coco")
 
 
 def test_coco_c_switch_reuses_the_download_cache(real_repo, server, monkeypatch):
     """The same repo switched to coco-c: corrupted cells, a tiny BLIP, the zip from the cache."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     repo = real_repo
-    n_requests = len(server.log)
+    cached = (repo / "data/cache/coco/val2014.zip").is_file()  # True after the qgs-coco test
     run(["snakemake", "--cores", "2", "--config", "benchmark=coco-c"], repo)
-    assert len(server.log) == n_requests  # both files came from download.cache_dir
+    # each file went over the wire once for both benchmarks: the second came from download.cache_dir
+    assert_fetched_once(server)
+    assert [f["cached"] for f in json.loads((repo / "data/raw/coco-c/download.json").read_text())["files"]] \
+        == [cached, cached]
     check_benchmark(repo, server, "coco-c", "tiny-hf-blip", f"hf-blip:{repo.parent / 'tiny-blip'}")
     keys = {(d["key"]["direction"], d["key"]["method"], d["key"]["corruption"], d["key"]["severity"])
             for d in (json.loads(p.read_text()) for p in results(repo, "coco-c"))}
-    assert keys == {(d, m, c, s) for m in ("source", "tcr")
-                    for d, c, s in (("i2t", "clean", 0), ("i2t", "gaussian_noise", 5),
-                                    ("t2i", "clean", 0), ("t2i", "char_swap", 7))}
-    assert "Nothing to be done" in run(["snakemake", "--cores", "2", "--config", "benchmark=coco-c"],
-                                       repo).stdout
+    assert keys == {("i2t", "source", "clean", 0), ("t2i", "source", "clean", 0)} | {
+        (d, m, c, s) for m in ("source", "tcr") for d, c, s in (("i2t", "gaussian_noise", 5), ("t2i", "char_swap", 7))}
+    assert_nothing_to_do(repo, "coco-c")
