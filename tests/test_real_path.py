@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,8 @@ def test_coco_c_switch_reuses_the_download_cache(real_repo, server, monkeypatch)
     assert keys == {("i2t", "source", "clean", 0), ("t2i", "source", "clean", 0)} | {
         (d, m, c, s) for m in ("source", "tcr") for d, c, s in (("i2t", "gaussian_noise", 5), ("t2i", "char_swap", 7))}
     assert_nothing_to_do(repo, "coco-c")
+    if cached:  # qgs-coco ran first in this repo: switching back recomputes nothing of its grid
+        proc = run(["snakemake", "--dry-run", "--config", "benchmark=qgs-coco"], repo)
+        plan = proc.stdout + proc.stderr
+        for job in ("pretrain", "download", "prepare", "encode_gallery", "adapt"):
+            assert not re.search(rf"^{job}\s+\d+", plan, re.M), plan  # only the shared report/examples

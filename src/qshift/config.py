@@ -331,5 +331,14 @@ def trains_model(cfg: dict) -> bool:
     return cfg["model"]["source"] == "local-dir:" + MODEL_DIR.format(model=cfg["model"]["name"])
 
 
+def model_overrides(cfg: dict) -> str:
+    """``--set`` flags that give a stage exactly this model (and nothing about the benchmark)."""
+    import shlex
+
+    model = cfg["model"]
+    flags = [f"model.{k}={model[k]}" for k in ("name", "source", "cache_dir") if k in model]
+    return "".join(f" --set {shlex.quote(flag)}" for flag in flags)
+
+
 def experiment_name(cfg: dict) -> str:
     return cfg["mlflow"]["experiment"].format(benchmark=cfg["benchmark"])

@@ -36,7 +36,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from . import paper
-from .config import EXAMPLES_DIR, Run, query_cells, runs, streams
+from .config import EXAMPLES_DIR, MODEL_DIR, Run, query_cells, runs, streams
 from .corrupt.text import TEXT_LABELS, not_run_reason
 from .errors import QShiftError
 from .io import atomic_path, write_json, write_text
@@ -685,7 +685,8 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
                                           "(second line of a cell: the difference to `source`)"))
     h = [f"<h1>{_e(title)}</h1>", "<p>" + intro_html.replace("**Avg**", "<b>Avg</b>").replace(
         "**Clean**", "<b>Clean</b>") + "</p>"]
-    pre = Path("reports/pretrain.json")
+    fetched = Path(MODEL_DIR.format(model=cfg["model"]["name"])) / "model.json"  # a pretrained source
+    pre = fetched if fetched.is_file() else Path("reports/pretrain.json")
     if pre.is_file():
         p = json.loads(pre.read_text())
         if p.get("trained", True):

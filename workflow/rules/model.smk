@@ -1,26 +1,48 @@
 # The source model (trained here for the built-in benchmark) and its gallery embeddings.
 
 
-rule pretrain:
-    input:
-        DATASET_DIR,
-    output:
-        directory(MODEL_DIR),
-        "reports/pretrain.json",
-    params:
-        overrides=OVERRIDES,
-        cfg=stable_hash([config["seed"], config["pretrain"], config["amp"], config["model"]["source"]]),
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=60,
-        cpus_per_task=2,  # SLURM CPUs (the slurm profile caps threads at its `cores`)
-    log:
-        qc.LOGS["pretrain"].format(model=MODEL),
-    conda:
-        ENV_FILE
-    shell:
-        "python stages/pretrain.py{params.overrides}"
+if qc.trains_model(config):
+
+    rule pretrain:
+        input:
+            DATASET_DIR,
+        output:
+            directory(MODEL_DIR),
+            "reports/pretrain.json",
+        params:
+            overrides=OVERRIDES,
+            cfg=stable_hash([config["seed"], config["pretrain"], config["amp"], config["model"]["source"]]),
+        threads: 2
+        resources:
+            mem_mb=4000,
+            runtime=60,
+            cpus_per_task=2,  # SLURM CPUs (the slurm profile caps threads at its `cores`)
+        log:
+            qc.LOGS["pretrain"].format(model=MODEL),
+        conda:
+            ENV_FILE
+        shell:
+            "python stages/pretrain.py{params.overrides}"
+
+else:
+
+    # A pretrained source is fetched, not trained: the job depends on the model keys only
+    # (not on the benchmark), so benchmarks sharing a model share it without rerunning.
+    rule pretrain:
+        output:
+            directory(MODEL_DIR),
+        params:
+            model=qc.model_overrides(config),
+        threads: 1
+        resources:
+            mem_mb=8000,
+            runtime=120,
+        log:
+            qc.LOGS["pretrain"].format(model=MODEL),
+        conda:
+            ENV_FILE
+        shell:
+            "python stages/pretrain.py{params.model}"
 
 
 rule encode_gallery:

@@ -4,7 +4,7 @@
 rule report:
     input:
         RESULTS,
-        "reports/pretrain.json",
+        "reports/pretrain.json" if qc.trains_model(config) else MODEL_DIR,
     output:
         "reports/report.md",
         "reports/report.html",
