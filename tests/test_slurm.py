@@ -156,7 +156,7 @@ def slurm_repo(cluster, tmp_path_factory):
     params["corrupt"]["image"]["names"] = ["gaussian_noise"]
     params["corrupt"]["text"]["names"] = ["ocr"]
     params["adapt"]["methods"] = ["tcr"]
-    params["streams"]["methods"] = []  # streams have their own tests; keep the SLURM grid small
+    params["streams"] = {"methods": [], "image": {}, "text": {}}  # streams have their own tests
     params["adapt"]["clean_methods"] = []  # (Snakemake and DVC disagree on clean runs of unlisted methods)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "slim"], cwd=repo,
