@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from qshift import paper, presets
 from qshift.errors import ConfigError
 
+REPO = Path(__file__).resolve().parents[1]
+
 BASE = {
     "benchmark": "builtin",
     "datasets": {"builtin": {"n_test": 10}, "coco": {"kind": "coco"}},
     "model": {"name": "tiny", "source": "local-dir:models/tiny", "batch_size": 256},
-    "corrupt": {"image": {"names": ["contrast"], "severities": [3], "jpeg_quality": 95}},
+    "corrupt": {"image": {"names": ["contrast"], "severities": [3], "jpeg_quality": 95},
+                "text": {"names": ["ocr"], "levels": [2]}},
     "benchmarks": {
         "builtin": {"dataset": "builtin", "setting": "query-shift"},
         "coco-c": {"dataset": "coco", "setting": "query-shift",
@@ -88,10 +93,9 @@ def test_params_validation_knows_every_model_scheme():
 def test_every_preset_of_the_shipped_params_resolves():
     from qshift.config import load_params, runs
 
-    repo = __import__("pathlib").Path(__file__).resolve().parents[1]
     grids = {}
     for name in ("builtin", "coco-c", "flickr-c", "qgs-coco", "qgs-flickr"):
-        cfg = load_params(repo / "params.yaml", [f"benchmark={name}"])
+        cfg = load_params(REPO / "params.yaml", [f"benchmark={name}"])
         grids[name] = {(r.direction, r.corruption) for r in runs(cfg)}
     # query-gallery shift: every method on the clean cell only; query shift: the paper's grid
     assert grids["qgs-coco"] == {("i2t", "clean"), ("t2i", "clean")}
@@ -104,10 +108,18 @@ def test_every_preset_of_the_shipped_params_resolves():
 def test_method_hyperparameters_can_differ_per_direction():
     from qshift.config import load_params, method_hparams
 
-    repo = __import__("pathlib").Path(__file__).resolve().parents[1]
-    cfg = load_params(repo / "params.yaml", ["benchmark=coco-c"])
+    cfg = load_params(REPO / "params.yaml", ["benchmark=coco-c"])
     assert method_hparams(cfg, "tcr", "t2i")["lr"] == 3.0e-5  # METHODS.md: text queries on BLIP
     assert method_hparams(cfg, "tcr", "i2t")["lr"] == 3.0e-4
     assert "by_direction" not in method_hparams(cfg, "tcr", "i2t")
     with pytest.raises(ConfigError, match="by_direction has 'x2y'"):
-        load_params(repo / "params.yaml", ["methods.tcr={lr: 1.0e-3, by_direction: {x2y: {lr: 1}}}"])
+        load_params(REPO / "params.yaml", ["methods.tcr={lr: 1.0e-3, by_direction: {x2y: {lr: 1}}}"])
+
+
+def test_dvc_guard_refuses_text_types_that_cannot_run():
+    from qshift.config import load_params
+
+    cfg = load_params(REPO / "params.yaml", ["corrupt.text.names=[ocr, formal]"])
+    presets.dvc_guard(cfg, cfg, environ={})
+    with pytest.raises(ConfigError, match=r"formal: not run \(no model configured: corrupt.text.models.formal\)"):
+        presets.dvc_guard(cfg, cfg, environ={"DVC_STAGE": "corrupt_text"})

@@ -9,7 +9,6 @@ The path patterns below are the one definition of where each stage writes.
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -79,15 +78,6 @@ def resolve(raw: dict, overrides: list[str] | None = None) -> dict:
             apply_override(cfg, item)
     validate(cfg)
     presets.dvc_guard(raw, cfg)
-    if "DVC_STAGE" in os.environ:  # dvc.yaml's matrix takes corrupt.text.names literally
-        from .corrupt.text import not_run_reason
-
-        skipped = {n: not_run_reason(cfg, n) for n in cfg["corrupt"]["text"]["names"] if not_run_reason(cfg, n)}
-        if skipped:
-            raise ConfigError("dvc.yaml runs every name in corrupt.text.names, but these cannot run: "
-                              + "; ".join(f"{n}: {why}" for n, why in skipped.items())
-                              + ". Configure their models or remove them from corrupt.text.names "
-                                "(Snakemake leaves them out and the report lists them as not run).")
     return cfg
 
 

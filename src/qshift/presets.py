@@ -116,10 +116,19 @@ def _get(cfg: dict, dotted: str) -> Any:
 
 def dvc_guard(raw: dict, resolved: dict, environ: dict | None = None) -> None:
     """Refuse to run a DVC stage whose DAG (read literally from params.yaml) disagrees with
-    the resolved params — the stage would compute something the DAG does not describe."""
+    the resolved params — the stage would compute something the DAG does not describe — or
+    lists a text type that cannot run (the matrix cannot skip it)."""
     environ = os.environ if environ is None else environ
     if "DVC_STAGE" not in environ:
         return
+    from .corrupt.text import not_run_types
+
+    skipped = not_run_types(resolved)  # dvc.yaml's matrix runs every listed text type
+    if skipped:
+        raise ConfigError("dvc.yaml runs every name in corrupt.text.names, but these cannot run: "
+                          + "; ".join(f"{n}: {why}" for n, why in skipped.items())
+                          + ". Configure their models or remove them from corrupt.text.names "
+                            "(Snakemake leaves them out and the report lists them as not run).")
     diffs = [(k, _get(raw, k), _get(resolved, k)) for k in DVC_KEYS if _get(raw, k) != _get(resolved, k)]
     if not diffs:
         return

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from . import paper
 from .config import EXAMPLES_DIR, MODEL_DIR, Run, query_cells, runs, streams
-from .corrupt.text import TEXT_LABELS, not_run_reason
+from .corrupt.text import TEXT_LABELS, not_run_types
 from .errors import QShiftError
 from .io import atomic_path, write_json, write_text
 from .results import CLEAN, load_result
@@ -815,12 +815,12 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
 
     md += ["## Not run / failed", ""]
     h += ["<h2>Not run / failed</h2>"]
-    skipped_types = [(n, not_run_reason(cfg, n)) for n in cfg["corrupt"]["text"]["names"] if not_run_reason(cfg, n)]
+    skipped_types = not_run_types(cfg)
     if skipped_types:
-        md += [f"- text corruption `{n}`: {why}" for n, why in skipped_types] + [""]
+        md += [f"- text corruption `{n}`: {why}" for n, why in skipped_types.items()] + [""]
         h += ["<ul class='missing'>" + "".join(f"<li>text corruption {_e(n)}: {_e(why)}</li>"
-                                                for n, why in skipped_types) + "</ul>"]
-        summary["not_run_types"] = {n: why for n, why in skipped_types}
+                                                for n, why in skipped_types.items()) + "</ul>"]
+        summary["not_run_types"] = skipped_types
     if missing:
         md += [f"- `{r.result_path}`: {why}" for r, why in missing]
         h += ["<ul class='missing'>" + "".join(f"<li>{_e(r.result_path)}: {_e(why)}</li>" for r, why in missing)

@@ -139,9 +139,16 @@ def not_run_reason(cfg: dict, name: str) -> str | None:
     return None
 
 
+def not_run_types(cfg: dict) -> dict[str, str]:
+    """The configured ``corrupt.text.names`` that cannot run here, with the reason."""
+    reasons = {n: not_run_reason(cfg, n) for n in cfg["corrupt"]["text"]["names"]}
+    return {n: why for n, why in reasons.items() if why is not None}
+
+
 def available_text_corruptions(cfg: dict) -> list[str]:
     """The configured ``corrupt.text.names`` that can run (in their configured order)."""
-    return [n for n in cfg["corrupt"]["text"]["names"] if not_run_reason(cfg, n) is None]
+    skipped = not_run_types(cfg)
+    return [n for n in cfg["corrupt"]["text"]["names"] if n not in skipped]
 
 
 def validate_text_params(cfg: dict) -> None:
