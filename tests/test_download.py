@@ -29,7 +29,7 @@ from qshift.data.download import DownloadError, apply_mirror, fetch, safe_extrac
 from qshift.data.karpathy import download_dataset, prepare_real, read_annotations
 from qshift.data.manifest import load_split, normalize_caption
 from qshift.errors import ConfigError, InputError
-from qshift.io import sha256_file
+from qshift.io import MARKER, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -174,7 +174,8 @@ def dl_cfg(tmp: Path, **kw) -> dict:
 
 
 def all_files(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
+    """Every path below ``root`` but the atomic writer's marker (qshift.io.MARKER)."""
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.name != MARKER}
 
 
 # -- end to end ---------------------------------------------------------------------------------
@@ -184,7 +185,7 @@ def test_clean_run_end_to_end(server: Server, tmp_path: Path) -> None:
     cfg = coco_cfg(server, sha256=hashlib.sha256(server.files["/zips/val2014.zip"]).hexdigest())
     info = download_dataset("coco", cfg, dl_cfg(tmp_path), tmp_path / "raw" / "coco", progress=False)
     raw = tmp_path / "raw" / "coco"
-    assert sorted(p.name for p in (raw / "images").iterdir()) == sorted(COCO_NAMES)  # only test images
+    assert sorted(p.name for p in (raw / "images").iterdir() if p.name != MARKER) == sorted(COCO_NAMES)  # only test images
     rec = json.loads((raw / "download.json").read_text())
     assert rec == json.loads(json.dumps(info))
     ann_rec, img_rec = rec["files"]

@@ -9,6 +9,7 @@ The path patterns below are the one definition of where each stage writes.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -58,7 +59,20 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None =
         raise InputError(f"params file {path} is not valid YAML: {e}") from None
     if not isinstance(cfg, dict):
         raise InputError(f"params file {path} must hold a mapping at top level")
-    return resolve(cfg, overrides)
+    cfg = resolve(cfg, overrides)
+    register_caches(cfg)
+    return cfg
+
+
+def register_caches(cfg: dict) -> None:
+    """The configured caches (which may lie outside the project) are output roots too: the
+    atomic writers may replace folders QShift wrote there (qshift.io.check_replaceable)."""
+    from .io import register_output_root
+
+    for section in ("download", "model"):
+        cache = (cfg.get(section) or {}).get("cache_dir")
+        if isinstance(cache, str) and cache:
+            register_output_root(cache)
 
 
 def resolve(raw: dict, overrides: list[str] | None = None) -> dict:
@@ -126,6 +140,84 @@ def diff_overrides(cfg: dict, base: dict, prefix: str = "") -> list[str]:
 MODEL_SCHEMES = ("hf-blip", "hf-clip", "local-dir", "open_clip")
 
 
+# names that become path components (models/<model>, data/<dataset>, results/.../<method>/...)
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+
+def check_name(what: str, name: Any) -> str:
+    """``name`` as a safe path component: ``[a-z0-9][a-z0-9._-]*`` without ``..``."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise ConfigError(f"params: {what} {name!r} is not a valid name: use lower-case letters, digits, '.', '_' "
+                          f"and '-', starting with a letter or digit (no '/', no '..', not empty)")
+    return name
+
+
+def _check_rel_dir(what: str, value: Any) -> None:
+    parts = Path(value).parts if isinstance(value, str) and value else ()
+    if not parts or Path(value).is_absolute() or ".." in parts or value.strip() in (".", "./"):
+        raise ConfigError(f"params: {what} {value!r} must be a relative folder inside the project "
+                          f"(e.g. 'reports'), without '..'")
+
+
+def validate_names(cfg: dict) -> None:
+    """Every name that becomes a path, checked before any work (a bad one could name a folder
+    outside the outputs: ``model.name=..`` would make models/.. the model folder)."""
+    check_name("benchmark", cfg.get("benchmark"))
+    for name in cfg.get("benchmarks") or {}:
+        check_name("benchmarks entry", name)
+    for name in cfg.get("datasets") or {}:
+        check_name("datasets entry", name)
+    if not isinstance(cfg.get("model"), dict):
+        raise ConfigError("params: model must be a mapping with keys name, source, ...")
+    check_name("model.name", cfg["model"].get("name"))
+    for name in cfg.get("methods") or {}:
+        check_name("methods entry", name)
+    for key in ("methods", "clean_methods"):
+        for name in (cfg.get("adapt") or {}).get(key) or []:
+            check_name(f"adapt.{key} entry", name)
+    # stream names: qshift.streams.validate_stream (a stricter rule: a-z, 0-9 and _)
+    side_cfg = (cfg.get("corrupt") or {})
+    for side, key in (("image", "names"), ("text", "names")):
+        for name in ((side_cfg.get(side) or {}).get(key)) or []:
+            check_name(f"corrupt.{side}.names entry", name)
+    if isinstance(cfg.get("mlflow"), dict) and "experiment" in cfg["mlflow"]:
+        template = cfg["mlflow"]["experiment"]
+        try:
+            exp = str(template).format(benchmark=cfg.get("benchmark"))
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(f"params: mlflow.experiment {template!r} may only use {{benchmark}} ({e})") from None
+        check_name("mlflow.experiment", exp)
+    if isinstance(cfg.get("report"), dict) and "dir" in cfg["report"]:
+        _check_rel_dir("report.dir", cfg["report"]["dir"])
+
+
+def _int_param(cfg: dict, dotted: str, minimum: int, required: bool = True) -> None:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            if required:
+                raise ConfigError(f"params: missing key {dotted!r}")
+            return
+        node = node[part]
+    if isinstance(node, bool) or not isinstance(node, int) or node < minimum:
+        raise ConfigError(f"params: {dotted} must be an integer >= {minimum}, got {node!r}")
+
+
+def validate_run_params(cfg: dict) -> None:
+    """The numbers every run reads, typed before any job (a batch size of 0 or 1.5 would
+    otherwise fail inside a job with a traceback)."""
+    _int_param(cfg, "seed", 0)
+    _int_param(cfg, "adapt.batch_size", 1)
+    _int_param(cfg, "adapt.steps", 1)
+    _int_param(cfg, "model.batch_size", 1, required=False)
+    _int_param(cfg, "num_workers", 0, required=False)
+    _int_param(cfg, "threads", 0, required=False)
+    _int_param(cfg, "pretrain.steps", 1, required=False)
+    _int_param(cfg, "pretrain.batch_size", 1, required=False)
+    if "amp" in cfg and not isinstance(cfg["amp"], bool):
+        raise ConfigError(f"params: amp must be true or false, got {cfg['amp']!r}")
+
+
 def validate(cfg: dict) -> None:
     from . import presets
     from .corrupt import IMAGE_CORRUPTIONS
@@ -136,6 +228,8 @@ def validate(cfg: dict) -> None:
     for key in ("seed", "benchmark", "datasets", "model", "corrupt", "adapt", "methods"):
         if key not in cfg:
             raise ConfigError(f"params: missing top-level key {key!r}")
+    validate_names(cfg)
+    validate_run_params(cfg)
     if "benchmarks" in cfg:
         presets.preset(cfg)
         presets.setting(cfg)

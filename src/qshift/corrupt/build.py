@@ -60,12 +60,41 @@ def _corrupt_file(task: _ImageTask) -> None:
     Image.fromarray(out).save(task.dst, format="JPEG", quality=task.quality)
 
 
-def _init_worker() -> None:
-    """One thread per worker (the pool is the parallelism) and glass_blur's kernel loaded."""
+def _die_with_parent(parent: int) -> None:
+    """A pool worker must not outlive its job: a ``kill -9`` of the job (or scancel, OOM) would
+    otherwise leave the workers (~200 MB each) and multiprocessing's resource tracker running.
+    Linux: the kernel sends SIGKILL when the parent dies (PR_SET_PDEATHSIG); everywhere: a
+    watchdog thread exits once the parent is gone (re-parented)."""
+    import ctypes
+    import signal
+    import threading
+    import time
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="qshift-parent-watchdog", daemon=True).start()
+
+
+def _init_worker(parent: int | None = None) -> None:
+    """One thread per worker (the pool is the parallelism), glass_blur's kernel loaded, and
+    the worker tied to its parent's life."""
     import cv2
 
     from .image import _library
 
+    if parent is not None:
+        _die_with_parent(parent)
     cv2.setNumThreads(1)
     _library()
 
@@ -117,7 +146,8 @@ def run_image_tasks(tasks: Sequence[_ImageTask], workers: int = 1, desc: str = "
         import multiprocessing as mp
 
         # spawn, not fork: the parent may hold threads (torch, OpenMP, tqdm) that fork would copy mid-state
-        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                   initargs=(os.getpid(),))
         try:
             chunk = max(1, min(16, len(tasks) // (workers * 8)))
             for _ in pool.map(_corrupt_file, tasks, chunksize=chunk):
@@ -141,6 +171,8 @@ def build_image_queries(manifest: str | Path, out_dir: str | Path, corruption: s
     from .image import IMAGE_CORRUPTIONS
 
     IMAGE_CORRUPTIONS.check(corruption)
+    if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:
+        raise ConfigError(f"image corruption severity must be an integer in 1..5, got {severity!r}")
     workers = resolve_workers(workers)  # a bad value fails before any work
     if not isinstance(quality, int) or not 1 <= quality <= 100:
         raise ConfigError(f"params: corrupt.image.jpeg_quality must be an integer in 1..100, got {quality!r}")
@@ -227,7 +259,13 @@ def build_text_queries(manifest: str | Path, out: str | Path, corruption: str, l
     from . import seq2seq
     from .text import corrupt_texts, validate_text_params
 
+    from .text import _check_level
+
     spec = TEXT_CORRUPTIONS.get(corruption)
+    try:
+        _check_level(level)  # a bad level is the caller's value, not the manifest's fault
+    except InputError as e:
+        raise ConfigError(str(e)) from None
     if cfg is not None:
         validate_text_params(cfg)
     if spec.group == "sentence" and seq2seq.model_sources(cfg, corruption) is None:

@@ -83,7 +83,7 @@ def validate_manifest(doc: Any, path: Path) -> None:
         raise _fail(path, "missing key 'images'")
     if not isinstance(doc["images"], list):
         raise _fail(path, "'images' must be a list")
-    seen_img, seen_sent = set(), set()
+    seen_img, seen_sent, seen_file = set(), set(), {}
     for i, im in enumerate(doc["images"]):
         where = f"images[{i}]"
         if not isinstance(im, dict):
@@ -91,6 +91,11 @@ def validate_manifest(doc: Any, path: Path) -> None:
         for key in ("imgid", "filename", "split", "sentences"):
             if key not in im:
                 raise _fail(path, f"{where} is missing key {key!r}")
+        rel = _relative_image_path(path, where, im)
+        if rel in seen_file:
+            raise _fail(path, f"{where} (imgid {im['imgid']!r}) names the same image file {rel!r} as "
+                              f"imgid {seen_file[rel]!r}: an image may appear once")
+        seen_file[rel] = im["imgid"]
         if im["split"] not in SPLITS:
             raise _fail(path, f"{where}.split is {im['split']!r}; valid: {', '.join(SPLITS)}")
         if im["imgid"] in seen_img:
@@ -106,6 +111,23 @@ def validate_manifest(doc: Any, path: Path) -> None:
             if s["sentid"] in seen_sent:
                 raise _fail(path, f"{where}.sentences[{j}].sentid {s['sentid']!r} is duplicated")
             seen_sent.add(s["sentid"])
+
+
+def _relative_image_path(path: Path, where: str, im: dict) -> str:
+    """``filepath/filename`` as a path that stays inside the manifest's image root."""
+    parts = []
+    for key in ("filepath", "filename"):
+        value = im.get(key, "")
+        if not isinstance(value, str):
+            raise _fail(path, f"{where}.{key} must be a string, got {value!r}")
+        parts.append(value)
+    if not parts[1]:
+        raise _fail(path, f"{where}.filename is empty")
+    rel = Path(parts[0]) / parts[1]
+    if rel.is_absolute() or ".." in rel.parts or parts[1] in (".", ".."):
+        raise _fail(path, f"{where} image path {str(rel)!r} must stay inside the image root "
+                          f"(no absolute path, no '..')")
+    return rel.as_posix()
 
 
 def read_manifest(path: str | Path) -> dict:
@@ -128,6 +150,7 @@ def load_split(path: str | Path, split: str = "test", check_files: bool = True,
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     root = image_root(doc, path)
+    root_real = root.resolve()
     images = [im for im in doc["images"] if im["split"] == split]
     if not images:
         present = sorted({im["split"] for im in doc["images"]})
@@ -137,11 +160,18 @@ def load_split(path: str | Path, split: str = "test", check_files: bool = True,
         p = root / im.get("filepath", "") / im["filename"]
         if check_files and not p.is_file():
             raise InputError(f"image file listed in {path} not found: {p}")
+        if check_files and root_real not in p.resolve().parents:  # e.g. a symlink out of the dataset
+            raise InputError(f"image file listed in {path} resolves outside its image root {root}: "
+                             f"{p} -> {p.resolve()}")
         image_ids.append(im["imgid"])
         paths.append(p)
         for s in im["sentences"]:
+            caption = normalize_caption(s["raw"], max_words)
+            if not caption and "clean" not in s:  # an original caption (a corrupted one may be emptied)
+                raise InputError(f"caption {s['sentid']!r} of image {im['imgid']!r} in {path} is empty after "
+                                 f"normalisation (raw {s['raw']!r})")
             sentids.append(s["sentid"])
-            captions.append(normalize_caption(s["raw"], max_words))
+            captions.append(caption)
             txt2img.append(k)
     return Split(
         dataset=str(doc.get("dataset", path.parent.name)),
