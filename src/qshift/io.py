@@ -19,6 +19,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .faults import point as fault_point
+
 
 # -- where outputs may be replaced --------------------------------------------------------------
 # A folder written by :func:`atomic_dir` carries this marker; an existing folder is only ever
@@ -142,6 +144,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        fault_point("atomic_path.before_publish")
         if tmp_path.exists():
             _publish_mode(tmp_path, is_dir=False)
         os.replace(tmp_path, path)
@@ -164,6 +167,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        fault_point("atomic_dir.before_publish")
         (tmp / MARKER).write_text(_MARKER_TEXT)
         for sub in tmp.rglob("*"):  # files a caller made with mkstemp & co. too
             if sub.is_file() and not sub.is_symlink() and not (sub.stat().st_mode & 0o044):

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ..data.manifest import image_root, read_manifest, write_manifest
 from ..errors import ConfigError, InputError
+from ..faults import point as fault_point
 from ..io import atomic_dir, derive_seed
 from .image import corrupt_image
 from .text import TEXT_CORRUPTIONS
@@ -150,8 +151,10 @@ def run_image_tasks(tasks: Sequence[_ImageTask], workers: int = 1, desc: str = "
                                    initargs=(os.getpid(),))
         try:
             chunk = max(1, min(16, len(tasks) // (workers * 8)))
-            for _ in pool.map(_corrupt_file, tasks, chunksize=chunk):
+            for i, _ in enumerate(pool.map(_corrupt_file, tasks, chunksize=chunk)):
                 bar.update()
+                if i == 0:
+                    fault_point("corrupt_images.pool_running")
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     finally:
