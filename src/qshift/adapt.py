@@ -18,7 +18,7 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .data.manifest import Split
 from .errors import ConfigError

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .data.manifest import Split, load_split
 from .errors import InputError

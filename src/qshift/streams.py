@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .data.manifest import Split, image_root, read_manifest, write_manifest
 from .errors import ConfigError, InputError

@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..data.manifest import image_root, read_manifest, write_manifest
 from ..errors import ConfigError, InputError

@@ -59,7 +59,7 @@ def contact_sheet(image: np.ndarray, names: Sequence[str], severities: Sequence[
     (default: :func:`pipeline_seed` of a fixed id).
     """
     from PIL import Image, ImageDraw, ImageFont
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     if not names or not severities:
         raise InputError("contact_sheet needs at least one corruption and one severity")

@@ -30,7 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..errors import ConfigError, InputError
 from ..io import derive_seed

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from . import eda, seq2seq
 from ..errors import InputError

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
+from ..progress import tqdm
 
 from ..errors import ConfigError
 from ..io import atomic_dir, derive_seed

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Mapping
 
-from tqdm import tqdm
+from ..progress import tqdm
 
 from ..errors import ConfigError, InputError
 from ..io import atomic_dir, sha256_file, write_json

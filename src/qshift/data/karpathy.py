@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from tqdm import tqdm
+from ..progress import tqdm
 
 from ..errors import ConfigError, InputError
 from ..io import atomic_dir, read_json, sha256_file, write_json

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..data.manifest import Split, load_split
 from ..evaluation import recall_at_k
