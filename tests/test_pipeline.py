@@ -26,9 +26,9 @@ def expected_results(repo: Path) -> list[Path]:
     return [repo / r.result_path for r in runs(cfg)]
 
 
-def planned_jobs(repo: Path) -> dict[str, int]:
+def planned_jobs(repo: Path, *extra: str) -> dict[str, int]:
     """Rule -> job count of what `snakemake --dry-run` would run."""
-    out = run(["snakemake", "--cores", "2", "--dry-run"], repo).stdout
+    out = run(["snakemake", "--cores", "2", "--dry-run", *extra], repo).stdout
     if "Nothing to be done" in out:
         return {}
     table = out[out.index("Job stats:"):]
@@ -111,6 +111,30 @@ def test_deleting_a_result_reruns_only_its_job_and_the_report(snake_repo):
     assert planned_jobs(snake_repo) == {}
 
 
+@pytest.mark.parametrize("override", [["methods={tcr: {lr: 3.0e-4}}"], ["set=methods.tcr.lr=3.0e-4"],
+                                      ["seed=42", "set=adapt.steps=3"]])
+def test_a_no_op_override_reruns_nothing(snake_repo, override):
+    assert planned_jobs(snake_repo, "--config", *override) == {}
+
+
+def test_an_override_reruns_exactly_the_jobs_that_read_it(snake_repo):
+    from qshift.config import load_params, runs
+
+    cfg = load_params(snake_repo / "params.yaml", ["methods.tcr.lr=1e-3"])
+    n_tcr = sum(r.method == "tcr" for r in runs(cfg))
+    assert planned_jobs(snake_repo, "--config", "set=methods.tcr.lr=1e-3") == {"adapt": n_tcr, "report": 1, "all": 1}
+    # the jobs read the resolved file (same typed values as the stage CLI would resolve)
+    resolved = sorted((snake_repo / ".snakemake" / "qshift").glob("params-*.yaml"))
+    assert any(load_params(p)["methods"]["tcr"]["lr"] == pytest.approx(1e-3) for p in resolved)
+    # a new severity: only its corruption and adapt jobs (and the report)
+    n_methods = len(cfg["adapt"]["methods"])
+    n_images = len(cfg["corrupt"]["image"]["names"])
+    assert planned_jobs(snake_repo, "--config", "set=corrupt.image.severities=[3,5]") == {
+        "corrupt_images": n_images, "adapt": n_images * n_methods, "report": 1, "all": 1}
+    # the YAML form keeps types (Snakemake reads nested values as strings)
+    assert planned_jobs(snake_repo, "--config", "adapt={batch_size: 64}") == {}
+
+
 def test_same_seed_same_metrics_across_orchestrators(snake_repo, dvc_repo):
     for path in expected_results(snake_repo):
         a = json.loads(path.read_text())
@@ -165,8 +189,17 @@ def test_snakemake_and_dvc_describe_the_same_dag(tmp_path):
 
 
 def test_snakemake_config_override_reaches_the_stages(tmp_path):
+    from qshift.config import load_params
+
     repo = make_repo(tmp_path)
-    out = run(["snakemake", "--dry-run", "--printshellcmds", "--forceall", "--config", "seed=7"], repo).stdout
-    assert "python stages/prepare.py --set seed=7" in out
+    out = run(["snakemake", "--dry-run", "--printshellcmds", "--forceall", "--config", "seed=7",
+               "set=adapt.batch_size=32 methods.tcr.lr=1e-3"], repo).stdout
+    assert "python stages/prepare.py\n" in out  # job commands do not carry the overrides
+    (resolved,) = (repo / ".snakemake" / "qshift").glob("params-*.yaml")
+    cfg = load_params(resolved)
+    assert (cfg["seed"], cfg["adapt"]["batch_size"], cfg["methods"]["tcr"]["lr"]) == (7, 32, 1e-3)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["seed"] == 42  # the file stays the single source; the override is explicit
+    # a stage started by Snakemake reads it (QSHIFT_PARAMS); a bad dotted override fails at DAG time
+    bad = run(["snakemake", "--dry-run", "--config", "set=adapt.batch_size=0"], repo, check=False)
+    assert bad.returncode != 0 and "adapt.batch_size must be an integer >= 1, got 0" in bad.stderr + bad.stdout

@@ -13,7 +13,9 @@ from .errors import QShiftError
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--params", default=None,
+                   help="params file (default: $QSHIFT_PARAMS, set by the Snakefile for --config overrides, "
+                        "else params.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a params value, e.g. --set methods.tcr.lr=1e-3 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="disable progress bars")
@@ -21,9 +23,9 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def load(args: argparse.Namespace) -> dict:
-    from .config import load_params
+    from .config import default_params_path, load_params
 
-    return load_params(args.params, args.overrides)
+    return load_params(args.params or default_params_path(), args.overrides)
 
 
 def start_log(path: str) -> logging.Logger:

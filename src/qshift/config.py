@@ -9,6 +9,7 @@ The path patterns below are the one definition of where each stage writes.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,17 @@ LOGS = {
 }
 
 
+# Snakemake resolves `--config` overrides once (benchmark preset + overrides) into a file and
+# points every job at it through this variable, so job commands stay the same whatever the
+# overrides (no rerun of everything) and each job reruns only when the keys it reads change.
+PARAMS_ENV = "QSHIFT_PARAMS"
+RESOLVED_KEY = "_resolved"  # present (with provenance) in such a file: presets already applied
+
+
+def default_params_path() -> str:
+    return os.environ.get(PARAMS_ENV) or DEFAULT_PARAMS
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -59,9 +71,53 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None =
         raise InputError(f"params file {path} is not valid YAML: {e}") from None
     if not isinstance(cfg, dict):
         raise InputError(f"params file {path} must hold a mapping at top level")
-    cfg = resolve(cfg, overrides)
+    if cfg.get(RESOLVED_KEY):  # written by write_resolved: presets and overrides already applied
+        cfg = copy.deepcopy(cfg)
+        for item in overrides or []:
+            apply_override(cfg, item)
+        validate(cfg)
+    else:
+        cfg = resolve(cfg, overrides)
     register_caches(cfg)
     return cfg
+
+
+def write_resolved(cfg: dict, overrides: list[str], folder: str | Path = ".snakemake/qshift") -> Path:
+    """Write resolved params (see PARAMS_ENV) to ``folder/params-<hash>.yaml``; returns the path.
+    The name is a hash of the content, so concurrent writers (SLURM nodes re-reading the
+    Snakefile) write the same bytes to the same name."""
+    from .io import stable_hash, write_text
+
+    doc = {**copy.deepcopy(cfg), RESOLVED_KEY: {"from": DEFAULT_PARAMS, "overrides": list(overrides)}}
+    path = Path(folder) / f"params-{stable_hash(doc)}.yaml"
+    if not path.is_file():
+        write_text(path, "# resolved by the Snakefile: params.yaml + benchmark preset + --config overrides\n"
+                   + yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def parse_set(value: Any) -> list[str]:
+    """``snakemake --config set='a.b=1 c.d=[x, y]'``: Snakemake takes no dotted keys, so dotted
+    overrides come as one string (split like a shell line: quote values with spaces) or a
+    YAML list of ``key=value`` strings."""
+    import shlex
+
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        try:
+            items = shlex.split(value)
+        except ValueError as e:
+            raise ConfigError(f"--config set={value!r}: {e}") from None
+    elif isinstance(value, list):
+        items = [str(v) for v in value]
+    else:
+        raise ConfigError(f"--config set={value!r} must be a string of key=value overrides, e.g. "
+                          f"set='adapt.batch_size=32 methods.tcr.lr=1e-3'")
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--config set: {item!r} must look like key.path=value")
+    return items
 
 
 def register_caches(cfg: dict) -> None:
@@ -123,14 +179,35 @@ def parse_value(raw: str) -> Any:
     return value
 
 
+def _retype(value: Any) -> Any:
+    """Snakemake parses nested ``--config`` values with YAML's BaseLoader (every scalar a
+    string: ``'datasets={builtin: {n_train: 500}}'`` gives ``'500'``); give them YAML types."""
+    if isinstance(value, dict):
+        return {k: _retype(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_retype(v) for v in value]
+    if isinstance(value, str):
+        try:
+            return parse_value(value)
+        except yaml.YAMLError:
+            return value
+    return value
+
+
 def diff_overrides(cfg: dict, base: dict, prefix: str = "") -> list[str]:
-    """The ``key=value`` overrides that turn ``base`` into ``cfg`` (used by the Snakefile)."""
+    """The ``key=value`` overrides that turn ``base`` into ``cfg`` (used by the Snakefile on
+    Snakemake's config: values are re-typed as YAML, see :func:`_retype`)."""
     out = []
     for k, v in cfg.items():
         path = f"{prefix}{k}"
         if isinstance(v, dict) and isinstance(base.get(k), dict):
             out += diff_overrides(v, base[k], path + ".")
-        elif k not in base or base[k] != v:
+            continue
+        if k in base and base[k] == v:
+            continue
+        if not (isinstance(v, str) and isinstance(base.get(k), str)):  # a string stays a string
+            v = _retype(v)
+        if k not in base or base[k] != v:
             out.append(f"{path}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}")
     return out
 

@@ -10,7 +10,6 @@ rule adapt:
         qc.RESULT.format(dataset=DS, model=MODEL, direction="{direction}", method="{method}",
                          corruption="{corruption}", severity="{severity}"),
     params:
-        overrides=OVERRIDES,
         cfg=adapt_params,
     threads: 1
     resources:
@@ -28,4 +27,4 @@ rule adapt:
         ENV_FILE
     shell:
         "python stages/adapt.py --method {wildcards.method} --direction {wildcards.direction}"
-        " --corruption {wildcards.corruption} --severity {wildcards.severity}{params.overrides}"
+        " --corruption {wildcards.corruption} --severity {wildcards.severity}"

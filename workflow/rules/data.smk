@@ -6,7 +6,6 @@ rule download:
     output:
         directory(RAW_DIR),
     params:
-        overrides=OVERRIDES,
         # download.* (mirror, retries) changes how, not what: it does not rerun the download
         cfg=stable_hash(qc.dataset_params(config)),
     threads: 1
@@ -18,7 +17,7 @@ rule download:
     conda:
         ENV_FILE
     shell:
-        "python stages/download.py{params.overrides}"
+        "python stages/download.py"
 
 
 rule prepare:
@@ -27,7 +26,6 @@ rule prepare:
     output:
         directory(DATASET_DIR),
     params:
-        overrides=OVERRIDES,
         cfg=stable_hash([config["seed"], qc.dataset_params(config)]),
     threads: 1
     resources:
@@ -38,7 +36,7 @@ rule prepare:
     conda:
         ENV_FILE
     shell:
-        "python stages/prepare.py{params.overrides}"
+        "python stages/prepare.py"
 
 
 rule corrupt_images:
@@ -47,7 +45,6 @@ rule corrupt_images:
     output:
         directory(qc.IMAGE_QUERIES.format(dataset=DS, corruption="{corruption}", severity="{severity}")),
     params:
-        overrides=OVERRIDES,
         cfg=stable_hash([config["seed"], config["corrupt"]["image"]["jpeg_quality"]]),
     # a process pool of corrupt.image.workers inside the job (0 = every core it is given)
     threads: config["corrupt"]["image"]["workers"] or workflow.cores
@@ -59,7 +56,7 @@ rule corrupt_images:
     conda:
         ENV_FILE
     shell:
-        "python stages/corrupt_images.py --corruption {wildcards.corruption} --severity {wildcards.severity}{params.overrides}"
+        "python stages/corrupt_images.py --corruption {wildcards.corruption} --severity {wildcards.severity}"
 
 
 rule corrupt_text:
@@ -68,7 +65,6 @@ rule corrupt_text:
     output:
         qc.TEXT_QUERIES.format(dataset=DS, corruption="{corruption}", severity="{severity}"),
     params:
-        overrides=OVERRIDES,
         cfg=stable_hash([config["seed"], {k: v for k, v in config["corrupt"]["text"].items() if k not in ("names", "levels")}]),
     threads: 1
     resources:
@@ -79,7 +75,7 @@ rule corrupt_text:
     conda:
         ENV_FILE
     shell:
-        "python stages/corrupt_text.py --corruption {wildcards.corruption} --level {wildcards.severity}{params.overrides}"
+        "python stages/corrupt_text.py --corruption {wildcards.corruption} --level {wildcards.severity}"
 
 
 # Multi-domain query streams (params `streams`): one job per stream, from the dataset alone.
@@ -89,7 +85,6 @@ rule corrupt_stream_image:
     output:
         directory(qc.STREAM_IMAGE_QUERIES.format(dataset=DS, stream="{stream}")),
     params:
-        overrides=OVERRIDES,
         cfg=lambda w: stream_params(w, "image"),
     threads: 1
     resources:
@@ -100,7 +95,7 @@ rule corrupt_stream_image:
     conda:
         ENV_FILE
     shell:
-        "python stages/corrupt_stream.py --direction i2t --stream {wildcards.stream}{params.overrides}"
+        "python stages/corrupt_stream.py --direction i2t --stream {wildcards.stream}"
 
 
 rule corrupt_stream_text:
@@ -109,7 +104,6 @@ rule corrupt_stream_text:
     output:
         qc.STREAM_TEXT_QUERIES.format(dataset=DS, stream="{stream}"),
     params:
-        overrides=OVERRIDES,
         cfg=lambda w: stream_params(w, "text"),
     threads: 1
     resources:
@@ -120,7 +114,7 @@ rule corrupt_stream_text:
     conda:
         ENV_FILE
     shell:
-        "python stages/corrupt_stream.py --direction t2i --stream {wildcards.stream}{params.overrides}"
+        "python stages/corrupt_stream.py --direction t2i --stream {wildcards.stream}"
 
 
 # A corruption x severity contact sheet and a table of text corruptions by type and level.
@@ -132,7 +126,6 @@ rule examples:
         f"{EXAMPLES_DIR}/text_examples.md",
         f"{EXAMPLES_DIR}/examples.json",
     params:
-        overrides=OVERRIDES,
         cfg=stable_hash([config["seed"], config["corrupt"]["text"]]),
     threads: 1
     resources:
@@ -143,4 +136,4 @@ rule examples:
     conda:
         ENV_FILE
     shell:
-        "python stages/examples.py --no-progress{params.overrides}"
+        "python stages/examples.py --no-progress"

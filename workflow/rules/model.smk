@@ -10,8 +10,7 @@ if qc.trains_model(config):
             directory(MODEL_DIR),
             "reports/pretrain.json",
         params:
-            overrides=OVERRIDES,
-            cfg=stable_hash([config["seed"], config["pretrain"], config["amp"], config["model"]["source"]]),
+                cfg=stable_hash([config["seed"], config["pretrain"], config["amp"], config["model"]["source"]]),
         threads: 2
         resources:
             mem_mb=4000,
@@ -22,7 +21,7 @@ if qc.trains_model(config):
         conda:
             ENV_FILE
         shell:
-            "python stages/pretrain.py{params.overrides}"
+            "python stages/pretrain.py"
 
 else:
 
@@ -52,7 +51,6 @@ rule encode_gallery:
     output:
         GALLERY,
     params:
-        overrides=OVERRIDES,
         cfg=stable_hash(config["model"]),
     threads: 1
     resources:
@@ -65,4 +63,4 @@ rule encode_gallery:
     conda:
         ENV_FILE
     shell:
-        "python stages/encode_gallery.py{params.overrides}"
+        "python stages/encode_gallery.py"

@@ -11,7 +11,8 @@ rule report:
         "reports/summary.json",
         directory("reports/figures"),
     params:
-        overrides=OVERRIDES,
+        # what the report reads besides the results (the grid, the report settings), as DVC's report stage
+        cfg=stable_hash([config["adapt"], config["corrupt"], config.get("streams"), config["report"]]),
     threads: 1
     resources:
         mem_mb=2000,
@@ -21,4 +22,4 @@ rule report:
     conda:
         ENV_FILE
     shell:
-        "python stages/report.py{params.overrides}"
+        "python stages/report.py"
