@@ -48,7 +48,8 @@ rule corrupt_images:
         directory(qc.IMAGE_QUERIES.format(dataset=DS, corruption="{corruption}", severity="{severity}")),
     params:
         overrides=OVERRIDES,
-        cfg=stable_hash([config["seed"], config["corrupt"]["image"]["jpeg_quality"]]),
+        cfg=stable_hash([config["seed"], config["corrupt"]["image"]["jpeg_quality"],
+                         *implementation_params(config["corrupt"]["image"])]),
     # a process pool of corrupt.image.workers inside the job (0 = every core it is given)
     threads: config["corrupt"]["image"]["workers"] or workflow.cores
     resources:
