@@ -131,13 +131,16 @@ def magick_motion_blur(img: np.ndarray, radius: float, sigma: float, angle: floa
     kernel /= kernel.sum()
     px, py = width * math.sin(math.radians(angle)), width * math.cos(math.radians(angle))
     norm = math.hypot(px, py)
-    q = img.astype(np.float64) * 257.0
     h, w = img.shape[:2]
-    rows, cols = np.arange(h), np.arange(w)
-    acc = np.zeros_like(q)
-    for j in range(width):
-        dx, dy = math.ceil(j * py / norm - 0.5), math.ceil(j * px / norm - 0.5)
-        acc += kernel[j] * q[np.clip(rows + dy, 0, h - 1)][:, np.clip(cols + dx, 0, w - 1)]
+    shifts = [(math.ceil(j * py / norm - 0.5), math.ceil(j * px / norm - 0.5)) for j in range(width)]
+    # edge pixels beyond the border: pad once by the largest shift (capped at the image size), then slice
+    px_, py_ = min(max(abs(dx) for dx, _ in shifts), w), min(max(abs(dy) for _, dy in shifts), h)
+    pad = ((py_, py_), (px_, px_)) + ((0, 0),) * (img.ndim - 2)
+    q = np.pad(img, pad, mode="edge").astype(np.float64) * 257.0
+    acc = np.zeros((h, w) + img.shape[2:], dtype=np.float64)
+    for j, (dx, dy) in enumerate(shifts):
+        dx, dy = max(-px_, min(px_, dx)), max(-py_, min(py_, dy))
+        acc += kernel[j] * q[py_ + dy:py_ + dy + h, px_ + dx:px_ + dx + w]
     quantum = np.clip(np.floor(acc + 0.5), 0, 65535)
     return (quantum // 257).astype(np.uint8)
 
