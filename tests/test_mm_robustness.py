@@ -86,6 +86,21 @@ def test_equals_reference_outputs(size):
     assert len(skipped) <= 5  # only frost with the reference's textures, without QSHIFT_MM_FROST_DIR
 
 
+def test_grey_images_as_the_reference():
+    """A grey photo (equal channels) makes ImageMagick write a grey PNG: the reference's
+    motion_blur then returns an (h, 3) image (columns 2, 1, 0) unless it is 224 x 224."""
+    cells = json.loads((Path(__file__).parent / "data" / "mm_robustness_golden.json").read_text())["gray_cells"]
+    for key, cell in cells.items():
+        size, name = key.split("/")
+        w, h = map(int, size.split("x"))
+        if name == "frost" and not REF_FROST_DIR:
+            continue
+        grey = np.repeat(M.make_image(w, h)[..., :1], 3, axis=2)
+        pix = mm.corrupt_bgr(name, grey, 4, 3, {"frost_dir": REF_FROST_DIR})
+        assert list(pix.shape) == cell["shape"] and M.digest(pix) == cell["pixels"], key
+    assert cells["300x200/motion_blur"]["shape"] == [200, 3]
+
+
 def test_quirks_are_the_references():
     """A few of the reference's behaviours, visible without hashes."""
     img = M.make_image(500, 333)

@@ -3,6 +3,8 @@
 Implementation: ``imagecorruptions-imaug`` (a maintained release of ``imagecorruptions``
 that runs on numpy 2 / scikit-image >= 0.20); its behaviour (e.g. pixelate relative to the
 image size, numba glass_blur) is the one we use, not the reference scripts' variants.
+``corrupt.image.implementation: mm_robustness`` selects instead the reference scripts' own
+behaviour for the same names (mm_robustness.py; the coco-c / flickr-c presets use it).
 
 Determinism. Every call is seeded from one integer (the pipeline derives it from
 (dataset, image id, corruption, severity)): ``glass_blur`` and ``impulse_noise`` take the seed
