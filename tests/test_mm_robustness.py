@@ -154,6 +154,19 @@ def test_build_writes_the_references_files(tmp_path):
         assert (out / f"im{i}.jpg").read_bytes() == want.tobytes()
 
 
+def test_contact_sheet_shows_the_chosen_implementation(tmp_path):
+    from PIL import Image
+
+    from qshift.corrupt.examples import contact_sheet
+
+    rgb = M.make_image(300, 200)[:, :, ::-1].copy()
+    sheets = {impl: np.asarray(Image.open(contact_sheet(rgb, ["pixelate"], [5], tmp_path / f"{impl}.png",
+                                                        implementation=impl, options={"fog_mapsize": 1024})))
+              for impl in ("imagecorruptions", "mm_robustness")}
+    assert sheets["imagecorruptions"].shape == sheets["mm_robustness"].shape
+    assert not np.array_equal(sheets["imagecorruptions"], sheets["mm_robustness"])
+
+
 def test_options_and_errors():
     from qshift.config import load_params, validate
 

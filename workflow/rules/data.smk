@@ -134,7 +134,8 @@ rule examples:
         f"{EXAMPLES_DIR}/examples.json",
     params:
         overrides=OVERRIDES,
-        cfg=stable_hash([config["seed"], config["corrupt"]["text"]]),
+        cfg=stable_hash([config["seed"], config["corrupt"]["text"],
+                         *implementation_params(config["corrupt"]["image"])]),
     threads: 1
     resources:
         mem_mb=2000,
