@@ -9,9 +9,13 @@ slowest corruption, reports glass_blur's numba compile cost separately (once per
 with the on-disk cache qshift enables; once per process without it) and the pool start-up
 cost (once per job), and estimates the CPU-hours to build the full benchmarks:
 COCO-C = 5,000 test images x 16 x 5 severities, Flickr-C = 1,000 x 16 x 5 — at this image
-size, from the mean cost over the measured severities.
+size, from the mean cost over the measured severities. Both ``corrupt.image.implementation``
+values are measured (``--implementations``): imagecorruptions, and mm_robustness (the
+reference's path: cv2 read, the MM_Robustness function on BGR, cv2 JPEG write; frost with
+``--frost-dir`` or imagecorruptions' textures).
 
     python benchmarks/corruption_speed.py [--n 32] [--workers 2] [--severities 3,5] [--size 640x480]
+        [--implementations imagecorruptions,mm_robustness] [--frost-dir DIR]
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import numpy as np
 from PIL import Image
 
 from qshift.corrupt.build import _corrupt_file, _ImageTask, _init_worker, resolve_workers
-from qshift.corrupt.image import BENCHMARK_IMAGE, IMAGE_CORRUPTIONS
+from qshift.corrupt import mm_robustness
+from qshift.corrupt.image import BENCHMARK_IMAGE, IMAGE_CORRUPTIONS, IMPLEMENTATIONS
 from qshift.io import derive_seed
 
 FULL = {"COCO-C": 5000, "Flickr-C": 1000}
@@ -87,7 +92,15 @@ def main() -> None:
     ap.add_argument("--severities", default="3,5")
     ap.add_argument("--size", default="640x480", help="WxH of the test images (COCO's typical size)")
     ap.add_argument("--names", default=",".join(BENCHMARK_IMAGE))
+    ap.add_argument("--implementations", default=",".join(IMPLEMENTATIONS),
+                    help="corrupt.image.implementation values to measure (default: both)")
+    ap.add_argument("--frost-dir", default=None, help="mm_robustness frost textures (default: imagecorruptions')")
     args = ap.parse_args()
+    impls = args.implementations.split(",")
+    for impl in impls:
+        if impl not in IMPLEMENTATIONS:
+            raise SystemExit(f"--implementations: {impl!r} is not one of {', '.join(IMPLEMENTATIONS)}")
+    mm_options = tuple(sorted(mm_robustness.options({"mm_robustness": {"frost_dir": args.frost_dir}}, "coco").items()))
     names = [IMAGE_CORRUPTIONS.check(n) for n in args.names.split(",")]
     sevs = [int(s) for s in args.severities.split(",")]
     size = tuple(int(v) for v in args.size.lower().split("x"))
@@ -110,28 +123,41 @@ def main() -> None:
         startup = time.perf_counter() - t
         print(f"pool of {workers} spawn workers: {startup:.2f} s to start (once per corrupt_images job)")
         print(f"{args.n} images of {size[0]}x{size[1]} per cell, {workers} workers, JPEG q95 in and out\n")
-        rows = []
+        results = {}
         try:
-            for name in names:
-                per_sev = []
-                for sev in sevs:
-                    out = tmp / f"{name}-s{sev}"
-                    out.mkdir()
-                    tasks = [_ImageTask(str(p), str(out / p.name), name, sev, derive_seed("bench", i, name, sev), 95)
-                             for i, p in enumerate(srcs)]
-                    t = time.perf_counter()
-                    list(pool.map(_corrupt_file, tasks, chunksize=max(1, len(tasks) // (workers * 4))))
-                    per_sev.append(time.perf_counter() - t)
-                rows.append((name, per_sev))
+            for impl in impls:
+                rows = results[impl] = []
+                options = mm_options if impl == "mm_robustness" else ()
+                for name in names:
+                    per_sev = []
+                    for sev in sevs:
+                        out = tmp / impl / f"{name}-s{sev}"
+                        out.mkdir(parents=True)
+                        tasks = [_ImageTask(str(p), str(out / p.name), name, sev, derive_seed("bench", i, name, sev),
+                                            95, impl, options) for i, p in enumerate(srcs)]
+                        t = time.perf_counter()
+                        list(pool.map(_corrupt_file, tasks, chunksize=max(1, len(tasks) // (workers * 4))))
+                        per_sev.append(time.perf_counter() - t)
+                    rows.append((name, per_sev))
         finally:
             pool.shutdown()
+    totals = {impl: report(impl, rows, sevs, workers, args.n, names, size) for impl, rows in results.items()}
+    if len(totals) > 1:
+        print("\nwhole suite, images/s on " + f"{workers} workers (mean over corruptions and severities): "
+              + ", ".join(f"{impl} {len(names) * workers / t:.1f}" for impl, t in totals.items()))
+
+
+def report(impl, rows, sevs, workers, n, names, size) -> float:
+    """Print one implementation's table; return its CPU-seconds per image summed over the corruptions."""
+    args_n = n
+    print(f"\n== corrupt.image.implementation: {impl}")
 
     head = f"{'corruption':<18}" + "".join(f"{'s' + str(s) + ' img/s':>11}" for s in sevs) + f"{'cpu-ms/img':>12}"
     print(head + "\n" + "-" * len(head))
     cpu_s = {}  # CPU-seconds per image (mean over severities): wall x workers / n
     for name, per_sev in rows:
-        cpu_s[name] = float(np.mean(per_sev)) * workers / args.n
-        print(f"{name:<18}" + "".join(f"{args.n / w:>11.1f}" for w in per_sev) + f"{cpu_s[name] * 1e3:>12.1f}")
+        cpu_s[name] = float(np.mean(per_sev)) * workers / args_n
+        print(f"{name:<18}" + "".join(f"{args_n / w:>11.1f}" for w in per_sev) + f"{cpu_s[name] * 1e3:>12.1f}")
     total = sum(cpu_s.values())
     slowest = max(cpu_s, key=cpu_s.get)
     print(f"\nslowest: {slowest} ({cpu_s[slowest] * 1e3:.0f} cpu-ms/img, {100 * cpu_s[slowest] / total:.0f}% of the "
@@ -149,6 +175,7 @@ def main() -> None:
                   f"({hours / workers:.1f} h wall on {workers} cores) at {size[0]}x{size[1]}")
     else:
         print("(CPU-hour estimates need all 16 corruptions)")
+    return total
 
 
 if __name__ == "__main__":

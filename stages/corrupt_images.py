@@ -43,7 +43,9 @@ def main() -> None:
     log = cli.start_log(log_path)
     n = build_image_queries(MANIFEST.format(dataset=ds), out, args.corruption, args.severity, seed=cfg["seed"],
                             quality=params["jpeg_quality"], progress=cli.progress_enabled(args),
-                            workers=params.get("workers", 1), shard=shard)
+                            workers=params.get("workers", 1), shard=shard,
+                            implementation=params.get("implementation", "imagecorruptions"),
+                            mm_options=params.get("mm_robustness"))
     log.info("corrupt_images: %d images -> %s", n, out)
 
 

@@ -52,8 +52,13 @@ def main() -> None:
             arr = np.asarray(pil.convert("RGB"))
     except (OSError, UnidentifiedImageError) as e:
         raise InputError(f"cannot read image {src}: {e}") from None
+    from qshift.corrupt import mm_robustness
+
+    impl = cfg["corrupt"]["image"].get("implementation", "imagecorruptions")  # corrupt.image.implementation
+    options = mm_robustness.options(cfg["corrupt"]["image"], dataset) if impl == "mm_robustness" else None
     contact_sheet(arr, BENCHMARK_IMAGE, range(1, 6), out / "contact_sheet.png",
-                  seed_for=pipeline_seed(dataset, im["imgid"]), progress=cli.progress_enabled(args))
+                  seed_for=pipeline_seed(dataset, im["imgid"]), progress=cli.progress_enabled(args),
+                  implementation=impl, options=options)
 
     sents = [s for t in test for s in t["sentences"][:1]][:args.captions]  # first caption of the first images
     names = [n for n in TEXT_LABELS if n in TEXT_CORRUPTIONS] + [n for n in TEXT_CORRUPTIONS if n not in TEXT_LABELS]
@@ -64,7 +69,8 @@ def main() -> None:
     write_json(out / "examples.json", {
         "dataset": dataset, "seed": "derive_seed(dataset, id, corruption, severity or level)",
         "contact_sheet": {"image": str(src), "imgid": im["imgid"], "corruptions": list(BENCHMARK_IMAGE),
-                          "severities": list(range(1, 6))},
+                          "severities": list(range(1, 6)),
+                          **({"implementation": {"name": impl, **options}} if options else {})},
         "text": {"sentids": [s["sentid"] for s in sents], **text},
     })
     log.info("examples: %s, %s (%d text types not run)", out / "contact_sheet.png", out / "text_examples.md",

@@ -298,6 +298,7 @@ def validate_run_params(cfg: dict) -> None:
 def validate(cfg: dict) -> None:
     from . import presets
     from .corrupt import IMAGE_CORRUPTIONS
+    from .corrupt.image import check_implementation
     from .corrupt.text import validate_text_params
     from .data.karpathy import validate_dataset, validate_download
     from .tta import METHODS
@@ -331,6 +332,7 @@ def validate(cfg: dict) -> None:
     quality = image.get("jpeg_quality", 95)
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
         raise ConfigError(f"params: corrupt.image.jpeg_quality must be an integer in 1..100, got {quality!r}")
+    check_implementation(image)  # corrupt.image.implementation / .mm_robustness
     for m in cfg["adapt"]["methods"]:
         METHODS.check(m)
         if m not in cfg["methods"]:

@@ -45,7 +45,8 @@ rule corrupt_images:
     output:
         directory(qc.IMAGE_QUERIES.format(dataset=DS, corruption="{corruption}", severity="{severity}")),
     params:
-        cfg=stable_hash([config["seed"], config["corrupt"]["image"]["jpeg_quality"]]),
+        cfg=stable_hash([config["seed"], config["corrupt"]["image"]["jpeg_quality"],
+                         *implementation_params(config["corrupt"]["image"])]),
     # a process pool of corrupt.image.workers inside the job (0 = every core it is given)
     threads: config["corrupt"]["image"]["workers"] or workflow.cores
     resources:
@@ -126,7 +127,8 @@ rule examples:
         f"{EXAMPLES_DIR}/text_examples.md",
         f"{EXAMPLES_DIR}/examples.json",
     params:
-        cfg=stable_hash([config["seed"], config["corrupt"]["text"]]),
+        cfg=stable_hash([config["seed"], config["corrupt"]["text"],
+                         *implementation_params(config["corrupt"]["image"])]),
     threads: 1
     resources:
         mem_mb=2000,

@@ -45,10 +45,31 @@ class _ImageTask:
     severity: int
     seed: int
     quality: int
+    implementation: str = "imagecorruptions"
+    options: tuple = ()  # mm_robustness: its resolved options as sorted (key, value) pairs
+
+
+def _corrupt_file_mm(task: _ImageTask) -> None:
+    """The reference's path: cv2.imread (BGR), the function, cv2.imwrite (JPEG ``quality``)."""
+    import cv2
+
+    from .mm_robustness import corrupt_bgr
+
+    bgr = cv2.imread(task.src, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InputError(f"cannot read image {task.src} (OpenCV could not decode it)")
+    try:
+        out = corrupt_bgr(task.corruption, bgr, task.severity, task.seed, dict(task.options))
+    except InputError as e:
+        raise InputError(f"image {task.src}: {e}") from None
+    if not cv2.imwrite(task.dst, out, [cv2.IMWRITE_JPEG_QUALITY, task.quality]):
+        raise InputError(f"cannot write {task.dst}")
 
 
 def _corrupt_file(task: _ImageTask) -> None:
     """Read, corrupt and save one image (runs in a pool worker or in-process)."""
+    if task.implementation == "mm_robustness":
+        return _corrupt_file_mm(task)
     try:
         with Image.open(task.src) as pil:
             arr = np.asarray(pil.convert("RGB"))  # gray/palette/RGBA/CMYK files -> RGB (alpha dropped)
@@ -163,19 +184,23 @@ def run_image_tasks(tasks: Sequence[_ImageTask], workers: int = 1, desc: str = "
 
 def build_image_queries(manifest: str | Path, out_dir: str | Path, corruption: str, severity: int, seed: int,
                         quality: int = 95, progress: bool = True, workers: int = 1,
-                        shard: tuple[int, int] | None = None) -> int:
+                        shard: tuple[int, int] | None = None, implementation: str = "imagecorruptions",
+                        mm_options: dict | None = None) -> int:
     """Corrupt the test images of ``manifest`` into ``out_dir`` (JPEG ``quality`` + manifest.json).
 
     With ``shard=(i, n)`` only test images i, i+n, i+2n, ... are built (into ``out_dir``, which
     should be ``shard_dir(final, i, n)``); ``merge_image_shards`` then assembles the final
     folder, byte-identical to an unsharded build. ``seed`` is recorded as provenance; each
-    image is seeded from (dataset, image id, corruption, severity).
+    image is seeded from (dataset, image id, corruption, severity). ``implementation`` /
+    ``mm_options``: corrupt.image.implementation and corrupt.image.mm_robustness.
     """
-    from .image import IMAGE_CORRUPTIONS
+    from . import mm_robustness
+    from .image import IMAGE_CORRUPTIONS, check_implementation
 
     IMAGE_CORRUPTIONS.check(corruption)
     if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:
         raise ConfigError(f"image corruption severity must be an integer in 1..5, got {severity!r}")
+    check_implementation({"implementation": implementation, "mm_robustness": mm_options})
     workers = resolve_workers(workers)  # a bad value fails before any work
     if not isinstance(quality, int) or not 1 <= quality <= 100:
         raise ConfigError(f"params: corrupt.image.jpeg_quality must be an integer in 1..100, got {quality!r}")
@@ -194,6 +219,11 @@ def build_image_queries(manifest: str | Path, out_dir: str | Path, corruption: s
         images, names = images[i::n], names[i::n]
     meta = {"source_manifest": os.path.relpath(manifest, out_dir), "corruption": corruption, "severity": severity,
             "seed": seed, "jpeg_quality": quality, "modality": "image"}
+    options: tuple = ()
+    if implementation != "imagecorruptions":  # (the default's manifests stay as they were)
+        resolved = mm_robustness.options({"mm_robustness": mm_options}, dataset)
+        options = tuple(sorted(resolved.items()))
+        meta["implementation"] = {"name": implementation, **resolved}
     if shard is not None:
         meta["shard"] = list(shard)
     entries = []
@@ -202,7 +232,8 @@ def build_image_queries(manifest: str | Path, out_dir: str | Path, corruption: s
         for im, name in zip(images, names):
             src = root / im.get("filepath", "") / im["filename"]
             tasks.append(_ImageTask(str(src), str(tmp / name), corruption, int(severity),
-                                    derive_seed(dataset, im["imgid"], corruption, severity), quality))
+                                    derive_seed(dataset, im["imgid"], corruption, severity), quality,
+                                    implementation, options))
             entries.append({**im, "filepath": "", "filename": name})
         shard_txt = f" shard {shard[0]}/{shard[1]}" if shard else ""
         run_image_tasks(tasks, workers, desc=f"{corruption} s{severity}{shard_txt}", progress=progress)

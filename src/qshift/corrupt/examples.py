@@ -51,7 +51,8 @@ def _display(arr: np.ndarray, cell: int):
 
 def contact_sheet(image: np.ndarray, names: Sequence[str], severities: Sequence[int], path: str | Path,
                   seed_for: Callable[[str, int], int] | None = None, cell: int = 128,
-                  progress: bool = False) -> Path:
+                  progress: bool = False, implementation: str = "imagecorruptions",
+                  options: dict | None = None) -> Path:
     """A PNG grid: one row per corruption, columns clean + each severity, labelled.
 
     ``image`` is any array :func:`corrupt_image` accepts; it is corrupted at its own size and
@@ -83,7 +84,7 @@ def contact_sheet(image: np.ndarray, names: Sequence[str], severities: Sequence[
         draw.text((8, y + th / 2), name, fill="black", font=font, anchor="lm")
         sheet.paste(tile, (label_w + pad, y))
         for c, severity in enumerate(severities, start=1):
-            out = corrupt_image(name, clean, severity, seed_for(name, severity))
+            out = corrupt_image(name, clean, severity, seed_for(name, severity), implementation, options)
             sheet.paste(_display(out, cell), (label_w + pad + c * (tw + pad), y))
             bar.update()
     bar.close()

@@ -3,6 +3,8 @@
 Implementation: ``imagecorruptions-imaug`` (a maintained release of ``imagecorruptions``
 that runs on numpy 2 / scikit-image >= 0.20); its behaviour (e.g. pixelate relative to the
 image size, numba glass_blur) is the one we use, not the reference scripts' variants.
+``corrupt.image.implementation: mm_robustness`` selects instead the reference scripts' own
+behaviour for the same names (mm_robustness.py; the coco-c / flickr-c presets use it).
 
 Determinism. Every call is seeded from one integer (the pipeline derives it from
 (dataset, image id, corruption, severity)): ``glass_blur`` and ``impulse_noise`` take the seed
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..registry import Registry
 
 IMAGE_CORRUPTIONS: Registry = Registry("image corruption")
@@ -49,6 +51,9 @@ BLUR_IMAGE = ("defocus_blur", "glass_blur", "zoom_blur", "motion_blur")
 _TAKES_SEED = ("glass_blur", "impulse_noise")
 MIN_SIDE = 4
 MAX_PIXELS = 25_000_000
+# corrupt.image.implementation: the same 19 names computed by imagecorruptions(-imaug), or as
+# MM_Robustness's scripts computed them for the paper's COCO-C / Flickr-C (mm_robustness.py)
+IMPLEMENTATIONS = ("imagecorruptions", "mm_robustness")
 
 
 def _library():
@@ -124,12 +129,51 @@ def as_rgb(image: np.ndarray, what: str = "image") -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def corrupt_image(name: str, image: np.ndarray, severity: int, seed: int) -> np.ndarray:
-    """``name`` at ``severity`` on ``image``, seeded by ``seed``; an (H, W, 3) uint8 array."""
+def check_implementation(image_cfg: dict) -> str:
+    """``corrupt.image.implementation`` (default imagecorruptions) and its options, or a ConfigError."""
+    impl = image_cfg.get("implementation", "imagecorruptions")
+    if impl not in IMPLEMENTATIONS:
+        raise ConfigError(f"params: corrupt.image.implementation must be one of {', '.join(IMPLEMENTATIONS)}, "
+                          f"got {impl!r}")
+    mm = image_cfg.get("mm_robustness") or {}
+    if not isinstance(mm, dict) or set(mm) - {"fog_mapsize", "frost_dir"}:
+        raise ConfigError(f"params: corrupt.image.mm_robustness takes fog_mapsize and frost_dir, got {mm!r}")
+    size = mm.get("fog_mapsize", "auto")
+    if size not in (None, "auto") and (isinstance(size, bool) or not isinstance(size, int) or size < 2
+                                       or size & (size - 1)):
+        raise ConfigError(f"params: corrupt.image.mm_robustness.fog_mapsize must be auto or a power of two, "
+                          f"got {size!r}")
+    if mm.get("frost_dir") is not None and not isinstance(mm["frost_dir"], str):
+        raise ConfigError(f"params: corrupt.image.mm_robustness.frost_dir must be a folder path or null, "
+                          f"got {mm['frost_dir']!r}")
+    return impl
+
+
+def implementation_params(image_cfg: dict) -> list:
+    """What of the implementation choice an image query set depends on ([] for the default,
+    so the default's parameter hashes are unchanged)."""
+    impl = image_cfg.get("implementation", "imagecorruptions")
+    return [] if impl == "imagecorruptions" else [impl, image_cfg.get("mm_robustness") or {}]
+
+
+def corrupt_image(name: str, image: np.ndarray, severity: int, seed: int, implementation: str = "imagecorruptions",
+                  options: dict | None = None) -> np.ndarray:
+    """``name`` at ``severity`` on ``image`` (RGB), seeded by ``seed``; an (H, W, 3) uint8 RGB array.
+
+    ``implementation="mm_robustness"`` computes the reference's function on the BGR array (see
+    mm_robustness.py; ``options`` = its resolved fog_mapsize / frost_dir) and keeps the
+    reference's output geometry (pixelate of a non-square image comes back w x h).
+    """
     fn = IMAGE_CORRUPTIONS.get(name)
     if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:
         raise InputError(f"image corruption severity must be an integer in 1..5, got {severity!r}")
     rgb = as_rgb(image, f"image corruption {name!r}")
+    if implementation == "mm_robustness":
+        from . import mm_robustness
+
+        out = mm_robustness.corrupt_bgr(name, np.ascontiguousarray(rgb[:, :, ::-1]), int(severity), seed, options)
+        return np.ascontiguousarray(out[:, :, ::-1]) if out.ndim == 3 else out
+    check_implementation({"implementation": implementation})
     h, w = rgb.shape[:2]
     out = fn(rgb, int(severity), seed)
     if out.shape != rgb.shape:  # defensive: keep the query's geometry if a corruption ever resizes
