@@ -19,8 +19,8 @@ not a mixed stream is a sequential stream; the report splits its per-batch R@1 b
 (:func:`sequential_curves`) and compares each domain with that method's independent run on
 the same domain (:func:`forgetting_table`).
 
-MLflow: results whose ``mlflow.logged`` is false are replayed to the store (the results
-files are never modified) and every run of the grid is attached to its sweep's parent run;
+MLflow: results the current store does not hold (looked up by run key, whatever their
+``mlflow.logged`` says) are replayed to it (the results files are never modified) and every run of the grid is attached to its sweep's parent run;
 the report lists what was replayed and what still fails (:func:`qshift.tracking.sync_sweep`).
 """
 
