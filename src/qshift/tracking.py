@@ -203,6 +203,14 @@ def _create_store(db: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
+def _drop_connections(uri: str) -> None:
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    engine = getattr(SqlAlchemyStore, "_engine_map", {}).get(uri)
+    if engine is not None:
+        engine.dispose()
+
+
 def check_store(uri: str) -> None:
     """Make a sqlite store usable before writing to it (call under the store lock).
 
@@ -226,6 +234,7 @@ def check_store(uri: str) -> None:
             if Path(f"{db}{suffix}").exists():
                 os.replace(f"{db}{suffix}", f"{aside}{suffix}")
         os.replace(db, aside)
+        _drop_connections(uri)  # this process's pooled connections still point at the old file
         log.warning("MLflow store %s was damaged (%s) and held no run: moved aside to %s, created again",
                     db, problem, aside)
         _create_store(db)
