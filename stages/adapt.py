@@ -3,6 +3,9 @@
 Reads the cached gallery embeddings and the run's query manifest, adapts the query tower
 batch by batch, writes results/<dataset>/<model>/<direction>/<method>/<corruption>-s<severity>.json
 (R@1/5/10, the per-batch online curve, method statistics), then logs the run to MLflow.
+A run whose scores or adapted parameters go non-finite is recorded as ``status: diverged``
+(no R@K; MLflow marks it FAILED) and the stage still exits 0 with a WARNING: it is a
+finished result, listed by the report under failures.
 ``--corruption clean --severity 0`` is the clean-query reference run; ``--corruption <stream>
 --severity 0`` runs one of the direction's multi-domain streams (params ``streams``).
 """
@@ -74,9 +77,16 @@ def main() -> None:
     result["mlflow"] = log_result(result, tracking_uri(cfg), experiment_name(cfg), artifact=out,
                                   sweep=sweep_of(cfg))
     write_json(out, result)
+    tracked = "ok" if result["mlflow"]["logged"] else f"NOT logged: {result['mlflow']['error']}"
+    if result["status"] == "diverged":
+        d = result["diverged"]
+        log.warning(f"adapt: {result['run_key']}: DIVERGED at batch {d['batch']} ({d['reason']}, "
+                    f"{d['queries_seen']} queries seen); no R@K reported ({body['timing']['seconds']:.1f}s, "
+                    f"mlflow {tracked})")
+        return
     m = result["metrics"]
     log.info(f"adapt: {result['run_key']}: R@1 {m['R@1']:.2f} R@5 {m['R@5']:.2f} R@10 {m['R@10']:.2f} "
-          f"({body['timing']['seconds']:.1f}s, mlflow {'ok' if result['mlflow']['logged'] else 'NOT logged'})")
+          f"({body['timing']['seconds']:.1f}s, mlflow {tracked})")
 
 
 if __name__ == "__main__":

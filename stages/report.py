@@ -3,8 +3,10 @@ tables, R@1/5/10, deltas to source, the paper's numbers where the benchmark matc
 reports/summary.json and reports/figures/.
 
 Reads every results file of the experiment grid in params.yaml; missing runs are listed
-with their reason in a "Not run / failed" section. Results that were not logged to MLflow
-when they ran are replayed now (the results files are not modified), and every run is
+with their reason in a "Not run / failed" section, as are diverged runs and results files that
+fail validation (the report is written as a set: a kill while building it leaves the previous
+one in place). Results the current MLflow store does not hold (looked up by run key) are
+replayed now (the results files are not modified), and every run is
 attached to its sweep's parent run; the report says what was replayed and what still fails.
 """
 
@@ -22,6 +24,8 @@ def main() -> None:
     for d, rows in summary["directions"].items():
         log.info(f"report {d}: " + ", ".join(f"{m} avg R@1 {r['avg_r1']:.1f}" if r["avg_r1"] is not None
                                           else f"{m} avg R@1 n/a" for m, r in rows.items()))
+    for d in summary.get("diverged", []):
+        log.warning(f"report: {d['run']} diverged at batch {d['batch']} ({d['reason']}): listed under failures")
     mlflow = summary.get("mlflow") or {}
     if mlflow:
         log.info(f"report: MLflow replayed {mlflow['replayed']} run(s), {mlflow['failing']} still not logged")

@@ -8,6 +8,10 @@ A multi-domain query set (:mod:`qshift.streams`) brings its own arrival order wh
 one (sequential streams) and per-query domains: the results then carry each batch's
 majority domain (``online.domain``), R@K per domain (``metrics_by_domain``) and the
 stream's definition (``stream``).
+
+A run diverges when a batch's scores or the adapted parameters stop being finite: the stream
+stops there and the results say ``status: diverged`` (the batch, the queries seen, the
+reason) with no R@K, keeping the online curve of the batches before it (:mod:`qshift.results`).
 """
 
 from __future__ import annotations
@@ -58,12 +62,17 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
     hits = {k: 0 for k in RECALL_KS}
     online = defaultdict(list)
     done = 0
+    diverged = None
     t0 = time.perf_counter()
     try:
         for batch in tqdm(loader, desc=desc or f"{method} {direction}", unit="batch", disable=not progress,
                           leave=False):
             b = len(batch)
             out = tta(batch)
+            reason = _nonfinite(out.scores, tta.params)
+            if reason is not None:  # NaN scores would still rank (topk): stop, report no R@K
+                diverged = {"batch": len(online["batch_size"]), "queries_seen": done + b, "reason": reason}
+                break
             h = topk_hits(out.scores, owners[order[done:done + b]], g_owner)
             for k in RECALL_KS:
                 hits[k] += int(h[k].sum())
@@ -86,12 +95,21 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
     seconds = time.perf_counter() - t0
     stats = {k[len("stats."):]: online.pop(k) for k in list(online) if k.startswith("stats.")}
     extra = {}
+    if diverged is not None:
+        extra = {"stream": {k: info[k] for k in ("name", "kind", "domains")}} if info is not None else {}
+        return {
+            "status": "diverged", "diverged": diverged, "metrics": None, **extra,
+            "n_queries": n, "n_gallery": int(g_emb.shape[0]), "online": {**online, "stats": stats},
+            "counters": dict(tta.counters), "hparams": dict(tta.hp), "steps": steps if tta.adapts else 0,
+            "timing": {"seconds": seconds, "queries_per_s": None},
+        }
     if info is not None:
         ranked = [d for d in info["domains"] if d in dom_n] + sorted(set(dom_n) - set(info["domains"]))
         extra = {"stream": {k: info[k] for k in ("name", "kind", "domains")},
                  "metrics_by_domain": {d: {**{f"R@{k}": 100.0 * dom_hits[d][k] / dom_n[d] for k in RECALL_KS},
                                            "n_queries": dom_n[d]} for d in ranked}}
     return {
+        "status": "ok",
         "metrics": {f"R@{k}": 100.0 * hits[k] / n for k in RECALL_KS},
         **extra,
         "n_queries": n,
@@ -102,3 +120,14 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
         "steps": steps if tta.adapts else 0,
         "timing": {"seconds": seconds, "queries_per_s": n / seconds if seconds > 0 else None},
     }
+
+
+def _nonfinite(scores: torch.Tensor, params: list) -> str | None:
+    """Why a batch diverged ("non-finite scores" / "non-finite parameters"), or None (one sync)."""
+    checks = [torch.isfinite(scores).all()] + [torch.isfinite(p.detach()).all() for p in params]
+    ok = torch.stack(checks).cpu().tolist()
+    if not ok[0]:
+        return "non-finite scores"
+    if not all(ok[1:]):
+        return "non-finite parameters"
+    return None

@@ -6,7 +6,9 @@ normal run), :func:`point` is one environment lookup and does nothing.
 
 Points: ``atomic_dir.before_publish`` (an output folder is complete but not yet renamed into
 place), ``atomic_path.before_publish`` (likewise for a file), ``corrupt_images.pool_running``
-(a corrupt_images job whose worker pool has finished its first image).
+(a corrupt_images job whose worker pool has finished its first image), ``tracking:store_schema``
+(a new sqlite store's schema is complete in its temp file, not yet renamed into place),
+``report:after_figures`` (the report's figures are drawn, no page written yet).
 """
 
 from __future__ import annotations

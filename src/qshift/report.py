@@ -19,8 +19,8 @@ not a mixed stream is a sequential stream; the report splits its per-batch R@1 b
 (:func:`sequential_curves`) and compares each domain with that method's independent run on
 the same domain (:func:`forgetting_table`).
 
-MLflow: results whose ``mlflow.logged`` is false are replayed to the store (the results
-files are never modified) and every run of the grid is attached to its sweep's parent run;
+MLflow: results the current store does not hold (looked up by run key, whatever their
+``mlflow.logged`` says) are replayed to it (the results files are never modified) and every run of the grid is attached to its sweep's parent run;
 the report lists what was replayed and what still fails (:func:`qshift.tracking.sync_sweep`).
 """
 
@@ -35,7 +35,7 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-from . import paper
+from . import faults, paper, reportset
 from .config import EXAMPLES_DIR, MODEL_DIR, Run, query_cells, runs, streams
 from .corrupt.text import TEXT_LABELS, not_run_types
 from .errors import QShiftError
@@ -54,7 +54,9 @@ def cell_label(corruption: str, severity: int, multi: bool) -> str:
     return f"{name} s{severity}" if multi else name
 
 
-def collect(cfg: dict) -> tuple[dict[Run, dict], list[tuple[Run, str]]]:
+def collect(cfg: dict, diverged: dict[Run, dict] | None = None) -> tuple[dict[Run, dict], list[tuple[Run, str]]]:
+    """(finished runs, [(run, why it is not reported)]): a missing or invalid results file and a
+    diverged run (``status: diverged``; also put into ``diverged`` when given) are not reported."""
     found, missing = {}, []
     for run in runs(cfg):
         path = Path(run.result_path)
@@ -62,9 +64,18 @@ def collect(cfg: dict) -> tuple[dict[Run, dict], list[tuple[Run, str]]]:
             missing.append((run, f"results file missing: {path}"))
             continue
         try:
-            found[run] = load_result(path)
+            doc = load_result(path)
         except QShiftError as e:
             missing.append((run, str(e)))
+            continue
+        if doc["status"] == "diverged":
+            d = doc["diverged"]
+            missing.append((run, f"diverged at batch {d['batch']} ({d['reason']}, after {d['queries_seen']} of "
+                                 f"{doc['n_queries']} queries): no R@K reported"))
+            if diverged is not None:
+                diverged[run] = doc
+            continue
+        found[run] = doc
     return found, missing
 
 
@@ -90,22 +101,54 @@ def _cells(cfg: dict, direction: str) -> tuple[list[tuple[str, int]], list[str]]
 
 # -- tables --------------------------------------------------------------------------------------
 
-def direction_table(cfg: dict, direction: str, found: dict[Run, dict], metric: str = "R@1") -> dict:
-    """{method: {cell_label: value, 'Avg': ..., 'Clean': ...}} plus the column order."""
+def direction_table(cfg: dict, direction: str, found: dict[Run, dict], metric: str = "R@1",
+                    diverged: dict[Run, dict] | None = None) -> dict:
+    """{method: {cell_label: value, 'Avg': ..., 'Clean': ...}} plus the column order.
+
+    A diverged run's cell is None and listed in ``diverged`` ({method: [labels]}); the Avg of
+    a row whose only gaps are diverged cells is over its other cells (``avg_excludes``)."""
     cells, labels = _cells(cfg, direction)
     rows: dict[str, dict[str, float | None]] = {}
     by_key = _by_key(found)
+    bad = _by_key(diverged or {})
+    marked: dict[str, list[str]] = {}
+    excludes: dict[str, list[str]] = {}
     for method in cfg["adapt"]["methods"]:
         row: dict[str, float | None] = {}
         for (c, s), label in zip(cells, labels):
             doc = by_key.get((direction, method, c, s))
             row[label] = doc["metrics"][metric] if doc else None
+            if (direction, method, c, s) in bad:
+                marked.setdefault(method, []).append(label)
         vals = [row[lab] for lab in labels]
         row["Avg"] = sum(vals) / len(vals) if vals and all(v is not None for v in vals) else None
+        kept = [v for lab, v in zip(labels, vals) if lab not in marked.get(method, ())]
+        if row["Avg"] is None and method in marked and kept and all(v is not None for v in kept):
+            row["Avg"] = sum(kept) / len(kept)
+            excludes[method] = [lab for lab in labels if lab in marked[method]]
         clean = by_key.get((direction, method, CLEAN, 0))
         row["Clean"] = clean["metrics"][metric] if clean else None
+        if (direction, method, CLEAN, 0) in bad:
+            marked.setdefault(method, []).append("Clean")
         rows[method] = row
-    return {"columns": labels + ["Avg", "Clean"], "rows": rows, "metric": metric}
+    return {"columns": labels + ["Avg", "Clean"], "rows": rows, "metric": metric, "diverged": marked,
+            "avg_excludes": excludes}
+
+
+def _cell_text(table: dict, method: str, c: str, v) -> str:
+    """A cell's text: the number, "diverged" for a diverged run, and a dagger on an Avg that excludes one."""
+    if v is None and c in table.get("diverged", {}).get(method, ()):
+        return "diverged"
+    return _fmt(v) + ("†" if c == "Avg" and method in table.get("avg_excludes", {}) else "")
+
+
+def avg_note(table: dict) -> str | None:
+    """The line under a table whose Avg leaves out diverged runs (None when none does)."""
+    ex = table.get("avg_excludes") or {}
+    if not ex:
+        return None
+    return ("† Avg over the cells that did not diverge; diverged runs have no R@K and are left out: " +
+            "; ".join(f"{m}: {', '.join(labels)}" for m, labels in ex.items()) + ".")
 
 
 def delta_table(table: dict, baseline: str = BASELINE) -> dict | None:
@@ -130,7 +173,7 @@ def markdown_table(table: dict, baseline: str | None = BASELINE) -> str:
         cells = []
         for c in cols:
             v = row.get(c)
-            text = _fmt(v)
+            text = _cell_text(table, method, c, v)
             if c == "Avg" and base is not None and method != baseline and v is not None and base.get(c) is not None:
                 text += f" ({v - base[c]:+.1f})"
             cells.append(text)
@@ -598,7 +641,8 @@ def html_table(table: dict, baseline: str | None = BASELINE, deltas: bool = True
         for c in cols:
             v = row.get(c)
             mark = " best" if v is not None and len(rows) > 1 and v == best[c] else ""
-            text = f"<span class='{mark.strip()}'>{_fmt(v)}</span>" if mark else _fmt(v)
+            text = f"<span class='{mark.strip()}'>{_cell_text(table, method, c, v)}</span>" if mark else \
+                _cell_text(table, method, c, v)
             if deltas and base is not None and method != baseline and v is not None and base.get(c) is not None:
                 d = v - base[c]
                 text += f"<span class='d {'pos' if d > 0 else 'neg' if d < 0 else ''}'>{d:+.1f}</span>"
@@ -667,13 +711,15 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
     (never modifies a results file); False builds the report from the files alone.
     """
     out_dir = Path(out_dir)
-    fig_dir = out_dir / "figures"
-    found, missing = collect(cfg)
+    stage = reportset.staging(out_dir)  # the new set is built here, then swapped in
+    fig_dir = stage / "figures"
+    diverged: dict[Run, dict] = {}
+    found, missing = collect(cfg, diverged)
     sync = None
     if track:
         from .tracking import sync_sweep
 
-        sync = sync_sweep(cfg, found)
+        sync = sync_sweep(cfg, {**found, **diverged})  # diverged runs are logged too (FAILED)
     summary: dict = {"benchmark": cfg["benchmark"], "model": cfg["model"]["name"], "directions": {}}
     title = f"QShift report — {cfg['benchmark']} / {cfg['model']['name']}"
     intro = ("Recall@1 (%) of each method on each query shift; **Avg** is the plain mean over the corruption "
@@ -698,14 +744,14 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
         md += ["## Source model", "", line, ""]
         h += ["<h2>Source model</h2>", f"<p>{_md_inline(line)}</p>"]
 
-    if fig_dir.exists():
-        shutil.rmtree(fig_dir)
-    fig_dir.mkdir(parents=True)
     for direction in cfg["adapt"]["directions"]:
-        tables = {k: direction_table(cfg, direction, found, k) for k in METRICS}
+        tables = {k: direction_table(cfg, direction, found, k, diverged) for k in METRICS}
         summary["directions"][direction] = {
             m: {"avg_r1": row["Avg"], "clean_r1": row["Clean"],
-                "cells_r1": {c: row[c] for c in tables["R@1"]["columns"] if c not in ("Avg", "Clean")}}
+                "cells_r1": {c: row[c] for c in tables["R@1"]["columns"] if c not in ("Avg", "Clean")},
+                **({"diverged": tables["R@1"]["diverged"][m]} if m in tables["R@1"]["diverged"] else {}),
+                **({"avg_excludes": tables["R@1"]["avg_excludes"][m]} if m in tables["R@1"]["avg_excludes"]
+                   else {})}
             for m, row in tables["R@1"]["rows"].items()}
         figs = {"r1": fig_dir / f"{direction}_r1.png", "online": fig_dir / f"{direction}_online.png",
                 "heatmap": fig_dir / f"{direction}_heatmap.png", "severity": fig_dir / f"{direction}_severity.png",
@@ -732,6 +778,7 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
         delta = delta_table(tables["R@1"])
 
         md += [f"## {DIRECTION_TITLE[direction]}", "", markdown_table(tables["R@1"]), ""]
+        md += [avg_note(tables["R@1"]), ""] if avg_note(tables["R@1"]) else []
         if delta is not None and delta["rows"]:
             md += ["Δ R@1 to `source`, per cell:", "", markdown_delta_table(delta), ""]
         md += ([cmp["note"], ""] if not cmp["rows"] else [cmp["note"], "", markdown_paper_table(cmp), ""])
@@ -764,6 +811,7 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
         h += [f"<h2>{_e(DIRECTION_TITLE[direction])}</h2>"]
         for k in METRICS:
             h += [f"<h3>{_e(k)} (%)</h3>", html_table(tables[k])]
+            h += [f"<p class='note'>{_e(avg_note(tables[k]))}</p>"] if avg_note(tables[k]) else []
         h += ["<p class='note'>Second line of a cell: the difference to <code>source</code> (the reference row); "
               "<b>Clean</b>: uncorrupted queries; <span class='best'>underlined</span>: best in its column.</p>"]
         h += ["<h3>Paper reference</h3>", f"<p class='note'>{_md_inline(cmp['note'])}</p>"]
@@ -805,6 +853,7 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
             md += [line, ""]
             h += [f"<p class='note'>{_e(line)}</p>"]
 
+    faults.point("report:after_figures")  # tests: a kill here must leave the previous report as it was
     ex_dir = Path(EXAMPLES_DIR.format(report=cfg["report"]["dir"]))
     if (ex_dir / "contact_sheet.png").is_file():
         rel = os.path.relpath(ex_dir, out_dir)
@@ -835,11 +884,15 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
         h += ["<ul>" + "".join(f"<li>{_md_inline(n.lstrip(' -'))}</li>" for n in notes[1:]) + "</ul>"]
 
     summary["missing"] = [{"run": r.result_path, "reason": why} for r, why in missing]
+    if diverged:
+        summary["diverged"] = [{"run": r.result_path, **doc["diverged"]} for r, doc in
+                               sorted(diverged.items(), key=lambda kv: kv[0].result_path)]
     if sync is not None:
         summary["mlflow"] = {"replayed": len(sync["replayed"]), "failing": len(sync["failing"])}
-    write_text(out_dir / "report.md", "\n".join(md))
+    write_text(stage / "report.md", "\n".join(md))
     page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>{_e(title)}</title><style>{CSS}</style></head><body>\n" + "\n".join(h) + "\n</body></html>\n")
-    write_text(out_dir / "report.html", page)
-    write_json(out_dir / "summary.json", summary)
+    write_text(stage / "report.html", page)
+    write_json(stage / "summary.json", summary)
+    reportset.swap_in(stage, out_dir)
     return summary

@@ -1,7 +1,10 @@
 """MLflow tracking: one run per (model, dataset, direction, method, corruption, severity).
 
 Runs are keyed deterministically (tag ``qshift.run_key``): logging the same key again
-updates that run instead of creating a duplicate. The results file is always written
+updates that run instead of creating a duplicate; a *rerun* (another ``finished_at``, tag
+``qshift.finished_at``) or other params replaces the run, so every metric keeps one history.
+A diverged run (``status: diverged``) is logged without R@K and marked FAILED (tag
+``qshift.status``). The results file is always written
 first; tracking is best-effort on top of it — if the store is unreachable the job still
 succeeds, the results file records ``mlflow.logged: false`` with the error, and
 ``log_result`` can replay it later (the report stage does, see :func:`sync_sweep`).
@@ -17,12 +20,23 @@ Store: ``mlflow.tracking_uri`` in params.yaml (sqlite by default), overridden by
 ``MLFLOW_TRACKING_URI`` environment variable (e.g. a tracking server on a cluster). Every
 write to a sqlite store happens under a file lock (``<db>.lock``): several processes
 creating its schema at once crash, and concurrent writers can hit "database is locked".
+A new sqlite store is created atomically (its schema is built in ``.<db>.<pid>.tmp`` beside
+it and renamed into place), so a killed job leaves no store or a complete one; a damaged
+store (an interrupted migration, a missing or older schema version, unopenable) is detected
+before logging: moved aside (``<db>.broken-<time>``, never deleted) and recreated when it
+holds no run, otherwise reported with the command that fixes it (:func:`check_store`).
+
+HTTP (a tracking server): unless the user sets them, ``MLFLOW_HTTP_REQUEST_TIMEOUT`` (20 s),
+``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` (2) and a small backoff are set before the first request
+(:data:`HTTP_DEFAULTS`), so a frozen server costs a job about a minute, not MLflow's
+default of more than 15.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import math
@@ -35,8 +49,24 @@ TAG_KEY = "qshift.run_key"
 TAG_SWEEP = "qshift.sweep_key"
 TAG_ROLE = "qshift.role"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_FINISHED = "qshift.finished_at"
+TAG_STATUS = "qshift.status"
 CURVE_ARTIFACT = "online_curve.json"
+# per request at most (1 + retries) x timeout + backoff (~65 s); MLflow's own: 120 s x 8 + ...
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5"}
 log = logging.getLogger(__name__)
+
+
+class StoreError(Exception):
+    """The tracking store is damaged; the message names the file and the command that fixes it."""
+
+
+def http_defaults(environ=os.environ) -> dict:
+    """Set :data:`HTTP_DEFAULTS` where the user set nothing; returns what was set."""
+    added = {k: v for k, v in HTTP_DEFAULTS.items() if not environ.get(k)}
+    environ.update(added)
+    return added
 
 
 def tracking_uri(cfg: dict) -> str:
@@ -88,6 +118,7 @@ def _store_lock(uri: str):
 def _client(uri: str):
     for name in ("mlflow", "alembic", "sqlalchemy"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    http_defaults()
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
@@ -99,6 +130,119 @@ def _preload(uri: str) -> None:
 
     if _sqlite_path(uri) is not None:
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+
+def _finished_tag(result: dict) -> str:
+    return repr(float(result.get("finished_at") or 0))
+
+
+@functools.lru_cache(maxsize=1)
+def _schema_head() -> str | None:
+    try:
+        from mlflow.store.db.utils import _get_latest_schema_revision
+
+        return _get_latest_schema_revision()
+    except Exception:  # noqa: BLE001 - a private helper of MLflow: without it only presence is checked
+        return None
+
+
+def _store_problem(db: Path) -> tuple[str | None, int | None]:
+    """(what is wrong with the sqlite store at ``db`` or None, how many runs it holds: None if unknown)."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=30)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            n_runs = con.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+            versions = ([r[0] for r in con.execute("SELECT version_num FROM alembic_version")]
+                        if "alembic_version" in tables else None)
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        return f"it cannot be read as an sqlite database ({type(e).__name__}: {e})", None
+    left = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+    if left:
+        return f"a schema migration was interrupted (table {left[0]} left behind)", n_runs
+    if not tables:
+        return "it has no tables (its creation was interrupted)", 0
+    if not versions:
+        return "its schema version (table alembic_version) is missing: its creation was interrupted", n_runs
+    head = _schema_head()
+    if head is not None and versions != [head]:
+        return (f"its schema is at version {', '.join(versions)}, not this MLflow's {head} (an interrupted "
+                f"creation, or a store of an older MLflow: `mlflow db upgrade sqlite:///{db}`)"), n_runs
+    return None, n_runs
+
+
+def _create_store(db: Path) -> None:
+    """Build a new store's schema in a temp file beside ``db`` and link it into place (call under the lock)."""
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    for stale in db.parent.glob(f".{db.name}.*.tmp*"):  # creators killed before us (we hold the lock)
+        stale.unlink(missing_ok=True)
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    tmp_uri = f"sqlite:///{tmp}"
+    try:
+        store = SqlAlchemyStore(tmp_uri, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
+        store.engine.dispose()
+        SqlAlchemyStore._engine_map.pop(tmp_uri, None)
+        from . import faults
+
+        faults.point("tracking:store_schema")
+        try:
+            os.link(tmp, db)  # never replaces a store someone else made meanwhile
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: we hold the lock
+            if not db.exists():
+                os.replace(tmp, db)
+    finally:
+        for leftover in (tmp, Path(f"{tmp}-journal")):
+            leftover.unlink(missing_ok=True)
+
+
+def _drop_connections(uri: str) -> None:
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    engine = getattr(SqlAlchemyStore, "_engine_map", {}).get(uri)
+    if engine is not None:
+        engine.dispose()
+
+
+def check_store(uri: str) -> None:
+    """Make a sqlite store usable before writing to it (call under the store lock).
+
+    Missing: created atomically. Damaged and holding no run: moved aside to
+    ``<db>.broken-<time>`` (never deleted) and created again. Damaged with runs: raises
+    :class:`StoreError` naming the file, the problem and the command that fixes it. Other
+    stores (a tracking server, a database server) are left to MLflow.
+    """
+    db = _sqlite_path(uri)
+    if db is None:
+        return
+    if not db.exists():
+        _create_store(db)
+        return
+    problem, n_runs = _store_problem(db)
+    if problem is None:
+        return
+    if n_runs == 0:
+        aside = db.with_name(f"{db.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        for suffix in ("-journal", "-wal", "-shm"):
+            if Path(f"{db}{suffix}").exists():
+                os.replace(f"{db}{suffix}", f"{aside}{suffix}")
+        os.replace(db, aside)
+        _drop_connections(uri)  # this process's pooled connections still point at the old file
+        log.warning("MLflow store %s was damaged (%s) and held no run: moved aside to %s, created again",
+                    db, problem, aside)
+        _create_store(db)
+        return
+    held = "an unknown number of" if n_runs is None else str(n_runs)
+    raise StoreError(f"MLflow store {db} is damaged: {problem}; it holds {held} run(s), so it is not replaced "
+                     f"automatically. Fix: move it aside (mv {db} {db}.broken) and run `python stages/report.py`, "
+                     f"which logs every finished run from the results files into a new store")
 
 
 def _experiment_id(client, name: str) -> str:
@@ -193,6 +337,7 @@ def log_result(result: dict, uri: str, experiment: str, artifact: str | Path | N
     try:
         _preload(uri)
         with _store_lock(uri):
+            check_store(uri)
             run_id = _with_retries(lambda: _log(result, uri, experiment, artifact, sweep))
         return {"logged": True, "run_id": run_id, "experiment": experiment, "uri": uri, "error": None}
     except Exception as e:  # noqa: BLE001 - tracking must never lose a finished result
@@ -220,21 +365,26 @@ def _log(result: dict, uri: str, experiment: str, artifact, sweep: dict | None) 
             if dup.info.run_id != keep.info.run_id:
                 client.delete_run(dup.info.run_id)
         found = [keep]
-    if found and found[0].data.params != params:
-        # MLflow params are immutable: a rerun with other hyperparameters replaces the run
+    finished = _finished_tag(result)
+    if found and (found[0].data.params != params or found[0].data.tags.get(TAG_FINISHED) != finished):
+        # MLflow params are immutable and metric histories append: a rerun (other
+        # hyperparameters, or another finish time) replaces the run
         client.delete_run(found[0].info.run_id)
         found = []
     # created with its key tag, so an interrupted attempt is found (and reused) by the next one
     run_id = found[0].info.run_id if found else client.create_run(
-        exp_id, run_name=key, tags={TAG_KEY: key, TAG_ROLE: "run"}).info.run_id
-    tags = {TAG_KEY: key, TAG_ROLE: "run",
+        exp_id, run_name=key, tags={TAG_KEY: key, TAG_ROLE: "run", TAG_FINISHED: finished}).info.run_id
+    diverged = result.get("status") == "diverged"
+    tags = {TAG_KEY: key, TAG_ROLE: "run", TAG_FINISHED: finished, TAG_STATUS: result.get("status", "ok"),
+            **({"qshift.diverged_batch": result["diverged"]["batch"],
+                "qshift.diverged_reason": result["diverged"]["reason"]} if diverged else {}),
             **{f"qshift.{k}": v for k, v in result.get("env", {}).items() if v is not None}}
     if sweep:
         tags.update({TAG_SWEEP: sweep["key"], TAG_PARENT: parent})
-    metrics = {mlflow_metric_name(k): v for k, v in result["metrics"].items()}
+    metrics = {mlflow_metric_name(k): v for k, v in (result["metrics"] or {}).items()}  # none if diverged
     metrics.update({f"counter.{k}": v for k, v in result.get("counters", {}).items()})
     metrics.update({k: v for k, v in result.get("timing", {}).items() if v is not None})
-    for dom, vals in result.get("metrics_by_domain", {}).items():  # multi-domain streams
+    for dom, vals in (result.get("metrics_by_domain") or {}).items():  # multi-domain streams
         metrics.update({f"domain.{dom}.{mlflow_metric_name(k)}": v for k, v in vals.items()})
     ts = int(result.get("finished_at", 0) * 1000)
     entries = [Metric(k, float(v), ts, 0) for k, v in metrics.items() if _is_number(v)]
@@ -258,17 +408,20 @@ def _log(result: dict, uri: str, experiment: str, artifact, sweep: dict | None) 
         curve = Path(tmp) / CURVE_ARTIFACT
         curve.write_text(json.dumps({"run_key": key, **online}, allow_nan=True))
         client.log_artifact(run_id, str(curve))
-    client.set_terminated(run_id)
+    client.set_terminated(run_id, status="FAILED" if diverged else "FINISHED")
     return run_id
 
 
 # -- the report stage: replay and sweep bookkeeping ---------------------------------------------
 
 def sync_sweep(cfg: dict, found: dict) -> dict:
-    """Replay unlogged results and attach every run of the grid to the sweep's parent.
+    """Replay the results missing from the store and attach every run of the grid to the sweep's parent.
 
-    ``found`` maps :class:`qshift.config.Run` to its results document. The results files are
-    never modified (they are outputs of other jobs): a replayed run is simply logged again
+    ``found`` maps :class:`qshift.config.Run` to its results document. Whether a run is in
+    *this* store is checked by key (one search per experiment), never taken from the file's
+    ``mlflow.logged`` (the store may have moved, e.g. from sqlite to a server): a run missing
+    there, or there from another finish time, is replayed. The results files are never
+    modified (they are outputs of other jobs): a replayed run is simply logged again
     (``log_result`` is idempotent by key). After the first failed replay the others are not
     attempted (the store is down; each try could wait for the HTTP timeout). Returns
     ``{"uri", "experiment", "sweep", "replayed": [(run, run_id)], "failing": [(run, error)],
@@ -280,12 +433,21 @@ def sync_sweep(cfg: dict, found: dict) -> dict:
     out: dict = {"uri": uri, "experiment": experiment, "sweep": sweep["key"], "replayed": [], "failing": [],
                  "error": None}
     down = _unreachable(uri)
+    stored: dict[str, str | None] = {}
+    if not down and found:
+        try:
+            stored = stored_runs(uri, experiment)
+        except Exception as e:  # noqa: BLE001
+            down = f"{type(e).__name__}: {e}"
     for run, doc in sorted(found.items(), key=lambda kv: kv[0].result_path):
-        if doc.get("mlflow", {}).get("logged"):
-            continue
+        key = doc["run_key"]
         if down:
-            out["failing"].append((run, down))
+            if not doc.get("mlflow", {}).get("logged"):
+                out["failing"].append((run, down))
             continue
+        if key in stored and (stored[key] == _finished_tag(doc)
+                              or (stored[key] is None and doc.get("mlflow", {}).get("logged"))):
+            continue  # in this store, from this run (a run logged before the finish tag: trust the file)
         status = log_result(doc, uri, experiment, artifact=run.result_path, sweep=sweep)
         if status["logged"]:
             out["replayed"].append((run, status["run_id"]))
@@ -298,11 +460,43 @@ def sync_sweep(cfg: dict, found: dict) -> dict:
     try:
         _preload(uri)
         with _store_lock(uri):
+            check_store(uri)
             _with_retries(lambda: _attach_children(uri, experiment, sweep, found))
     except Exception as e:  # noqa: BLE001
         out["error"] = f"{type(e).__name__}: {e}"
         log.warning("MLflow sweep bookkeeping failed (%s)", e)
     return out
+
+
+def _all_runs(client, exp_id: str) -> list:
+    """Every (non-deleted) run of the experiment that is a grid run, one paged search."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp_id], filter_string=f"tags.`{TAG_ROLE}` = 'run'", max_results=1000,
+                                  page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            break
+    return runs
+
+
+def stored_runs(uri: str, experiment: str) -> dict[str, str | None]:
+    """{run key: its ``qshift.finished_at`` tag (None for runs logged before it existed)} in the store.
+
+    A sqlite store that does not exist yet holds nothing (it is not created here)."""
+    db = _sqlite_path(uri)
+    if db is not None and not db.exists():
+        return {}
+    _preload(uri)
+    with _store_lock(uri):
+        check_store(uri)
+        client = _client(uri)
+        exp = _with_retries(lambda: client.get_experiment_by_name(experiment))
+        if exp is None:
+            return {}
+        runs = _with_retries(lambda: _all_runs(client, exp.experiment_id))
+    return {r.data.tags[TAG_KEY]: r.data.tags.get(TAG_FINISHED) for r in runs if TAG_KEY in r.data.tags}
 
 
 def _unreachable(uri: str, timeout: float = 5.0) -> str | None:
@@ -331,14 +525,7 @@ def _attach_children(uri: str, experiment: str, sweep: dict, found: dict) -> Non
         return
     parent = _parent_run(client, exp.experiment_id, sweep)
     wanted = {doc["run_key"] for doc in found.values()}
-    runs, token = [], None
-    while True:
-        page = client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_ROLE}` = 'run'",
-                                  max_results=1000, page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            break
+    runs = _all_runs(client, exp.experiment_id)
     for r in runs:
         ours = r.data.tags.get(TAG_KEY) in wanted or r.data.tags.get(TAG_SWEEP) == sweep["key"]
         if ours and r.data.tags.get(TAG_PARENT) != parent:
@@ -350,7 +537,7 @@ def _attach_children(uri: str, experiment: str, sweep: dict, found: dict) -> Non
     # the parent's own metrics: R@1 averaged over each (direction, method)'s corruption cells
     cells: dict[tuple[str, str], list[float]] = {}
     for run, doc in found.items():
-        if run.corruption != "clean" and not doc.get("stream"):  # streams are not corruption cells
+        if run.corruption != "clean" and not doc.get("stream") and doc.get("metrics"):  # not streams, not diverged
             cells.setdefault((run.direction, run.method), []).append(float(doc["metrics"]["R@1"]))
     ts = int(max((doc.get("finished_at", 0) for doc in found.values()), default=0) * 1000)
     metrics = [Metric(f"avg_R_at_1.{d}.{m}", sum(v) / len(v), ts, 0) for (d, m), v in sorted(cells.items())]
