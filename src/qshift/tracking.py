@@ -193,8 +193,10 @@ def log_result(result: dict, uri: str, experiment: str, artifact: str | Path | N
     try:
         _preload(uri)
         with _store_lock(uri):
-            run_id = _with_retries(lambda: _log(result, uri, experiment, artifact, sweep))
-        return {"logged": True, "run_id": run_id, "experiment": experiment, "uri": uri, "error": None}
+            replaced: dict = {}
+            run_id = _with_retries(lambda: _log(result, uri, experiment, artifact, sweep, replaced))
+        status = {"logged": True, "run_id": run_id, "experiment": experiment, "uri": uri, "error": None}
+        return {**status, "replaced": replaced} if replaced else status
     except Exception as e:  # noqa: BLE001 - tracking must never lose a finished result
         log.warning("MLflow logging failed for %s (%s); the results file keeps the numbers and can be "
                     "replayed later", result.get("run_key"), e)
@@ -202,7 +204,7 @@ def log_result(result: dict, uri: str, experiment: str, artifact: str | Path | N
                 "error": f"{type(e).__name__}: {e}"}
 
 
-def _log(result: dict, uri: str, experiment: str, artifact, sweep: dict | None) -> str:
+def _log(result: dict, uri: str, experiment: str, artifact, sweep: dict | None, replaced: dict | None = None) -> str:
     from mlflow.entities import Metric, Param, RunTag
 
     client = _client(uri)
@@ -222,6 +224,12 @@ def _log(result: dict, uri: str, experiment: str, artifact, sweep: dict | None) 
         found = [keep]
     if found and found[0].data.params != params:
         # MLflow params are immutable: a rerun with other hyperparameters replaces the run
+        old = found[0].data.params
+        changed = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
+        log.info("MLflow: %s: params changed (%s), replacing run %s", key, ", ".join(changed), found[0].info.run_id)
+        if replaced is not None:
+            replaced.update({"run_id": found[0].info.run_id,
+                             "changed": ", ".join(f"{k}: {old.get(k)} -> {params.get(k)}" for k in changed)})
         client.delete_run(found[0].info.run_id)
         found = []
     # created with its key tag, so an interrupted attempt is found (and reused) by the next one
