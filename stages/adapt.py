@@ -15,7 +15,8 @@ def main() -> None:
 
     from qshift.adapt import run_stream
     from qshift.config import (GALLERY, LOGS, Run, check_method, experiment_name, is_variant, method_hparams,
-                               queries_path, streams)
+                               probes_angle, queries_path, streams)
+    from qshift.tta.base import PROBE_KEY
     from qshift.corrupt import IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS
     from qshift.data.manifest import load_split
     from qshift.errors import ConfigError, UnknownNameError
@@ -49,6 +50,8 @@ def main() -> None:
 
     run = Run(cfg["benchmark"], cfg["model"]["name"], args.direction, args.method, args.corruption, args.severity)
     hparams = method_hparams(cfg, args.method, args.direction)
+    if probes_angle(cfg, args.method):  # an observation (params observe.grad_angle), not a hyperparameter
+        hparams[PROBE_KEY] = True
     log = cli.start_log(LOGS["adapt"].format(**run.key))
     set_threads(cfg.get("threads", 0))
     device = pick_device(cfg["device"])

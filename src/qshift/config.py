@@ -46,6 +46,7 @@ LOGS = {
     "encode_gallery": "logs/encode_gallery/{model}/{dataset}.log",
     "adapt": "logs/adapt/{dataset}/{model}/{direction}/{method}/{corruption}-s{severity}.log",
     "report": "logs/report/{dataset}.log",
+    "observe": "logs/observe/{dataset}.log",
 }
 
 
@@ -185,6 +186,7 @@ def validate(cfg: dict) -> None:
             if d not in DIRECTIONS:
                 raise ConfigError(f"params: methods.{m}.{BY_DIRECTION} has {d!r}; valid: {', '.join(DIRECTIONS)}")
     validate_streams(cfg)
+    validate_observe(cfg)
 
 
 def validate_streams(cfg: dict) -> None:
@@ -217,6 +219,26 @@ def validate_streams(cfg: dict) -> None:
             raise ConfigError(f"params: streams.{side} must be a mapping of stream name -> definition")
         for name, spec in defs.items():
             validate_stream(name, spec, direction, reserved)
+
+
+def validate_observe(cfg: dict) -> None:
+    """``observe.grad_angle``: methods (or variants' bases) whose adapt jobs record the gradient angle."""
+    ob = cfg.get("observe")
+    if ob is None:
+        return
+    angle = ob.get("grad_angle") if isinstance(ob, dict) else None
+    if not isinstance(angle, list):
+        raise ConfigError(f"params: observe.grad_angle must be a list of methods, got {angle!r}")
+    for m in angle:
+        if m not in cfg["methods"]:
+            raise ConfigError(f"params: observe.grad_angle has {m!r}, which has no entry under 'methods'; "
+                              f"valid: {', '.join(cfg['methods'])}")
+
+
+def probes_angle(cfg: dict, method: str) -> bool:
+    """Whether a method's adapt jobs record the gradient-angle probe (itself or its base listed)."""
+    listed = set(((cfg.get("observe") or {}).get("grad_angle")) or [])
+    return method in listed or (is_variant(cfg, method) and base_method(cfg, method) in listed)
 
 
 def streams(cfg: dict, direction: str) -> dict[str, dict]:

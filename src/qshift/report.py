@@ -805,6 +805,9 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
             md += [line, ""]
             h += [f"<p class='note'>{_e(line)}</p>"]
 
+    from .observations import report_section  # variants/ablations and the papers' observations
+    obs_md, obs_html, obs_summary = report_section(cfg, found, fig_dir)
+    md, h = md + obs_md, h + obs_html; summary.update(obs_summary)
     ex_dir = Path(EXAMPLES_DIR.format(report=cfg["report"]["dir"]))
     if (ex_dir / "contact_sheet.png").is_file():
         rel = os.path.relpath(ex_dir, out_dir)

@@ -364,3 +364,34 @@ def _attach_children(uri: str, experiment: str, sweep: dict, found: dict) -> Non
     metrics = [Metric(f"avg_R_at_1.{d}.{m}", sum(v) / len(v), ts, 0) for (d, m), v in sorted(cells.items())]
     for i in range(0, len(metrics), 1000):
         client.log_batch(parent, metrics=metrics[i:i + 1000])
+
+
+# -- the observe stage: obs.* metrics on existing runs -----------------------------------------
+
+def log_observations(uri: str, experiment: str, metrics: dict[str, dict[str, float]]) -> dict:
+    """Add metrics to the runs keyed ``run_key`` (``{run_key: {name: value}}``); a run not in the
+    store is skipped (the report stage's replay logs it, the next observe adds its metrics).
+    Never raises; returns ``{"logged": n, "skipped": [...], "error": ...}``."""
+    out: dict = {"logged": 0, "skipped": [], "error": None}
+    try:
+        from mlflow.entities import Metric
+
+        _preload(uri)
+        with _store_lock(uri):
+            client = _client(uri)
+            exp = client.get_experiment_by_name(experiment)
+            ts = int(time.time() * 1000)
+            for key, values in sorted(metrics.items()):
+                found = [] if exp is None else [r for r in _runs_tagged(client, exp.experiment_id, TAG_KEY, key)
+                                                if r.data.tags.get(TAG_ROLE) != "sweep"]
+                if not found:
+                    out["skipped"].append(key)
+                    continue
+                entries = [Metric(k, float(v), ts, 0) for k, v in values.items()
+                           if _is_number(v) and math.isfinite(float(v))]
+                _with_retries(lambda: client.log_batch(_canonical(found).info.run_id, metrics=entries))
+                out["logged"] += 1
+    except Exception as e:  # noqa: BLE001 - observations never fail on the store
+        log.warning("MLflow: observation metrics not logged (%s)", e)
+        out["error"] = f"{type(e).__name__}: {e}"
+    return out

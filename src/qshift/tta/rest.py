@@ -415,6 +415,7 @@ class REST(RESTv1):
         steps = []
         z_src = self.source_embeddings(x) if hp["general"] == "distill" else None
         for step in range(self.steps):
+            self._step_z = None  # the angle probe (qshift.tta.probe) reads this step's embeddings
             zq, sims, logits, positives, centroid, ent = self.refined_forward(x, step)
             if step == self.steps - 1:
                 scores = sims.detach()
@@ -432,6 +433,7 @@ class REST(RESTv1):
             if not self.check_step(parts["total"]):
                 continue
             g_t = self.flat_grad(parts["total"], retain_graph=True)
+            self.probe(g_t)
             loss_s = self.general_loss(zq, z_src)
             if step == 0:
                 stats["loss_general"] = loss_s.item()
