@@ -170,3 +170,18 @@ def test_snakemake_config_override_reaches_the_stages(tmp_path):
     assert "python stages/prepare.py --set seed=7" in out
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["seed"] == 42  # the file stays the single source; the override is explicit
+
+
+def test_both_orchestrators_run_method_variants_as_their_own_jobs(tmp_path):
+    """Variants (methods.<name>: {method: BASE, ...}) are grid rows with '-' in their names: the
+    Snakemake wildcards and DVC's matrix both take them, and the observe stage feeds the report."""
+    repo = make_repo(tmp_path)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["adapt"]["methods"] = ["source", "tcr", "rest", "rest_no-decouple", "rest_k3"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    snake, dvc = snakemake_stages(repo), dvc_stages(repo)
+    assert snake == dvc, f"only in Snakemake: {sorted(snake - dvc)}\nonly in DVC: {sorted(dvc - snake)}"
+    cmds = {cmd for cmd, _ in snake}
+    assert any("--method rest_no-decouple --direction i2t --corruption gaussian_noise" in c for c in cmds)
+    assert any("--method rest_k3 --direction t2i" in c for c in cmds)
+    assert ("python stages/observe.py", frozenset({"reports/observations.json"})) in snake
