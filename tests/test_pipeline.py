@@ -71,6 +71,12 @@ def test_snakemake_runs_everything(snake_repo):
     assert summary["streams"]["i2t"]["mix"]["methods"]["tcr"]["alone_r1"] is not None
     assert (snake_repo / "reports/figures/i2t_forgetting.png").stat().st_size > 1000
     assert (snake_repo / "reports/figures/t2i_forgetting.png").stat().st_size > 1000
+    # the observations section: the source model's statistics per shift, angles for tcr (observe.grad_angle)
+    assert "## Observations (TCR / REST)" in report and "Before adaptation (`source`):" in report
+    obs = json.loads((snake_repo / "reports/observations.json").read_text())
+    assert obs["directions"]["i2t"]["source"]["clean"]["uniformity"] > 0 and not obs["without"]
+    assert obs["directions"]["i2t"]["methods"]["tcr"]["gaussian_noise-s3"]["angle"]["n"] >= 1
+    assert obs["mlflow"]["logged"] == len(expected_results(snake_repo))
 
 
 def test_runs_are_tracked_in_mlflow(snake_repo):
@@ -105,7 +111,7 @@ def test_deleting_a_result_reruns_only_its_job_and_the_report(snake_repo):
     other = snake_repo / "results/builtin/qshift-tiny-clip/i2t/source/gaussian_noise-s3.json"
     before = other.stat().st_mtime_ns
     victim.unlink()
-    assert planned_jobs(snake_repo) == {"adapt": 1, "report": 1, "all": 1}
+    assert planned_jobs(snake_repo) == {"adapt": 1, "observe": 1, "report": 1, "all": 1}
     run(["snakemake", "--cores", "2"], snake_repo)
     assert victim.is_file() and other.stat().st_mtime_ns == before
     assert planned_jobs(snake_repo) == {}

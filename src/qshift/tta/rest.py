@@ -350,7 +350,7 @@ class REST(RESTv1):
         if step == 0 and self.n_batches < hp["queue_batches"]:
             n_push = int(hp["con_ratio"] * len(zq))
             self.queue.push(source_likeness(zq.detach(), positives), zq, positives, ent, n_push,
-                            x if hp["general"] == "infonce" else None)
+                            x.to(zq.device) if hp["general"] == "infonce" else None)
         return zq, sims, logits, positives, centroid, ent
 
     def objective(self, zq, positives, centroid, ent) -> dict[str, torch.Tensor | None]:
