@@ -19,18 +19,20 @@ Per batch, per step (the batch's scores come from the last step's forward, as fo
      the "REM" of the paper's theory (our reading: refined entropy minimisation);
    - L_MU, L_MG = TCR's uniformity and gap (the gap uses the positives' centroid for
      ``per_query``, the pool's for ``shared``: both TCR's zbar^{G'} at K = 1);
-   - L_C, ``consistency``: ``cosine`` (default; REST.md R3 (b)):
+   - L_C, ``consistency``: ``cosine`` (default; our reading of Fig. 1(b)'s consistency, a
+     query-candidate similarity):
      L_C = -mean_{i: E_i <= E_m} w_i cos(z^Q_i, z^{G'}_i), w_i TCR's noise weights;
-     ``rem`` (R3 (a)): the consistency term *is* the REM, L_C = L_REM.
+     ``rem`` (the other reading: REM is the consistency term, as the paper's summary lists no separate
+     entropy term): L_C = L_REM.
    No query passing the E_m filter: no step (counted), as TCR.
 3. **General-knowledge gradient** g_s (``general``):
-   - ``infonce`` (default; R4): InfoNCE (temperature ``tau_general``) over the source-like queue
+   - ``infonce`` (default): InfoNCE (temperature ``tau_general``) over the source-like queue
      pairs, the stored raw queries re-encoded by the *current* encoder against their stored
      gallery positives (pair i is the positive of row i);
    - ``distill``: mean_i ||z^Q_i - z^src_i||^2 / 2 to the frozen source model's embeddings of the
      batch (zero at the source, so nothing is decoupled until the model has moved).
 4. **Decoupling** (``decouple``), on the flattened gradients over the adapted parameters:
-   - ``gradient`` (default; R4): if g_t . g_s < 0 (angle > 90 deg),
+   - ``gradient`` (default; the PCGrad-style projection): if g_t . g_s < 0 (angle > 90 deg),
      g_t <- g_t - (g_t . g_s / ||g_s||^2) g_s, then AdamW steps on it;
    - ``update``: AdamW steps on g_t, and its actual update Delta (Adam rescales each coordinate,
      so a projected gradient can still give a conflicting update) is projected instead when
@@ -44,7 +46,8 @@ Per batch, per step (the batch's scores come from the last step's forward, as fo
 
 Per-batch stats: ``angle_before``/``angle_after`` (degrees between g_t and g_s before/after
 decoupling, averaged over the batch's steps where g_s != 0; NaN otherwise), ``n_projected``
-(steps with angle > 90), ``step_scale`` (mean s) and the loss terms.
+(steps with angle > 90), ``step_scale`` (mean s) and the loss terms; ``grad_angle`` when the
+observation probe is on (qshift.tta.probe: the same probe gradient as for Tent and TCR).
 
 ``rest_v1`` — the first reconstruction, kept so its numbers can be compared
 ----------------------------------------------------------------------------
@@ -251,7 +254,7 @@ def candidate_logits(zq: torch.Tensor, sims: torch.Tensor, gallery: torch.Tensor
 
 def cosine_consistency(zq: torch.Tensor, positives: torch.Tensor, ent: torch.Tensor,
                        e_max: torch.Tensor) -> torch.Tensor | None:
-    """REST.md R3 (b): -mean_{i: E_i <= E_m} w_i cos(z^Q_i, z^{G'}_i), w_i = max(1 - E_i/(E_m + 1e-3), 0)
+    """Consistency as a noise-weighted cosine: -mean_{i: E_i <= E_m} w_i cos(z^Q_i, z^{G'}_i), w_i = max(1 - E_i/(E_m + 1e-3), 0)
     detached; ``None`` when no query passes."""
     mask = ent <= e_max
     if not bool(mask.any()):
