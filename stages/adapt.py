@@ -17,7 +17,9 @@ def main() -> None:
     import time
 
     from qshift.adapt import run_stream
-    from qshift.config import GALLERY, LOGS, Run, experiment_name, method_hparams, queries_path, streams
+    from qshift.config import (GALLERY, LOGS, Run, check_method, experiment_name, is_variant, method_hparams,
+                               probes_angle, queries_path, streams)
+    from qshift.tta.base import PROBE_KEY
     from qshift.corrupt import IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS
     from qshift.data.manifest import load_split
     from qshift.errors import ConfigError, UnknownNameError
@@ -27,7 +29,6 @@ def main() -> None:
     from qshift.results import CLEAN, DIRECTIONS, SCHEMA, run_key
     from qshift.runtime import pick_device, provenance, set_threads
     from qshift.tracking import log_result, sweep_of, tracking_uri
-    from qshift.tta import METHODS
 
     p = cli.parser(__doc__)
     p.add_argument("--method", required=True)
@@ -37,7 +38,7 @@ def main() -> None:
     args = p.parse_args()
     cfg = cli.load(args)
 
-    METHODS.check(args.method)
+    base = check_method(cfg, args.method)  # a variant (methods.<name>.method) builds its base
     if args.direction not in DIRECTIONS:
         raise UnknownNameError("direction", args.direction, DIRECTIONS)
     registry = IMAGE_CORRUPTIONS if args.direction == "i2t" else TEXT_CORRUPTIONS
@@ -52,6 +53,8 @@ def main() -> None:
 
     run = Run(cfg["benchmark"], cfg["model"]["name"], args.direction, args.method, args.corruption, args.severity)
     hparams = method_hparams(cfg, args.method, args.direction)
+    if probes_angle(cfg, args.method):  # an observation (params observe.grad_angle), not a hyperparameter
+        hparams[PROBE_KEY] = True
     log = cli.start_log(LOGS["adapt"].format(**run.key))
     set_threads(cfg.get("threads", 0))
     device = pick_device(cfg["device"])
@@ -63,12 +66,15 @@ def main() -> None:
                           f"rerun encode_gallery")
 
     ad = cfg["adapt"]
-    body = run_stream(model, args.method, hparams, args.direction, queries, gallery, batch_size=ad["batch_size"],
+    body = run_stream(model, base, hparams, args.direction, queries, gallery, batch_size=ad["batch_size"],
                       steps=ad["steps"], seed=cfg["seed"], num_workers=cfg["num_workers"], amp=cfg["amp"],
                       progress=cli.progress_enabled(args), desc=run_key(run.key))
     run_cfg = {"batch_size": ad["batch_size"], "steps": ad["steps"], "seed": cfg["seed"], "amp": cfg["amp"],
                "model_source": cfg["model"]["source"]}
+    if is_variant(cfg, args.method):
+        log.info(f"adapt: {args.method} is a variant of {base}: {body['hparams']}")
     result = {"schema": SCHEMA, "key": run.key, "run_key": run_key(run.key), **body, "run": run_cfg,
+              **({"variant_of": base} if base != args.method else {}),
               "env": {**provenance(device), "params_hash": stable_hash({"hparams": body["hparams"], **run_cfg})},
               "finished_at": time.time(),
               "mlflow": {"logged": False, "run_id": None, "error": "not attempted yet"}}
@@ -77,6 +83,9 @@ def main() -> None:
     result["mlflow"] = log_result(result, tracking_uri(cfg), experiment_name(cfg), artifact=out,
                                   sweep=sweep_of(cfg))
     write_json(out, result)
+    if result["mlflow"].get("replaced"):
+        log.info(f"adapt: {result['run_key']}: hyperparameters changed, replaced MLflow run "
+                 f"{result['mlflow']['replaced']['run_id']} ({result['mlflow']['replaced']['changed']})")
     tracked = "ok" if result["mlflow"]["logged"] else f"NOT logged: {result['mlflow']['error']}"
     if result["status"] == "diverged":
         d = result["diverged"]

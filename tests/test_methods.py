@@ -33,8 +33,8 @@ from qshift.tta.rest import consistency_loss, decouple, distillation_loss
 from qshift.tta.sar import sar_select
 from qshift.tta.tcr_untrain import scale_and_shift
 
-ALL_METHODS = ["source", "tcr", "tent", "eata", "sar", "read", "deyo", "tcr_untrain", "rest"]
-ADAPTIVE = ["tcr", "tent", "eata", "sar", "read", "deyo", "rest"]
+ALL_METHODS = ["source", "tcr", "tent", "eata", "sar", "read", "deyo", "tcr_untrain", "rest", "rest_v1"]
+ADAPTIVE = ["tcr", "tent", "eata", "sar", "read", "deyo", "rest", "rest_v1"]
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES, CAPS_PER_IMAGE, EMBED_DIM, BATCH = 24, 2, 32, 8
 
@@ -118,13 +118,14 @@ def test_all_methods_registered_with_paper_defaults_in_params_yaml():
         defaults = METHODS.get(name).defaults
         assert set(entries[name] or {}) == set(defaults), name
         for key, value in defaults.items():
-            assert entries[name][key] == pytest.approx(value, rel=1e-12), (name, key)
+            expected = value if isinstance(value, str) else pytest.approx(value, rel=1e-12)  # choices are strings
+            assert entries[name][key] == expected, (name, key)
 
 
 def test_entropy_baselines_use_tau_001_and_tcr_family_002():
     for name in ("tent", "eata", "sar", "read", "deyo"):
         assert METHODS.get(name).defaults["tau"] == 0.01
-    assert METHODS.get("rest").defaults["tau"] == 0.02
+    assert METHODS.get("rest").defaults["tau"] == 0.02 and METHODS.get("rest_v1").defaults["tau"] == 0.02
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ def test_update_guard(model, gallery):
     assert all(torch.equal(p, b) for p, b in zip(tta.params, before))
 
 
-@pytest.mark.parametrize("method", ["eata", "sar", "deyo", "tcr", "rest"])
+@pytest.mark.parametrize("method", ["eata", "sar", "deyo", "tcr", "rest", "rest_v1"])
 def test_empty_selection_takes_no_step(model, gallery, method):
     # two queries: int(0.4*2) = 0 for EATA/SAR, nothing strictly below the 1st smallest for
     # DeYO, int(0.3*2) = 0 queue pushes for TCR/REST
@@ -567,7 +568,7 @@ def test_rest_steps_with_the_decoupled_gradient(model, queries, gallery, monkeyp
         return out
 
     monkeypatch.setattr(rest_mod, "decouple", spy)
-    res = _stream(model, queries, gallery, "rest", hparams={"max_grad_norm": 0.05})
+    res = _stream(model, queries, gallery, "rest_v1", hparams={"max_grad_norm": 0.05})
     assert len(calls) == res["counters"]["steps"] > 0
     assert float(calls[0][1].norm()) == 0.0  # at the source the distillation gradient vanishes
     assert any(float(g_s.norm()) > 0 for _, g_s, _ in calls)
@@ -578,3 +579,18 @@ def test_rest_steps_with_the_decoupled_gradient(model, queries, gallery, monkeyp
     for before, after in zip(stats["angle_before"], stats["angle_after"]):
         if after is not None:
             assert after <= 90.0 + 1e-3 and before is not None
+
+
+@pytest.mark.parametrize("direction", ["i2t", "t2i"])
+def test_rest_v1_reproduces_the_first_reconstructions_numbers(model, queries, gallery, direction):
+    """``rest_v1`` is the REST of before REST v2, unchanged (tests/data/rest_v1_reference.json
+    was recorded from that code on these fixtures)."""
+    import json
+
+    ref = json.loads((ROOT / "tests/data/rest_v1_reference.json").read_text())[direction]
+    res = _stream(model, queries, gallery, "rest_v1", direction=direction, hparams={"lr": 0.01})
+    assert res["metrics"] == pytest.approx(ref["metrics"], rel=1e-9)
+    assert res["online"]["batch_r1"] == pytest.approx(ref["batch_r1"], rel=1e-9)
+    assert res["counters"] == ref["counters"]
+    assert res["online"]["stats"]["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+    assert res["online"]["stats"]["angle_before"] == pytest.approx(ref["angle_before"], rel=1e-4, abs=1e-3)

@@ -71,6 +71,12 @@ def test_snakemake_runs_everything(snake_repo):
     assert summary["streams"]["i2t"]["mix"]["methods"]["tcr"]["alone_r1"] is not None
     assert (snake_repo / "reports/figures/i2t_forgetting.png").stat().st_size > 1000
     assert (snake_repo / "reports/figures/t2i_forgetting.png").stat().st_size > 1000
+    # the observations section: the source model's statistics per shift, angles for tcr (observe.grad_angle)
+    assert "## Observations (TCR / REST)" in report and "Before adaptation (`source`):" in report
+    obs = json.loads((snake_repo / "reports/observations.json").read_text())
+    assert obs["directions"]["i2t"]["source"]["clean"]["uniformity"] > 0 and not obs["without"]
+    assert obs["directions"]["i2t"]["methods"]["tcr"]["gaussian_noise-s3"]["angle"]["n"] >= 1
+    assert obs["mlflow"]["logged"] == len(expected_results(snake_repo))
 
 
 def test_runs_are_tracked_in_mlflow(snake_repo):
@@ -105,7 +111,7 @@ def test_deleting_a_result_reruns_only_its_job_and_the_report(snake_repo):
     other = snake_repo / "results/builtin/qshift-tiny-clip/i2t/source/gaussian_noise-s3.json"
     before = other.stat().st_mtime_ns
     victim.unlink()
-    assert planned_jobs(snake_repo) == {"adapt": 1, "report": 1, "all": 1}
+    assert planned_jobs(snake_repo) == {"adapt": 1, "observe": 1, "report": 1, "all": 1}
     run(["snakemake", "--cores", "2"], snake_repo)
     assert victim.is_file() and other.stat().st_mtime_ns == before
     assert planned_jobs(snake_repo) == {}
@@ -203,3 +209,18 @@ def test_snakemake_config_override_reaches_the_stages(tmp_path):
     # a stage started by Snakemake reads it (QSHIFT_PARAMS); a bad dotted override fails at DAG time
     bad = run(["snakemake", "--dry-run", "--config", "set=adapt.batch_size=0"], repo, check=False)
     assert bad.returncode == 2 and "error: params: adapt.batch_size must be an integer >= 1, got 0" in bad.stderr
+
+
+def test_both_orchestrators_run_method_variants_as_their_own_jobs(tmp_path):
+    """Variants (methods.<name>: {method: BASE, ...}) are grid rows with '-' in their names: the
+    Snakemake wildcards and DVC's matrix both take them, and the observe stage feeds the report."""
+    repo = make_repo(tmp_path)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["adapt"]["methods"] = ["source", "tcr", "rest", "rest_no-decouple", "rest_k3"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    snake, dvc = snakemake_stages(repo), dvc_stages(repo)
+    assert snake == dvc, f"only in Snakemake: {sorted(snake - dvc)}\nonly in DVC: {sorted(dvc - snake)}"
+    cmds = {cmd for cmd, _ in snake}
+    assert any("--method rest_no-decouple --direction i2t --corruption gaussian_noise" in c for c in cmds)
+    assert any("--method rest_k3 --direction t2i" in c for c in cmds)
+    assert ("python stages/observe.py", frozenset({"reports/observations.json"})) in snake

@@ -188,7 +188,7 @@ def test_pipeline_runs_as_slurm_jobs(slurm_repo, cluster):
     jobs = {int(j["JobID"]): j for j in squeue("JobID,State,Comment:200,tres-per-job") if int(j["JobID"]) in info["jobs"]}
     assert jobs and all(j["State"] == "COMPLETED" for j in jobs.values()), jobs
     comments = [j["Comment"] for j in jobs.values()]
-    for rule in ("prepare", "pretrain", "corrupt_images", "corrupt_text", "encode_gallery", "report"):
+    for rule in ("prepare", "pretrain", "corrupt_images", "corrupt_text", "encode_gallery", "observe", "report"):
         assert any(c.startswith(f"rule_{rule}") for c in comments), (rule, comments)
 
     # every run: a results file from a SLURM job, on a GPU, tracked in MLflow with the job id
@@ -258,8 +258,8 @@ def test_scancel_mid_run_leaves_no_partial_output(slurm_repo, cluster):
     assert {j["JobID"]: j["State"] for j in squeue()}[job] == "CANCELLED"
     assert not victim.exists()
     assert no_partial_files(repo) == []
-    # what a rerun would do: exactly the cancelled run and the report that reads it
-    assert planned(repo) == {"adapt": 1, "report": 1, "all": 1}
+    # what a rerun would do: exactly the cancelled run and the observe + report jobs that read it
+    assert planned(repo) == {"adapt": 1, "observe": 1, "report": 1, "all": 1}
     _state["cancelled"] = job
 
 
@@ -287,7 +287,7 @@ def test_rerun_does_only_the_missing_work_and_retries_a_job_killed_once(slurm_re
     assert code == 0, out
     new = sorted((int(j["JobID"]), j["State"], j["Comment"]) for j in squeue() if int(j["JobID"]) not in before)
     assert [(s, c.split("_")[1]) for _, s, c in new] == [("FAILED", "adapt"), ("COMPLETED", "adapt"),
-                                                       ("COMPLETED", "report")], new
+                                                       ("COMPLETED", "observe"), ("COMPLETED", "report")], new
     doc = json.loads(victim.read_text())
     assert int(doc["env"]["slurm_job_id"]) == new[1][0] and doc["metrics"]["R@1"] >= 0
     assert {p: p.stat().st_mtime_ns for p in _state["others"]} == _state["others"]  # nothing else redone

@@ -47,6 +47,7 @@ LOGS = {
     "encode_gallery": "logs/encode_gallery/{model}/{dataset}.log",
     "adapt": "logs/adapt/{dataset}/{model}/{direction}/{method}/{corruption}-s{severity}.log",
     "report": "logs/report/{dataset}.log",
+    "observe": "logs/observe/{dataset}.log",
 }
 
 
@@ -333,8 +334,10 @@ def validate(cfg: dict) -> None:
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
         raise ConfigError(f"params: corrupt.image.jpeg_quality must be an integer in 1..100, got {quality!r}")
     check_implementation(image)  # corrupt.image.implementation / .mm_robustness
+    validate_variants(cfg)
     for m in cfg["adapt"]["methods"]:
-        METHODS.check(m)
+        if not is_variant(cfg, m):
+            METHODS.check(m)
         if m not in cfg["methods"]:
             raise ConfigError(f"params: method {m!r} is listed in adapt.methods but has no entry under 'methods'")
     for m in cfg["adapt"].get("clean_methods", []):
@@ -355,6 +358,7 @@ def validate(cfg: dict) -> None:
             if d not in DIRECTIONS:
                 raise ConfigError(f"params: methods.{m}.{BY_DIRECTION} has {d!r}; valid: {', '.join(DIRECTIONS)}")
     validate_streams(cfg)
+    validate_observe(cfg)
 
 
 def validate_streams(cfg: dict) -> None:
@@ -389,6 +393,26 @@ def validate_streams(cfg: dict) -> None:
             validate_stream(name, spec, direction, reserved)
 
 
+def validate_observe(cfg: dict) -> None:
+    """``observe.grad_angle``: methods (or variants' bases) whose adapt jobs record the gradient angle."""
+    ob = cfg.get("observe")
+    if ob is None:
+        return
+    angle = ob.get("grad_angle") if isinstance(ob, dict) else None
+    if not isinstance(angle, list):
+        raise ConfigError(f"params: observe.grad_angle must be a list of methods, got {angle!r}")
+    for m in angle:
+        if m not in cfg["methods"]:
+            raise ConfigError(f"params: observe.grad_angle has {m!r}, which has no entry under 'methods'; "
+                              f"valid: {', '.join(cfg['methods'])}")
+
+
+def probes_angle(cfg: dict, method: str) -> bool:
+    """Whether a method's adapt jobs record the gradient-angle probe (itself or its base listed)."""
+    listed = set(((cfg.get("observe") or {}).get("grad_angle")) or [])
+    return method in listed or (is_variant(cfg, method) and base_method(cfg, method) in listed)
+
+
 def streams(cfg: dict, direction: str) -> dict[str, dict]:
     """The direction's stream definitions (``streams.image`` for i2t, ``streams.text`` for t2i)."""
     side = "image" if direction == "i2t" else "text"
@@ -405,11 +429,87 @@ BY_DIRECTION = "by_direction"
 
 
 def method_hparams(cfg: dict, method: str, direction: str | None = None) -> dict:
+    """The hyperparameters a method entry runs with. A variant (an entry with ``method: BASE``)
+    starts from its base's entry (resolved the same way, ``by_direction`` included), then its
+    own values, then its own ``by_direction``."""
     hp = copy.deepcopy(cfg["methods"].get(method) or {})
+    base = hp.pop(VARIANT_KEY, None)
     per = hp.pop(BY_DIRECTION, None) or {}
     if direction is not None:
         hp.update(per.get(direction) or {})
+    if base is not None:
+        base_method(cfg, method)  # refuses unknown bases and cycles
+        hp = {**method_hparams(cfg, base, direction), **hp}
     return hp
+
+
+# -- method variants: methods.<variant>: {method: <base>, <hp overrides>...} ---------------------
+VARIANT_KEY = "method"
+# '.' is refused: DVC params and --set/--config key paths are dotted (methods.<name>.lr)
+VARIANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+
+def is_variant(cfg: dict, method: str) -> bool:
+    return isinstance(cfg["methods"].get(method), dict) and VARIANT_KEY in cfg["methods"][method]
+
+
+def base_method(cfg: dict, method: str) -> str:
+    """The registered method a methods entry builds (itself unless it is a variant; a variant
+    of a variant resolves through the chain)."""
+    from .tta import METHODS
+
+    seen = [method]
+    name = method
+    while is_variant(cfg, name):
+        name = cfg["methods"][name][VARIANT_KEY]
+        if not isinstance(name, str):
+            raise ConfigError(f"params: methods.{seen[-1]}.{VARIANT_KEY} must be a method name, got {name!r}; "
+                              f"valid: {', '.join(METHODS.names())}")
+        if name in seen:
+            raise ConfigError(f"params: method variant {method!r} has a cycle: {' -> '.join(seen + [name])}")
+        seen.append(name)
+    if len(seen) == 1:
+        return METHODS.check(name)
+    if name not in METHODS:
+        via = f" (via {' -> '.join(seen)})" if len(seen) > 2 else ""
+        raise ConfigError(f"params: methods.{seen[-2]}.{VARIANT_KEY} is {name!r}, not a method{via}; "
+                          f"valid: {', '.join(METHODS.names())}")
+    return name
+
+
+def check_method(cfg: dict, method: str) -> str:
+    """A method or variant name given on a command line -> its base; unknown: the valid names."""
+    from .errors import UnknownNameError
+    from .tta import METHODS
+
+    if method in METHODS or is_variant(cfg, method):
+        return base_method(cfg, method)
+    variants = [m for m in cfg["methods"] if is_variant(cfg, m)]
+    raise UnknownNameError("method", method, METHODS.names() + variants)
+
+
+def validate_variants(cfg: dict) -> None:
+    """Every variant entry: a valid name, a resolvable base, only the base's hyperparameters."""
+    from .tta import METHODS
+
+    if not isinstance(cfg["methods"], dict):
+        raise ConfigError("params: methods must be a mapping of method name -> hyperparameters")
+    for name, entry in cfg["methods"].items():
+        if not is_variant(cfg, name):
+            continue
+        if name in METHODS:
+            raise ConfigError(f"params: methods.{name} names a base ({VARIANT_KEY}: {entry[VARIANT_KEY]!r}), but "
+                              f"{name!r} is a built-in method; give the variant another name")
+        if not VARIANT_NAME.fullmatch(str(name)):
+            raise ConfigError(f"params: method variant name {name!r} must match {VARIANT_NAME.pattern} "
+                              f"(lowercase letters, digits, '_' and '-')")
+        base = METHODS.get(base_method(cfg, name))
+        for d in (None, *DIRECTIONS):
+            unknown = sorted(set(method_hparams(cfg, name, d)) - set(base.defaults))
+            if unknown:
+                raise ConfigError(f"params: methods.{name} (a variant of {base.name!r}) sets unknown "
+                                  f"hyperparameter(s) {', '.join(unknown)}; valid: "
+                                  f"{', '.join(sorted(base.defaults)) or '(none)'}")
 
 
 @dataclass(frozen=True)

@@ -853,6 +853,9 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
             md += [line, ""]
             h += [f"<p class='note'>{_e(line)}</p>"]
 
+    from .observations import report_section  # variants/ablations and the papers' observations
+    obs_md, obs_html, obs_summary = report_section(cfg, found, fig_dir)
+    md, h = md + obs_md, h + obs_html; summary.update(obs_summary)
     faults.point("report:after_figures")  # tests: a kill here must leave the previous report as it was
     ex_dir = Path(EXAMPLES_DIR.format(report=cfg["report"]["dir"]))
     if (ex_dir / "contact_sheet.png").is_file():

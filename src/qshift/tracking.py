@@ -338,8 +338,10 @@ def log_result(result: dict, uri: str, experiment: str, artifact: str | Path | N
         _preload(uri)
         with _store_lock(uri):
             check_store(uri)
-            run_id = _with_retries(lambda: _log(result, uri, experiment, artifact, sweep))
-        return {"logged": True, "run_id": run_id, "experiment": experiment, "uri": uri, "error": None}
+            replaced: dict = {}
+            run_id = _with_retries(lambda: _log(result, uri, experiment, artifact, sweep, replaced))
+        status = {"logged": True, "run_id": run_id, "experiment": experiment, "uri": uri, "error": None}
+        return {**status, "replaced": replaced} if replaced else status
     except Exception as e:  # noqa: BLE001 - tracking must never lose a finished result
         log.warning("MLflow logging failed for %s (%s); the results file keeps the numbers and can be "
                     "replayed later", result.get("run_key"), e)
@@ -347,7 +349,7 @@ def log_result(result: dict, uri: str, experiment: str, artifact: str | Path | N
                 "error": f"{type(e).__name__}: {e}"}
 
 
-def _log(result: dict, uri: str, experiment: str, artifact, sweep: dict | None) -> str:
+def _log(result: dict, uri: str, experiment: str, artifact, sweep: dict | None, replaced: dict | None = None) -> str:
     from mlflow.entities import Metric, Param, RunTag
 
     client = _client(uri)
@@ -369,6 +371,14 @@ def _log(result: dict, uri: str, experiment: str, artifact, sweep: dict | None) 
     if found and (found[0].data.params != params or found[0].data.tags.get(TAG_FINISHED) != finished):
         # MLflow params are immutable and metric histories append: a rerun (other
         # hyperparameters, or another finish time) replaces the run
+        old = found[0].data.params
+        changed = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
+        if changed:
+            log.info("MLflow: %s: params changed (%s), replacing run %s", key, ", ".join(changed),
+                     found[0].info.run_id)
+            if replaced is not None:
+                replaced.update({"run_id": found[0].info.run_id,
+                                 "changed": ", ".join(f"{k}: {old.get(k)} -> {params.get(k)}" for k in changed)})
         client.delete_run(found[0].info.run_id)
         found = []
     # created with its key tag, so an interrupted attempt is found (and reused) by the next one
@@ -543,3 +553,34 @@ def _attach_children(uri: str, experiment: str, sweep: dict, found: dict) -> Non
     metrics = [Metric(f"avg_R_at_1.{d}.{m}", sum(v) / len(v), ts, 0) for (d, m), v in sorted(cells.items())]
     for i in range(0, len(metrics), 1000):
         client.log_batch(parent, metrics=metrics[i:i + 1000])
+
+
+# -- the observe stage: obs.* metrics on existing runs -----------------------------------------
+
+def log_observations(uri: str, experiment: str, metrics: dict[str, dict[str, float]]) -> dict:
+    """Add metrics to the runs keyed ``run_key`` (``{run_key: {name: value}}``); a run not in the
+    store is skipped (the report stage's replay logs it, the next observe adds its metrics).
+    Never raises; returns ``{"logged": n, "skipped": [...], "error": ...}``."""
+    out: dict = {"logged": 0, "skipped": [], "error": None}
+    try:
+        from mlflow.entities import Metric
+
+        _preload(uri)
+        with _store_lock(uri):
+            client = _client(uri)
+            exp = client.get_experiment_by_name(experiment)
+            ts = int(time.time() * 1000)
+            for key, values in sorted(metrics.items()):
+                found = [] if exp is None else [r for r in _runs_tagged(client, exp.experiment_id, TAG_KEY, key)
+                                                if r.data.tags.get(TAG_ROLE) != "sweep"]
+                if not found:
+                    out["skipped"].append(key)
+                    continue
+                entries = [Metric(k, float(v), ts, 0) for k, v in values.items()
+                           if _is_number(v) and math.isfinite(float(v))]
+                _with_retries(lambda: client.log_batch(_canonical(found).info.run_id, metrics=entries))
+                out["logged"] += 1
+    except Exception as e:  # noqa: BLE001 - observations never fail on the store
+        log.warning("MLflow: observation metrics not logged (%s)", e)
+        out["error"] = f"{type(e).__name__}: {e}"
+    return out

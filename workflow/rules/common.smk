@@ -14,7 +14,15 @@ def adapt_queries(w):
 
 def adapt_params(w):
     return stable_hash([config["seed"], config["adapt"]["batch_size"], config["adapt"]["steps"], config["amp"],
-                        config["methods"][w.method]])
+                        _method_entry(w.method)])
+
+
+def _method_entry(method):
+    """A method's params entry; a variant's together with its base chain (a changed base reruns it)."""
+    if not qc.is_variant(config, method):
+        return config["methods"][method]
+    return [config["methods"][method], _method_entry(config["methods"][method][qc.VARIANT_KEY])] \
+        if config["methods"][method][qc.VARIANT_KEY] in config["methods"] else [config["methods"][method]]
 
 
 def stream_params(w, side):

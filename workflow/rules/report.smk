@@ -1,9 +1,30 @@
-# The report: paper-form tables and plots from every results file the DAG declares.
+# The papers' observations (cheap: reads the results files), then the report: paper-form tables
+# and plots from every results file the DAG declares.
+
+
+rule observe:
+    input:
+        RESULTS,
+    output:
+        "reports/observations.json",
+    params:
+        overrides=OVERRIDES,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    log:
+        qc.LOGS["observe"].format(dataset=DS),
+    conda:
+        ENV_FILE
+    shell:
+        "python stages/observe.py{params.overrides}"
 
 
 rule report:
     input:
         RESULTS,
+        "reports/observations.json",
         "reports/pretrain.json" if qc.trains_model(config) else MODEL_DIR,
     output:
         "reports/report.md",

@@ -24,6 +24,9 @@ from ..registry import Registry
 from ..runtime import autocast
 
 METHODS: Registry[type["TTAMethod"]] = Registry("method")
+# hparams[PROBE_KEY] = True: measure the gradient angle probe (qshift.tta.probe) at step 0 of each
+# batch; an observation, not a hyperparameter (it changes nothing the method computes)
+PROBE_KEY = "probe_angle"
 
 
 def register_method(name: str):
@@ -55,6 +58,11 @@ class TTAMethod:
 
     def __init__(self, model: RetrievalModel, modality: str, gallery: torch.Tensor, hparams: dict | None = None,
                  steps: int = 3, amp: bool = False):
+        hparams = dict(hparams or {})
+        self.probe_angle = bool(hparams.pop(PROBE_KEY, False)) and self.adapts
+        self._scored: dict[int, torch.Tensor] = {}  # scores' data_ptr -> the embeddings behind them
+        self._step_z: torch.Tensor | None = None  # this step's first query embeddings with a graph
+        self._angles: list[float] = []
         unknown = sorted(set(hparams or {}) - set(self.defaults))
         if unknown:
             raise ConfigError(f"unknown hyperparameter(s) {', '.join(unknown)} for method {self.name!r}; "
@@ -114,7 +122,19 @@ class TTAMethod:
             return self.model.encode(self.modality, x)
 
     def similarities(self, z: torch.Tensor) -> torch.Tensor:
-        return z @ self.gallery.T  # one matrix product over the whole gallery
+        sims = z @ self.gallery.T  # one matrix product over the whole gallery
+        self._scored[sims.data_ptr()] = z.detach()  # for the observation statistics (probe.py)
+        if self._step_z is None and z.requires_grad:
+            self._step_z = z
+        return sims
+
+    def probe(self, g_t: torch.Tensor) -> None:
+        """Record the gradient-angle probe once per batch (``probe_angle`` on), from the flattened
+        adaptation gradient and this step's embeddings."""
+        if self.probe_angle and not self._angles and self._step_z is not None:
+            from .probe import general_angle
+
+            self._angles.append(general_angle(g_t, self._step_z, self.gallery, self.params))
 
     def check_step(self, loss: torch.Tensor | None) -> bool:
         """Whether a step may be taken on ``loss``. ``None`` (empty selection) and non-finite
@@ -134,9 +154,18 @@ class TTAMethod:
         """One optimiser step on ``loss``; guarded: ``None`` (empty selection) or a non-finite
         loss takes no step and is counted."""
         if not self.check_step(loss):
+            self._step_z = None
             return False
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.probe_angle and not self._angles and self._step_z is not None:
+            grads = torch.autograd.grad(loss, self.params, retain_graph=True, allow_unused=True)
+            self.probe(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
+                                  for p, g in zip(self.params, grads)]))
+            for p, g in zip(self.params, grads):  # the same gradients loss.backward() would leave
+                p.grad = g
+        else:
+            loss.backward()
+        self._step_z = None
         self.optimizer.step()
         self.counters["steps"] += 1
         return True
@@ -146,8 +175,17 @@ class TTAMethod:
         raise NotImplementedError
 
     def __call__(self, x: torch.Tensor) -> BatchOutput:
+        from .probe import embedding_stats
+
+        self._scored, self._step_z, self._angles = {}, None, []
         out = self.adapt_batch(x)
         self.n_batches += 1
+        z = self._scored.get(out.scores.data_ptr()) if out.scores is not None else None
+        if z is not None and len(z) == len(out.scores):
+            out.stats.update(embedding_stats(z, out.scores, self.gallery))
+        if self.probe_angle:
+            out.stats["grad_angle"] = self._angles[0] if self._angles else float("nan")
+        self._scored, self._step_z = {}, None
         return out
 
 
