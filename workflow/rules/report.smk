@@ -8,7 +8,7 @@ rule observe:
     output:
         "reports/observations.json",
     params:
-        overrides=OVERRIDES,
+        cfg=stable_hash([config["adapt"], config.get("streams"), config.get("observe")]),  # as dvc.yaml
     threads: 1
     resources:
         mem_mb=2000,
@@ -18,7 +18,7 @@ rule observe:
     conda:
         ENV_FILE
     shell:
-        "python stages/observe.py{params.overrides}"
+        "python stages/observe.py"
 
 
 rule report:
