@@ -118,3 +118,19 @@ def test_gpu_benchmark_runs_on_cpu(tmp_path):
     assert doc["adapt"]["tent"]["fp32"]["queries_per_s"] > 0 and "bf16" not in doc["adapt"]["tent"]
     tent_row = next(x for x in out.splitlines() if x.startswith("tent "))
     assert "n/a" in tent_row  # no bf16 autocast on CPU
+
+
+def test_loader_pins_memory_only_for_a_cuda_model(tmp_path):
+    import torch
+
+    from _tiny import TinyDual
+    from qshift.data.manifest import Split
+    from qshift.gallery import make_loader
+
+    split = Split(dataset="x", manifest=tmp_path, image_ids=[0], image_paths=[tmp_path / "a.png"], sentids=[0],
+                  captions=["a red ball"], txt2img=[0])
+    model = TinyDual()
+    assert make_loader(model, "image", split, num_workers=0).pin_memory is False
+    model.device = torch.device("cuda")  # never moved: only the loader's setting is read
+    loader = make_loader(model, "image", split, num_workers=2)
+    assert loader.pin_memory is True and loader.num_workers == 2
