@@ -15,7 +15,8 @@ Prints:
 Job wall times and peak RSS come from Snakemake's ``benchmark:`` files
 (``logs/benchmarks/<rule>/...tsv``, written by every rule); without them (e.g. a ``dvc
 repro`` run) the wall time falls back to the span between a job log's first and last
-timestamps, a lower bound that misses process start and imports, and RSS reads n/a.
+timestamps, a lower bound that misses process start and imports (a stage that logs one line
+has none), and RSS reads n/a.
 
     python benchmarks/pipeline_cost.py [--root .] [--params params.yaml] [--json]
 """
@@ -92,9 +93,9 @@ def collect(root: Path) -> list[dict]:
                                                                              "from": "log"})
             if span:
                 job["start"], job["end"] = span
-                if job["wall"] is None:
+                if job["wall"] is None and span[1] > span[0]:  # a stage that logs once gives no span
                     job["wall"] = span[1] - span[0]
-    return [{"stage": s, "key": k, **v} for (s, k), v in sorted(jobs.items()) if v["wall"] is not None]
+    return [{"stage": s, "key": k, **v} for (s, k), v in sorted(jobs.items())]
 
 
 def adapt_seconds(root: Path, key: str) -> tuple[float, str] | None:
@@ -109,7 +110,9 @@ def adapt_seconds(root: Path, key: str) -> tuple[float, str] | None:
 
 
 def budget(root: Path, steps: int) -> dict:
-    jobs = collect(root)
+    everything = collect(root)
+    jobs = [j for j in everything if j["wall"] is not None]
+    untimed = sorted({j["stage"] for j in everything if j["wall"] is None})
     stages: dict[str, dict] = {}
     for j in jobs:
         s = stages.setdefault(j["stage"], {"jobs": 0, "wall": 0.0, "max": 0.0, "rss": None, "from": set()})
@@ -144,13 +147,13 @@ def budget(root: Path, steps: int) -> dict:
         fl = floor(m, steps)
         methods[m] = {"cells": len(cells), "seconds": sum(cells.values()), "x_source": ratio, "floor": fl,
                       "x_floor": ratio / fl if ratio is not None else None}
-    starts = [j["start"] for j in jobs if "start" in j]
-    ends = [j["end"] for j in jobs if "end" in j]
+    starts = [j["start"] for j in everything if "start" in j]
+    ends = [j["end"] for j in everything if "end" in j]
     rss = [j["rss"] for j in jobs if j["rss"] is not None]
     return {"stages": {k: {**v, "from": sorted(v["from"])} for k, v in stages.items()}, "adapt": adapt,
             "methods": methods, "elapsed": (max(ends) - min(starts)) if starts else None,
             "job_wall_total": sum(j["wall"] for j in jobs), "peak_rss": max(rss) if rss else None,
-            "n_jobs": len(jobs)}
+            "n_jobs": len(jobs), "untimed": {"jobs": len(everything) - len(jobs), "stages": untimed}}
 
 
 def _f(v, fmt: str, width: int) -> str:
@@ -158,6 +161,9 @@ def _f(v, fmt: str, width: int) -> str:
 
 
 def show(b: dict, steps: int) -> None:
+    if b["untimed"]["jobs"]:
+        print(f"{b['untimed']['jobs']} jobs have no wall time (no benchmark file, a single log line): "
+              f"{', '.join(b['untimed']['stages'])} - run the pipeline with Snakemake for the full budget")
     if not b["n_jobs"]:
         print("no finished jobs found (run the pipeline first: logs/ and results/ are read)")
         return

@@ -90,9 +90,13 @@ def test_budget_cli_prints_the_tables(run):
     assert json.loads(out.strip().splitlines()[-1])["adapt"]["jobs"] == 4
 
 
-def test_budget_of_an_empty_folder(tmp_path, capsys):
+def test_budget_of_an_empty_folder_and_of_single_line_logs(tmp_path, capsys):
     pipeline_cost.main(["--root", str(tmp_path)])
     assert "no finished jobs found" in capsys.readouterr().out
+    _log(tmp_path, "prepare/builtin", "00:00,000", "00:00,000")  # one instant: no wall time
+    b = pipeline_cost.main(["--root", str(tmp_path)])
+    assert b["n_jobs"] == 0 and b["untimed"] == {"jobs": 1, "stages": ["prepare"]}
+    assert "1 jobs have no wall time" in capsys.readouterr().out
 
 
 def test_gpu_benchmark_runs_on_cpu(tmp_path):
