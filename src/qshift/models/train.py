@@ -5,8 +5,8 @@ embeddings and the temperature), linear warm-up then cosine decay — the recipe
 scaled down. Images of the train split are decoded once into memory (64 px), each step
 pairs every image with one of its captions drawn at random.
 
-Speed (CPU): captions are tokenised once (each distinct caption once) and the text tower
-trains on a *compact vocabulary* — the ~120 BPE ids the train captions use instead of
+Speed (CPU): the images are decoded in threads and the text tower trains on a *compact
+vocabulary* — the ~120 BPE ids the train captions use instead of
 open_clip's 49,408 — so the embedding's gradient and AdamW state are 400x smaller. This is
 exact, not an approximation: an id that never occurs gets a zero gradient, and AdamW (no
 weight decay on embeddings) leaves such a row untouched, so the trained rows are written
@@ -56,15 +56,6 @@ def load_images_uint8(split: Split, size: int, progress: bool = True, workers: i
                       unit="img", leave=False, disable=not progress):
             pass
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
-
-
-def tokenize_unique(tokenizer, texts, context_length: int) -> torch.Tensor:
-    """``tokenizer(texts)`` computed once per distinct text (template captions repeat)."""
-    texts = list(texts)
-    unique = list(dict.fromkeys(texts))
-    index = {t: i for i, t in enumerate(unique)}
-    toks = tokenizer(unique, context_length=context_length)
-    return toks[torch.as_tensor([index[t] for t in texts], dtype=torch.long)]
 
 
 def compact_vocabulary(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,7 +140,7 @@ def pretrain(manifest: str | Path, out_dir: str | Path, cfg: dict, seed: int, de
     ctx = pc["text"]["context_length"]
 
     def tok(texts):
-        return tokenize_unique(tokenizer, texts, ctx)
+        return tokenizer(list(texts), context_length=ctx)
 
     size = pc["vision"]["image_size"]
     train = load_split(manifest, "train")
