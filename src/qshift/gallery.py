@@ -59,8 +59,10 @@ def make_loader(model: RetrievalModel, modality: str, split: Split, order=None, 
     else:
         caps = split.captions if order is None else [split.captions[i] for i in order]
         ds, collate = Captions(caps), model.tokenize
+    # pinned host memory on CUDA: the batch copy (non_blocking in RetrievalModel.encode) overlaps compute
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
-                      persistent_workers=False)
+                      persistent_workers=False, pin_memory=getattr(model, "device", None) is not None
+                      and torch.device(model.device).type == "cuda")
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ rule adapt:
     # short jobs: `--group-components adapt=N` (slurm/config.yaml) bundles N per SLURM job
     group:
         "adapt"
+    benchmark: f"logs/benchmarks/adapt/{DS}/{MODEL}/{{direction}}/{{method}}/{{corruption}}-s{{severity}}.tsv"
     log:
         qc.LOGS["adapt"].format(dataset=DS, model=MODEL, direction="{direction}", method="{method}",
                        corruption="{corruption}", severity="{severity}"),

@@ -12,6 +12,7 @@ rule download:
     resources:
         mem_mb=2000,
         runtime=240,
+    benchmark: f"logs/benchmarks/download/{DS}.tsv"
     log:
         qc.LOGS["download"].format(dataset=DS),
     conda:
@@ -31,6 +32,7 @@ rule prepare:
     resources:
         mem_mb=2000,
         runtime=60,
+    benchmark: f"logs/benchmarks/prepare/{DS}.tsv"
     log:
         qc.LOGS["prepare"].format(dataset=DS),
     conda:
@@ -52,6 +54,7 @@ rule corrupt_images:
     resources:
         mem_mb=2000,
         runtime=60,
+    benchmark: f"logs/benchmarks/corrupt_images/{DS}/{{corruption}}-s{{severity}}.tsv"
     log:
         qc.LOGS["corrupt_images"].format(dataset=DS, corruption="{corruption}", severity="{severity}"),
     conda:
@@ -71,6 +74,7 @@ rule corrupt_text:
     resources:
         mem_mb=2000,
         runtime=30,
+    benchmark: f"logs/benchmarks/corrupt_text/{DS}/{{corruption}}-s{{severity}}.tsv"
     log:
         qc.LOGS["corrupt_text"].format(dataset=DS, corruption="{corruption}", severity="{severity}"),
     conda:
@@ -91,6 +95,7 @@ rule corrupt_stream_image:
     resources:
         mem_mb=2000,
         runtime=60,
+    benchmark: f"logs/benchmarks/corrupt_stream/{DS}/image/{{stream}}.tsv"
     log:
         qc.LOGS["corrupt_stream"].format(dataset=DS, side="image", stream="{stream}"),
     conda:
@@ -110,6 +115,7 @@ rule corrupt_stream_text:
     resources:
         mem_mb=2000,
         runtime=30,
+    benchmark: f"logs/benchmarks/corrupt_stream/{DS}/text/{{stream}}.tsv"
     log:
         qc.LOGS["corrupt_stream"].format(dataset=DS, side="text", stream="{stream}"),
     conda:
@@ -133,6 +139,7 @@ rule examples:
     resources:
         mem_mb=2000,
         runtime=30,
+    benchmark: f"logs/benchmarks/examples/{DS}.tsv"
     log:
         qc.LOGS["examples"].format(dataset=DS),
     conda:

@@ -16,6 +16,7 @@ if qc.trains_model(config):
             mem_mb=4000,
             runtime=60,
             cpus_per_task=2,  # SLURM CPUs (the slurm profile caps threads at its `cores`)
+        benchmark: f"logs/benchmarks/pretrain/{MODEL}.tsv"
         log:
             qc.LOGS["pretrain"].format(model=MODEL),
         conda:
@@ -36,6 +37,7 @@ else:
         resources:
             mem_mb=8000,
             runtime=120,
+        benchmark: f"logs/benchmarks/pretrain/{MODEL}.tsv"
         log:
             qc.LOGS["pretrain"].format(model=MODEL),
         conda:
@@ -58,6 +60,7 @@ rule encode_gallery:
         runtime=60,
         gpu=1,  # one GPU per job under SLURM (--gpus=1); ignored by local runs
         gpu_model="",  # "" = any GPU; sites pin a model in slurm/config.yaml
+    benchmark: f"logs/benchmarks/encode_gallery/{MODEL}/{DS}.tsv"
     log:
         qc.LOGS["encode_gallery"].format(model=MODEL, dataset=DS),
     conda:

@@ -38,6 +38,7 @@ rule report:
     resources:
         mem_mb=2000,
         runtime=30,
+    benchmark: f"logs/benchmarks/report/{DS}.tsv"
     log:
         qc.LOGS["report"].format(dataset=DS),
     conda:

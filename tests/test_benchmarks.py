@@ -1,0 +1,140 @@
+"""benchmarks/pipeline_cost.py on a synthetic finished run, and benchmarks/gpu.py on CPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import pipeline_cost  # noqa: E402
+
+HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+
+def _bench(root: Path, rel: str, seconds: float, rss) -> None:
+    p = root / "logs/benchmarks" / f"{rel}.tsv"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(HEADER + f"{seconds}\t0:00:{int(seconds):02d}\t{rss}\t1\t1\t1\t0\t0\t50\t{seconds}\n")
+
+
+def _log(root: Path, rel: str, start: str, end: str) -> None:
+    p = root / "logs" / f"{rel}.log"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(f"2026-12-01 10:{start} INFO qshift.stage: start\nsome progress line\n"
+                 f"2026-12-01 10:{end} INFO qshift.stage: done\n")
+
+
+def _result(root: Path, rel: str, seconds: float) -> None:
+    ds, model, direction, method, cell = rel.split("/")
+    corruption, sev = cell.rsplit("-s", 1)
+    p = root / "results" / f"{rel}.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps({"key": {"dataset": ds, "model": model, "direction": direction, "method": method,
+                                     "corruption": corruption, "severity": int(sev)},
+                             "timing": {"seconds": seconds, "queries_per_s": 1.0}}))
+
+
+@pytest.fixture
+def run(tmp_path):
+    """prepare 10 s, pretrain 100 s (benchmark files); 4 adapt jobs: source 5 s wall / 1 s
+    adapting, tcr 14 s / 10 s on the same two cells; one tcr job has only its log (12 s span)."""
+    root = tmp_path
+    (root / "params.yaml").write_text(yaml.safe_dump({"adapt": {"steps": 3}}))
+    _bench(root, "prepare/builtin", 10.0, 300.5)
+    _log(root, "prepare/builtin", "00:00,000", "00:09,000")
+    _bench(root, "pretrain/m", 100.0, 900.0)
+    _log(root, "pretrain/m", "00:10,000", "01:50,000")
+    for method, wall, sec in (("source", 5.0, 1.0), ("tcr", 14.0, 10.0)):
+        for cell in ("clean-s0", "gaussian_noise-s3"):
+            rel = f"builtin/m/i2t/{method}/{cell}"
+            _result(root, rel, sec)
+            if (method, cell) == ("tcr", "gaussian_noise-s3"):
+                _log(root, f"adapt/{rel}", "02:00,000", "02:12,000")  # no benchmark file
+            else:
+                _bench(root, f"adapt/{rel}", wall, 450.0)
+    _bench(root, "adapt/builtin/m/t2i/tent/ocr-s2", 3.0, 400.0)  # killed job: no results file
+    return root
+
+
+def test_budget_figures(run):
+    b = pipeline_cost.budget(run, steps=3)
+    assert b["n_jobs"] == 7
+    assert b["stages"]["pretrain"]["wall"] == 100.0 and b["stages"]["prepare"]["rss"] == 300.5
+    assert b["stages"]["adapt"]["from"] == ["benchmark", "log"]
+    a = b["adapt"]
+    assert a["jobs"] == 4 and a["missing_results"] == 1
+    assert a["wall"] == pytest.approx(5 + 5 + 14 + 12) and a["adapt"] == pytest.approx(22.0)
+    assert a["overhead"] == pytest.approx((36 - 22) / 36)
+    tcr, src = b["methods"]["tcr"], b["methods"]["source"]
+    assert src["x_source"] == 1.0 and src["x_floor"] == 1.0
+    assert tcr["x_source"] == pytest.approx(10.0) and tcr["floor"] == 9.0
+    assert tcr["x_floor"] == pytest.approx(10 / 9)
+    assert b["peak_rss"] == 900.0
+    assert b["elapsed"] == pytest.approx(132.0)  # 10:00:00 -> 10:02:12
+
+
+def test_budget_cli_prints_the_tables(run):
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks/pipeline_cost.py"), "--root", str(run), "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "1. per stage (7 jobs)" in out
+    assert "overhead 38.9 %" in out  # (36 - 22) / 36
+    line = next(x for x in out.splitlines() if x.startswith("tcr "))
+    assert line.split()[1:6] == ["2", "20.0", "10.00", "9", "1.11"]
+    assert json.loads(out.strip().splitlines()[-1])["adapt"]["jobs"] == 4
+
+
+def test_budget_of_an_empty_folder_and_of_single_line_logs(tmp_path, capsys):
+    pipeline_cost.main(["--root", str(tmp_path)])
+    assert "no finished jobs found" in capsys.readouterr().out
+    _log(tmp_path, "prepare/builtin", "00:00,000", "00:00,000")  # one instant: no wall time
+    b = pipeline_cost.main(["--root", str(tmp_path)])
+    assert b["n_jobs"] == 0 and b["untimed"] == {"jobs": 1, "stages": ["prepare"]}
+    assert "1 jobs have no wall time" in capsys.readouterr().out
+
+
+def test_gpu_benchmark_runs_on_cpu(tmp_path):
+    """The CUDA benchmark's CPU path: the same tables, from a tiny random CLIP and 12 scenes."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["pretrain"].update(embed_dim=32, vision={"image_size": 32, "patch_size": 8, "width": 32, "layers": 1,
+                                                    "heads": 2},
+                              text={"context_length": 40, "width": 32, "layers": 1, "heads": 2})
+    params["datasets"]["builtin"]["image_size"] = 32
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, str(REPO / "benchmarks/gpu.py"), "--params", str(tmp_path / "params.yaml"),
+           "--device", "cpu", "--n", "12", "--batch-size", "8", "--adapt-batch-size", "4",
+           "--methods", "source,tent"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tmp_path,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}).stdout
+    assert "1. gallery encoding" in out and "plain open_clip" in out
+    rows = {x.split()[0]: x.split() for x in out.splitlines() if x.split() and x.split()[0] in ("image", "text")}
+    assert set(rows) == {"image", "text"}
+    assert all(float(r[3]) > 0 for r in rows.values())  # QShift / plain ratio measured
+    doc = json.loads(out.strip().splitlines()[-1])
+    assert doc["n_images"] == 12 and doc["n_captions"] == 60 and doc["memory"] == "peak RSS MiB"
+    assert set(doc["adapt"]) == {"source", "tent"}
+    assert doc["adapt"]["tent"]["fp32"]["queries_per_s"] > 0 and "bf16" not in doc["adapt"]["tent"]
+    tent_row = next(x for x in out.splitlines() if x.startswith("tent "))
+    assert "n/a" in tent_row  # no bf16 autocast on CPU
+
+
+def test_loader_pins_memory_only_for_a_cuda_model(tmp_path):
+    import torch
+
+    from _tiny import TinyDual
+    from qshift.data.manifest import Split
+    from qshift.gallery import make_loader
+
+    split = Split(dataset="x", manifest=tmp_path, image_ids=[0], image_paths=[tmp_path / "a.png"], sentids=[0],
+                  captions=["a red ball"], txt2img=[0])
+    model = TinyDual()
+    assert make_loader(model, "image", split, num_workers=0).pin_memory is False
+    model.device = torch.device("cuda")  # never moved: only the loader's setting is read
+    loader = make_loader(model, "image", split, num_workers=2)
+    assert loader.pin_memory is True and loader.num_workers == 2

@@ -1,0 +1,99 @@
+"""Pre-training the built-in CLIP (src/qshift/models/train.py): the compact-vocabulary
+speed-up is exact, training is deterministic, and the saved folder holds no timings."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from _tiny import one_torch_thread
+from qshift.models import load_model
+from qshift.models.openclip import CONFIG_NAME, WEIGHTS_NAME
+from qshift.models.train import TIMING_KEYS, compact_vocabulary, expand_vocabulary, pretrain
+
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_torch_thread)
+
+CFG = {"embed_dim": 32, "vision": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "heads": 2},
+       "text": {"context_length": 40, "width": 32, "layers": 1, "heads": 2}, "steps": 4, "batch_size": 16,
+       "lr": 1.0e-3, "weight_decay": 0.1, "warmup": 2, "init_temperature": 0.07}
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    from qshift.data.builtin import generate_builtin
+
+    root = tmp_path_factory.mktemp("pretrain-data")
+    generate_builtin(root, n_train=24, n_val=4, n_test=6, image_size=32, seed=0, progress=False)
+    return root / "manifest.json"
+
+
+def _train(manifest, out, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. "Converting a tensor with requires_grad=True ..."
+        return pretrain(manifest, out, CFG, seed=3, device=torch.device("cpu"), progress=False, **kw)
+
+
+def test_compact_vocabulary_trains_exactly_like_the_full_one(manifest, tmp_path):
+    compact = _train(manifest, tmp_path / "compact")
+    full = _train(manifest, tmp_path / "full", compact_vocab=False)
+    assert 20 < compact["vocabulary"] < 200 and full["vocabulary"] == 49408
+    a, b = load_file(tmp_path / "compact" / WEIGHTS_NAME), load_file(tmp_path / "full" / WEIGHTS_NAME)
+    assert a.keys() == b.keys() and a["token_embedding.weight"].shape == (49408, 32)
+    # bit-identical; allclose only if a kernel sums in another order
+    diff = {k: (a[k] - b[k]).abs().max().item() for k in a}
+    assert max(diff.values()) <= 1e-6, diff
+    assert compact["final_loss"] == pytest.approx(full["final_loss"], abs=1e-5)
+
+
+def test_same_seed_identical_weights_and_no_timings_in_the_model_folder(manifest, tmp_path):
+    m1 = _train(manifest, tmp_path / "a")
+    m2 = _train(manifest, tmp_path / "b")
+    for name in (WEIGHTS_NAME, CONFIG_NAME):  # byte-identical: a retrain changes nothing DVC tracks
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    doc = json.loads((tmp_path / "a" / CONFIG_NAME).read_text())
+    assert not any(k in json.dumps(doc) for k in TIMING_KEYS)
+    assert doc["qshift"]["metrics"]["steps"] == 4
+    # the timings are returned (for reports/pretrain.json)
+    assert m1["train_seconds"] > 0 and m1["steps_per_second"] > 0 and "data_seconds" in m1
+    assert {k: v for k, v in m1.items() if k not in TIMING_KEYS} == {k: v for k, v in m2.items() if k not in TIMING_KEYS}
+
+
+def test_saved_model_loads_with_the_standard_tokenizer_and_trained_rows(manifest, tmp_path):
+    from qshift.data.manifest import load_split
+
+    _train(manifest, tmp_path / "m")
+    model = load_model(f"local-dir:{tmp_path / 'm'}")
+    caps = load_split(manifest, "test").captions
+    toks = model.tokenize(caps)
+    assert toks.max().item() == 49407  # open_clip's own ids: no mapping needed at load time
+    z = model.encode("text", toks)
+    assert z.shape == (len(caps), 32) and torch.isfinite(z).all()
+
+
+def test_compact_and_expand_round_trip_keeps_argmax_pooling():
+    import open_clip
+
+    from qshift.models.openclip import build_from_config, tiny_clip_config
+
+    torch.manual_seed(0)
+    model = build_from_config(tiny_clip_config(CFG["embed_dim"], CFG["vision"], CFG["text"], 0.07)).eval()
+    before = model.token_embedding.weight.clone()
+    toks = open_clip.tokenize(["a red ball", "a blue box", "a red ball"], context_length=40)
+    with torch.no_grad():
+        ref = model.encode_text(toks)
+        used, lut = compact_vocabulary(model, toks)
+        assert model.token_embedding.num_embeddings == len(used) < 20
+        assert (lut[toks].argmax(-1) == toks.argmax(-1)).all()  # EOT stays the largest id
+        assert torch.equal(model.encode_text(lut[toks]), ref)
+        model.token_embedding.weight.add_(1.0)  # "training"
+        expand_vocabulary(model, used)
+    after = model.token_embedding.weight
+    assert after.shape == before.shape
+    assert torch.equal(after[used], before[used] + 1.0)
+    rest = torch.ones(len(before), dtype=torch.bool)
+    rest[used] = False
+    assert torch.equal(after[rest], before[rest])
