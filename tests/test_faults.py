@@ -307,3 +307,19 @@ def test_out_of_range_severity_blames_the_value_not_an_image(tmp_path):
     assert res.returncode == 2, res.stderr
     err = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
     assert len(err) == 1 and "level" in err[0] and "manifest" not in err[0]
+
+
+def test_truncated_training_image_is_one_line_naming_the_file(tmp_path):
+    proj = _tiny_project(tmp_path, n_test=3)
+    doc = json.loads((proj / "data/builtin/manifest.json").read_text())
+    train = next(im for im in doc["images"] if im["split"] == "train")
+    victim = proj / "data/builtin/images" / train.get("filepath", "") / train["filename"]
+    victim.write_bytes(victim.read_bytes()[:40])  # a truncated PNG
+    res = _stage(proj, "pretrain", "--set", "pretrain.steps=1", "--set", "pretrain.batch_size=2",
+                 "--set", "pretrain.warmup=0")
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    err = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(err) == 1 and str(victim.relative_to(proj)) in err[0]
+    assert not (proj / "models" / "qshift-tiny-clip").exists()
+    _intact(proj)

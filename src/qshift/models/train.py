@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from ..progress import tqdm
 
 from ..data.manifest import Split, load_split
+from ..errors import InputError
 from ..evaluation import recall_at_k
 from ..runtime import autocast, seed_everything
 from .openclip import CLIP_MEAN, CLIP_STD, build_from_config, save_local_dir, tiny_clip_config
@@ -45,11 +46,16 @@ def load_images_uint8(split: Split, size: int, progress: bool = True, workers: i
     arr = np.empty((split.n_images, size, size, 3), np.uint8)
 
     def decode(i: int) -> None:
-        with Image.open(split.image_paths[i]) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BICUBIC)
-            arr[i] = np.asarray(im)
+        path = split.image_paths[i]
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.BICUBIC)
+                arr[i] = np.asarray(im)
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+            # a truncated or corrupt file: one clear line naming it, not a traceback
+            raise InputError(f"cannot read training image {path} (listed in {split.manifest}): {e}") from None
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for _ in tqdm(pool.map(decode, range(split.n_images)), total=split.n_images, desc="decode images",
