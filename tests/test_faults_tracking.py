@@ -460,7 +460,7 @@ def test_http_defaults_are_set_unless_the_user_set_them(monkeypatch):
     for k in tracking.HTTP_DEFAULTS:
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")  # the user's value wins
-    tracking._client("sqlite:///unused.db")  # every MLflow call goes through here
+    tracking._client("http://127.0.0.1:9")  # every MLflow call goes through here (nothing is contacted yet)
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "20" and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
     assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "1"
     from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
