@@ -147,6 +147,10 @@ def test_a_diverged_run_reports_no_numbers_is_failed_in_mlflow_and_listed_by_the
     assert 0 <= d["batch"] < N_IMAGES // BATCH and d["queries_seen"] == BATCH * (d["batch"] + 1)
     assert len(body["online"]["batch_r1"]) == d["batch"]  # the curve up to that batch
     assert all(math.isfinite(v) for v in body["online"]["batch_r1"])
+    first = run_stream(model, "tent", {"lr": 1e30}, "i2t", queries, gallery, batch_size=BATCH, steps=3,
+                       progress=False)  # diverges in the very first batch: an empty curve
+    assert first["status"] == "diverged" and first["diverged"]["batch"] == 0
+    assert first["online"]["batch_r1"] == [] and first["diverged"]["queries_seen"] == BATCH
     ok = run_stream(model, "tent", {"lr": 1e-4}, "i2t", queries, gallery, batch_size=BATCH, steps=1, progress=False)
     assert ok["status"] == "ok" and "diverged" not in ok and len(ok["online"]["batch_r1"]) == N_IMAGES // BATCH
 
@@ -158,6 +162,11 @@ def test_a_diverged_run_reports_no_numbers_is_failed_in_mlflow_and_listed_by_the
     doc = {**docs[bad], **{k: v for k, v in body.items() if k not in ("hparams", "steps")}}
     write_json(here / bad.result_path, doc)
     assert load_result(here / bad.result_path)["status"] == "diverged"  # a valid results file
+    write_json(here / "first.json", {**doc, **{k: v for k, v in first.items() if k not in ("hparams", "steps")}})
+    first_doc = json.loads((here / "first.json").read_text())
+    from qshift.results import validate
+
+    validate(first_doc, here / bad.result_path)
     status = tracking.log_result(doc, uri, EXPERIMENT, sweep=tracking.sweep_of(cfg))
     assert status["logged"], status
     run = client_for(uri).get_run(status["run_id"])
@@ -451,7 +460,7 @@ def test_http_defaults_are_set_unless_the_user_set_them(monkeypatch):
     for k in tracking.HTTP_DEFAULTS:
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")  # the user's value wins
-    tracking._client("sqlite:///unused.db")  # every MLflow call goes through here
+    tracking._client("http://127.0.0.1:9")  # every MLflow call goes through here (nothing is contacted yet)
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "20" and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
     assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "1"
     from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT

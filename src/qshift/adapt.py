@@ -99,7 +99,8 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
         extra = {"stream": {k: info[k] for k in ("name", "kind", "domains")}} if info is not None else {}
         return {
             "status": "diverged", "diverged": diverged, "metrics": None, **extra,
-            "n_queries": n, "n_gallery": int(g_emb.shape[0]), "online": {**online, "stats": stats},
+            "n_queries": n, "n_gallery": int(g_emb.shape[0]),
+            "online": {"batch_size": [], "batch_r1": [], "cum_r1": [], **online, "stats": stats},  # batch 0: empty
             "counters": dict(tta.counters), "hparams": dict(tta.hp), "steps": steps if tta.adapts else 0,
             "timing": {"seconds": seconds, "queries_per_s": None},
         }
