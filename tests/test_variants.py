@@ -60,7 +60,7 @@ def test_base_by_direction_is_inherited_and_explicit_overrides_win():
 @pytest.mark.parametrize("methods, message", [
     ({"bad": {"method": "no_such"}}, r"methods\.bad\.method is 'no_such', not a method.*valid: deyo, eata"),
     ({"a": {"method": "b"}, "b": {"method": "a"}}, r"cycle: a -> b -> a"),
-    ({"Big": {"method": "tcr"}}, r"variant name 'Big' must match"),
+    ({"Big": {"method": "tcr"}}, r"methods entry 'Big' is not a valid name"),
     ({"t.x": {"method": "tcr"}}, r"variant name 't.x' must match"),
     ({"tcr": {"method": "tent"}}, r"'tcr' is a built-in method"),
     ({"v": {"method": "tcr", "rho": 0.1}}, r"methods\.v \(a variant of 'tcr'\) sets unknown hyperparameter\(s\) rho"),

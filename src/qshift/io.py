@@ -73,6 +73,8 @@ def check_replaceable(path: str | os.PathLike) -> None:
     if target == cwd or target in cwd.parents or target == Path.home().resolve() or (target / ".git").exists():
         raise ConfigError(f"refusing to replace {path} ({target}): it is the project folder or above it; "
                           f"check the names in params.yaml that make this path")
+    if target.is_dir() and not target.is_symlink() and next(target.iterdir(), None) is None:
+        return  # an empty folder (e.g. made by the caller for the output): nothing to lose
     if not any(root in target.parents for root in output_roots()):
         raise ConfigError(f"refusing to replace {path} ({target}): it is not inside an output folder "
                           f"({', '.join(OUTPUT_ROOTS)} of {cwd}, or a registered cache)")
