@@ -290,9 +290,12 @@ def test_caption_that_normalises_to_empty_names_its_id(tmp_path):
                                            ("adapt.batch_size=abc", "adapt.batch_size"),
                                            ("adapt.steps=0", "adapt.steps"),
                                            ("seed=abc", "seed"),
-                                           ("amp=maybe", "amp")])
+                                           ("amp=maybe", "amp"),
+                                           ("methods.tcr.lr=-1", "methods.tcr.lr"),
+                                           ("methods.eata.weight_decay=-0.1", "methods.eata.weight_decay"),
+                                           ("methods.tent.lr=abc", "methods.tent.lr")])
 def test_bad_run_values_fail_at_load(override, key):
-    with pytest.raises(ConfigError, match=rf"params: {key.replace('.', chr(92) + '.')} must be"):
+    with pytest.raises(ConfigError, match=rf"params: {key.replace('.', chr(92) + '.')}( \(i2t\))?:? .*must be"):
         load_params(REPO / "params.yaml", [override])
 
 

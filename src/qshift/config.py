@@ -359,6 +359,40 @@ def validate(cfg: dict) -> None:
                 raise ConfigError(f"params: methods.{m}.{BY_DIRECTION} has {d!r}; valid: {', '.join(DIRECTIONS)}")
     validate_streams(cfg)
     validate_observe(cfg)
+    validate_method_hparams(cfg)
+
+
+# hyperparameters that must be positive / non-negative whatever the method
+POSITIVE_HPARAMS = ("lr", "tau", "queue_size", "queue_batches", "topk")
+NONNEGATIVE_HPARAMS = ("weight_decay",)
+
+
+def validate_method_hparams(cfg: dict) -> None:
+    """Every method of the grid: its hyperparameters (per direction) typed as the method's
+    defaults, and sign-checked, before any job (``lr=-1`` or ``lr=abc`` would otherwise
+    fail, or silently run, inside a job)."""
+    from .tta import METHODS
+    from .tta.base import _coerce
+
+    grid = list(cfg["adapt"]["methods"]) + list((cfg.get("streams") or {}).get("methods") or [])
+    for m in dict.fromkeys(grid):
+        base = METHODS.get(base_method(cfg, m))
+        for d in cfg["adapt"]["directions"]:
+            hp = method_hparams(cfg, m, d)
+            unknown = sorted(set(hp) - set(base.defaults))
+            if unknown:
+                raise ConfigError(f"params: methods.{m} has unknown hyperparameter(s) {', '.join(unknown)} for "
+                                  f"method {base.name!r}; valid: {', '.join(sorted(base.defaults)) or '(none)'}")
+            for k, v in hp.items():
+                try:
+                    v = _coerce(base.name, k, v, base.defaults[k])
+                except ConfigError as e:
+                    raise ConfigError(f"params: methods.{m}.{k} ({d}): {e}") from None
+                number = isinstance(v, (int, float)) and not isinstance(v, bool)
+                if k in POSITIVE_HPARAMS and number and not v > 0:
+                    raise ConfigError(f"params: methods.{m}.{k} must be > 0, got {v!r}")
+                if k in NONNEGATIVE_HPARAMS and number and not v >= 0:
+                    raise ConfigError(f"params: methods.{m}.{k} must be >= 0, got {v!r}")
 
 
 def validate_streams(cfg: dict) -> None:
