@@ -21,6 +21,8 @@ def main() -> None:
     from qshift.gallery import load_gallery
     from qshift.io import stable_hash, write_json
     from qshift.models import load_model
+    from qshift.outcomes import write_outcomes
+    from qshift.stats import check_and_interval
     from qshift.results import CLEAN, DIRECTIONS, SCHEMA, run_key
     from qshift.runtime import pick_device, provenance, set_threads
     from qshift.tracking import log_result, sweep_of, tracking_uri
@@ -63,6 +65,7 @@ def main() -> None:
     body = run_stream(model, args.method, hparams, args.direction, queries, gallery, batch_size=ad["batch_size"],
                       steps=ad["steps"], seed=cfg["seed"], num_workers=cfg["num_workers"], amp=cfg["amp"],
                       progress=cli.progress_enabled(args), desc=run_key(run.key))
+    outcomes = body.pop("outcomes")
     run_cfg = {"batch_size": ad["batch_size"], "steps": ad["steps"], "seed": cfg["seed"], "amp": cfg["amp"],
                "model_source": cfg["model"]["source"]}
     result = {"schema": SCHEMA, "key": run.key, "run_key": run_key(run.key), **body, "run": run_cfg,
@@ -70,6 +73,8 @@ def main() -> None:
               "finished_at": time.time(),
               "mlflow": {"logged": False, "run_id": None, "error": "not attempted yet"}}
     out = run.result_path
+    result["metrics_ci"] = check_and_interval(outcomes, result["metrics"], cfg["seed"], run.key)
+    write_outcomes(run.outcomes_path, outcomes)  # before the JSON: a results file always has its outcomes
     write_json(out, result)  # the numbers are safe before tracking is attempted
     result["mlflow"] = log_result(result, tracking_uri(cfg), experiment_name(cfg), artifact=out,
                                   sweep=sweep_of(cfg))

@@ -32,6 +32,8 @@ STREAM_IMAGE_QUERIES = "data/queries/{dataset}/image-stream/{stream}"  # folder:
 STREAM_TEXT_QUERIES = "data/queries/{dataset}/text-stream/{stream}.json"  # a manifest
 GALLERY = "data/embeddings/{model}/{dataset}/gallery.pt"
 RESULT = "results/{dataset}/{model}/{direction}/{method}/{corruption}-s{severity}.json"
+# per-query outcomes beside each results file (qshift.outcomes), written by the same job
+OUTCOMES = "results/{dataset}/{model}/{direction}/{method}/{corruption}-s{severity}.npz"
 # every stage mirrors its log here (Snakemake's `log:` directives name the same files)
 EXAMPLES_DIR = "{report}/corruptions"  # contact sheet + text examples (stage `examples`)
 LOGS = {
@@ -257,6 +259,10 @@ class Run:
     @property
     def result_path(self) -> str:
         return RESULT.format(**self.key)
+
+    @property
+    def outcomes_path(self) -> str:
+        return OUTCOMES.format(**self.key)
 
 
 def query_cells(cfg: dict, direction: str) -> list[tuple[str, int]]:

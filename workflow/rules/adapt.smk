@@ -9,6 +9,9 @@ rule adapt:
     output:
         qc.RESULT.format(dataset=DS, model=MODEL, direction="{direction}", method="{method}",
                          corruption="{corruption}", severity="{severity}"),
+        # per-query outcomes (qshift.outcomes), written before the results file
+        qc.OUTCOMES.format(dataset=DS, model=MODEL, direction="{direction}", method="{method}",
+                           corruption="{corruption}", severity="{severity}"),
     params:
         overrides=OVERRIDES,
         cfg=adapt_params,
