@@ -14,7 +14,7 @@ def main() -> None:
     import time
 
     from qshift.adapt import run_stream
-    from qshift.config import GALLERY, LOGS, Run, experiment_name, method_hparams, queries_path, streams
+    from qshift.config import GALLERY, LOGS, TUNED, Run, experiment_name, queries_path, streams
     from qshift.corrupt import IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS
     from qshift.data.manifest import load_split
     from qshift.errors import ConfigError, UnknownNameError
@@ -23,6 +23,7 @@ def main() -> None:
     from qshift.models import load_model
     from qshift.outcomes import write_outcomes
     from qshift.stats import check_and_interval
+    from qshift.tune import tuned_hparams
     from qshift.results import CLEAN, DIRECTIONS, SCHEMA, run_key
     from qshift.runtime import pick_device, provenance, set_threads
     from qshift.tracking import log_result, sweep_of, tracking_uri
@@ -50,7 +51,7 @@ def main() -> None:
                                registry.names() + [CLEAN] + sorted(named))
 
     run = Run(cfg["benchmark"], cfg["model"]["name"], args.direction, args.method, args.corruption, args.severity)
-    hparams = method_hparams(cfg, args.method, args.direction)
+    hparams, tuned = tuned_hparams(cfg, args.method, args.direction, TUNED.format(**run.key))
     log = cli.start_log(LOGS["adapt"].format(**run.key))
     set_threads(cfg.get("threads", 0))
     device = pick_device(cfg["device"])
@@ -62,12 +63,16 @@ def main() -> None:
                           f"rerun encode_gallery")
 
     ad = cfg["adapt"]
+    if tuned:
+        log.info(f"adapt: tuned on the validation split (stage tune): {tuned}")
     body = run_stream(model, args.method, hparams, args.direction, queries, gallery, batch_size=ad["batch_size"],
                       steps=ad["steps"], seed=cfg["seed"], num_workers=cfg["num_workers"], amp=cfg["amp"],
                       progress=cli.progress_enabled(args), desc=run_key(run.key))
     outcomes = body.pop("outcomes")
     run_cfg = {"batch_size": ad["batch_size"], "steps": ad["steps"], "seed": cfg["seed"], "amp": cfg["amp"],
                "model_source": cfg["model"]["source"]}
+    if tuned:
+        run_cfg["tuned"] = tuned
     result = {"schema": SCHEMA, "key": run.key, "run_key": run_key(run.key), **body, "run": run_cfg,
               "env": {**provenance(device), "params_hash": stable_hash({"hparams": body["hparams"], **run_cfg})},
               "finished_at": time.time(),

@@ -228,3 +228,28 @@ def test_matched_stream_gap_is_exactly_zero_for_source(world, tmp_path, monkeypa
     else:  # an adapting method: the stream changes what it scores
         assert any(r["gap"] != 0.0 for r in rows)
     assert all(c.get("matched") for t in tables.values() for c in t["rows"][method]["by_domain"].values())
+
+
+def test_mlflow_runs_get_lo_hi_companions(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from qshift import tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = Run("builtin", "qshift-tiny-clip", "i2t", "tcr", "contrast", 3)
+    ranks = np.arange(200) % 7
+    o = {"query_id": np.arange(200), "index": np.arange(200, dtype=np.int32), "rank": ranks.astype(np.int32)}
+    m = recall_from_ranks(ranks)
+    ci = stats.check_and_interval(o, m, 42, run.key, n_boot=200)
+    assert ci["R@1_lo"] < m["R@1"] < ci["R@1_hi"] and ci["R@10_lo"] == ci["R@10_hi"] == 100.0
+    with pytest.raises(RuntimeError, match="per-query ranks give"):
+        stats.check_and_interval(o, {**m, "R@1": m["R@1"] + 1}, 42, run.key, n_boot=10)
+    doc = {"schema": 1, "key": run.key, "run_key": run_key(run.key), "metrics": m, "metrics_ci": ci,
+           "online": {"batch_size": [200], "batch_r1": [m["R@1"]], "cum_r1": [m["R@1"]], "stats": {}},
+           "counters": {}, "hparams": {}, "timing": {}, "env": {}}
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    status = tracking.log_result(doc, uri, "qshift-test")
+    assert status["logged"], status
+    got = MlflowClient(tracking_uri=uri).get_run(status["run_id"]).data.metrics
+    assert got["R_at_1_lo"] == pytest.approx(ci["R@1_lo"]) and got["R_at_1_hi"] == pytest.approx(ci["R@1_hi"])

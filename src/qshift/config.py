@@ -34,6 +34,7 @@ GALLERY = "data/embeddings/{model}/{dataset}/gallery.pt"
 RESULT = "results/{dataset}/{model}/{direction}/{method}/{corruption}-s{severity}.json"
 # per-query outcomes beside each results file (qshift.outcomes), written by the same job
 OUTCOMES = "results/{dataset}/{model}/{direction}/{method}/{corruption}-s{severity}.npz"
+TUNED = "results/{dataset}/{model}/tuned.json"  # stage tune: hyperparameters chosen on the validation split
 # every stage mirrors its log here (Snakemake's `log:` directives name the same files)
 EXAMPLES_DIR = "{report}/corruptions"  # contact sheet + text examples (stage `examples`)
 LOGS = {
@@ -47,6 +48,7 @@ LOGS = {
     "encode_gallery": "logs/encode_gallery/{model}/{dataset}.log",
     "adapt": "logs/adapt/{dataset}/{model}/{direction}/{method}/{corruption}-s{severity}.log",
     "report": "logs/report/{dataset}.log",
+    "tune": "logs/tune/{dataset}/{model}.log",
 }
 
 
@@ -184,6 +186,9 @@ def validate(cfg: dict) -> None:
             if d not in DIRECTIONS:
                 raise ConfigError(f"params: methods.{m}.{BY_DIRECTION} has {d!r}; valid: {', '.join(DIRECTIONS)}")
     validate_streams(cfg)
+    from .tune import validate_tune
+
+    validate_tune(cfg)
 
 
 def validate_streams(cfg: dict) -> None:

@@ -36,7 +36,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from . import paper, stats
-from .config import EXAMPLES_DIR, MODEL_DIR, Run, query_cells, runs, streams
+from .config import EXAMPLES_DIR, MODEL_DIR, TUNED, Run, query_cells, runs, streams
 from .corrupt.text import TEXT_LABELS, not_run_types
 from .errors import QShiftError
 from .io import atomic_path, write_json, write_text
@@ -699,6 +699,18 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
             line = f"`{p.get('model')}`: pretrained `{p.get('source')}` ({p.get('parameters'):,} parameters), not trained here."
         md += ["## Source model", "", line, ""]
         h += ["<h2>Source model</h2>", f"<p>{_md_inline(line)}</p>"]
+    tuned = Path(TUNED.format(dataset=cfg["benchmark"], model=cfg["model"]["name"]))  # stage tune
+    if tuned.is_file():
+        from .tune import markdown_tuning
+
+        doc = json.loads(tuned.read_text())
+        lines = markdown_tuning(doc)
+        md += ["## Hyperparameters", ""] + lines + [""]
+        h += ["<h2>Hyperparameters</h2>", f"<p>{_md_inline(lines[0].replace('**', ''))}</p>"]
+        if len(lines) > 2:
+            h += [_html_grid([c.strip() for c in lines[2].strip("|").split("|")],
+                             [[c.strip() for c in row.strip("|").split("|")] for row in lines[4:]])]
+        summary["tuned"] = doc.get("best", {})
 
     if fig_dir.exists():
         shutil.rmtree(fig_dir)

@@ -6,6 +6,7 @@ rule adapt:
         queries=adapt_queries,
         gallery=GALLERY,
         model=MODEL_DIR,
+        tuned=qc.TUNED.format(dataset=DS, model=MODEL),  # stage tune (a no-op file when tune.enabled is false)
     output:
         qc.RESULT.format(dataset=DS, model=MODEL, direction="{direction}", method="{method}",
                          corruption="{corruption}", severity="{severity}"),
@@ -32,3 +33,27 @@ rule adapt:
     shell:
         "python stages/adapt.py --method {wildcards.method} --direction {wildcards.direction}"
         " --corruption {wildcards.corruption} --severity {wildcards.severity}{params.overrides}"
+
+
+# Hyperparameter selection on the validation split (src/qshift/tune.py): one job, every grid point.
+rule tune:
+    input:
+        DATASET_DIR,
+        MODEL_DIR,
+    output:
+        qc.TUNED.format(dataset=DS, model=MODEL),
+    params:
+        overrides=OVERRIDES,
+        cfg=stable_hash([config["seed"], config["amp"], config["adapt"], config.get("tune"), config["methods"]]),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+        gpu_model="",
+    log:
+        qc.LOGS["tune"].format(dataset=DS, model=MODEL),
+    conda:
+        ENV_FILE
+    shell:
+        "python stages/tune.py{params.overrides}"

@@ -14,7 +14,7 @@ def adapt_queries(w):
 
 def adapt_params(w):
     return stable_hash([config["seed"], config["adapt"]["batch_size"], config["adapt"]["steps"], config["amp"],
-                        config["methods"][w.method]])
+                        config["methods"][w.method], (config.get("tune") or {}).get("enabled")])
 
 
 def stream_params(w, side):
