@@ -51,7 +51,6 @@ def main() -> None:
                                registry.names() + [CLEAN] + sorted(named))
 
     run = Run(cfg["benchmark"], cfg["model"]["name"], args.direction, args.method, args.corruption, args.severity)
-    hparams, tuned = tuned_hparams(cfg, args.method, args.direction, TUNED.format(**run.key))
     log = cli.start_log(LOGS["adapt"].format(**run.key))
     set_threads(cfg.get("threads", 0))
     device = pick_device(cfg["device"])
@@ -62,6 +61,7 @@ def main() -> None:
         raise ConfigError(f"gallery embeddings were made with model {gallery['model']!r}, not {model.name!r}; "
                           f"rerun encode_gallery")
 
+    hparams, tuned = tuned_hparams(cfg, args.method, args.direction, TUNED.format(**run.key))  # stage tune
     ad = cfg["adapt"]
     if tuned:
         log.info(f"adapt: tuned on the validation split (stage tune): {tuned}")

@@ -111,3 +111,22 @@ def test_the_tune_stage_never_depends_on_test_data():
     assert "embeddings" not in deps and "queries" not in deps and "gallery" not in deps
     rule = (REPO / "workflow/rules/adapt.smk").read_text().split("rule tune:")[1].split("output:")[0]
     assert "GALLERY" not in rule and "QUERIES" not in rule and "adapt_queries" not in rule
+
+
+def test_report_prints_the_tuning_table(tmp_path, monkeypatch):
+    from test_stats import _synthetic_grid
+
+    from qshift import report
+    from qshift.config import TUNED
+
+    cfg = _synthetic_grid(tmp_path, monkeypatch)
+    doc = {"schema": 1, "enabled": True, "split": "val", "n_images": 500, "n_captions": 2500, "seconds": 12.0,
+           "corruptions": {"i2t": ["spatter-s3"]}, "table": [],
+           "best": {"tcr": {"i2t": {"lr": 0.01, "mean_r1": 40.0, "default_r1": 35.5}}}}
+    write_json(TUNED.format(dataset="builtin", model="qshift-tiny-clip"), doc)
+    summary = report.build_report(cfg, tmp_path / "reports", track=False)
+    md = (tmp_path / "reports/report.md").read_text()
+    assert "## Hyperparameters" in md and "validation split" in md
+    assert "| i2t | tcr | lr 0.01 | 40.0 | 35.5 |" in md
+    assert summary["tuned"]["tcr"]["i2t"]["lr"] == 0.01
+    assert "<h2>Hyperparameters</h2>" in (tmp_path / "reports/report.html").read_text()
