@@ -228,6 +228,13 @@ def test_matched_stream_gap_is_exactly_zero_for_source(world, tmp_path, monkeypa
     else:  # an adapting method: the stream changes what it scores
         assert any(r["gap"] != 0.0 for r in rows)
     assert all(c.get("matched") for t in tables.values() for c in t["rows"][method]["by_domain"].values())
+    if method == "source":  # and the report says so
+        summary = report.build_report(cfg, tmp_path / "reports", track=False)
+        md = (tmp_path / "reports/report.md").read_text()
+        assert "| seq (sequential) | source | gaussian_noise-s3 | 12 |" in md and "| +0.0 ±0.0 |" in md
+        assert all(r["gap"] == 0.0 for r in summary["streams_matched"]["i2t"])
+        seq = summary["streams"]["i2t"]["seq"]["methods"]["source"]
+        assert seq["r1"] == seq["alone_r1"]
 
 
 def test_mlflow_runs_get_lo_hi_companions(tmp_path, monkeypatch):

@@ -356,6 +356,11 @@ MATCHED_NOTE = ("Matched: each domain's R@1 in the stream against the same metho
                 "so its gaps are 0.")
 
 
+SEGMENTS_NOTE = ("Sequential streams, batch by batch: each domain segment's mean batch R@1 and its drift (a "
+                 "boundary batch mixes two domains, so these are not per-query numbers; the forgetting is the "
+                 "matched gap above).")
+
+
 def matched_reference(rows: list[dict], kind: str = "sequential") -> dict[str, dict[str, float]]:
     """{method: {domain: matched alone R@1}} of the given kind's streams (forgetting plots)."""
     out: dict[str, dict[str, float]] = {}
