@@ -94,6 +94,10 @@ def test_tune_reads_only_the_validation_split_and_adapt_reads_its_choice(tmp_pat
     best = out["best"]["tent"]["i2t"]
     assert best["mean_r1"] == max(r["mean_r1"] for r in rows)
     assert {"tent", "tcr"} == set(out["best"])
+    one = tune.validation_queries(manifest, "t2i", "char_swap", 2, tmp_path, captions_per_image=1)
+    assert one.n_captions == 12 and one.txt2img.tolist() == list(range(12))  # the first caption of each val image
+    val_sents = [im["sentences"][0]["sentid"] for im in doc["images"] if im["split"] == "val"]
+    assert one.sentids.tolist() == val_sents
     path = tmp_path / "tuned.json"
     write_json(path, out)
     hp, applied = tune.tuned_hparams(cfg, "tent", "i2t", path)

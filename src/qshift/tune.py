@@ -77,6 +77,9 @@ def validate_tune(cfg: dict) -> None:
                               f"corruptions — use validation-only types, e.g. gaussian_blur, spatter, saturate")
     if img.get("corruptions") and img.get("severity") not in range(1, 6):
         raise ConfigError(f"params: tune.image.severity is {img.get('severity')!r}; valid: 1..5")
+    cpi = txt.get("captions_per_image")
+    if cpi is not None and (isinstance(cpi, bool) or not isinstance(cpi, int) or cpi < 1):
+        raise ConfigError(f"params: tune.text.captions_per_image must be an integer >= 1 or null (all), got {cpi!r}")
     if txt.get("corruptions") and txt.get("level") not in range(1, 8):
         raise ConfigError(f"params: tune.text.level is {txt.get('level')!r}; valid: 1..7")
     for c in txt.get("corruptions") or []:
@@ -124,7 +127,8 @@ def _corruptions(cfg: dict, direction: str) -> tuple[list[str], int]:
     return list(side.get("corruptions") or []), int(side.get("severity" if direction == "i2t" else "level") or 0)
 
 
-def validation_queries(manifest: Path, direction: str, corruption: str, severity: int, workdir: Path, split=None):
+def validation_queries(manifest: Path, direction: str, corruption: str, severity: int, workdir: Path, split=None,
+                       captions_per_image: int | None = None):
     """The validation split's queries under one corruption (images in ``workdir``), seeded like
     the reported sets (``derive_seed(dataset, id, corruption, severity)``)."""
     from PIL import Image
@@ -149,9 +153,17 @@ def validation_queries(manifest: Path, direction: str, corruption: str, severity
         return dataclasses.replace(split, image_paths=paths)
     doc = read_manifest(manifest)
     raws = [s["raw"] for im in doc["images"] if im["split"] == "val" for s in im["sentences"]]
-    seeds = [derive_seed(split.dataset, int(sid), corruption, severity) for sid in split.sentids]
-    texts = corrupt_texts(corruption, raws, severity, seeds)
-    return dataclasses.replace(split, captions=[normalize_caption(t) for t in texts])
+    keep = np.arange(len(raws))
+    if captions_per_image:  # the first N captions of each image: a cheaper t2i stream
+        rank = np.zeros(len(raws), dtype=np.int64)
+        for i in range(1, len(raws)):
+            rank[i] = rank[i - 1] + 1 if split.txt2img[i] == split.txt2img[i - 1] else 0
+        keep = np.flatnonzero(rank < captions_per_image)
+    sentids = split.sentids[keep]
+    seeds = [derive_seed(split.dataset, int(sid), corruption, severity) for sid in sentids]
+    texts = corrupt_texts(corruption, [raws[i] for i in keep], severity, seeds)
+    return dataclasses.replace(split, sentids=sentids, txt2img=split.txt2img[keep],
+                               captions=[normalize_caption(t) for t in texts])
 
 
 def run_tune(cfg: dict, model, manifest: str | Path, log=None, progress: bool = False) -> dict:
@@ -177,14 +189,17 @@ def run_tune(cfg: dict, model, manifest: str | Path, log=None, progress: bool = 
     gallery = {"image": image, "text": text, "image_owner": torch.as_tensor(split.image_ids),
                "text_owner": torch.as_tensor(split.image_ids[split.txt2img])}
     methods = [m for m in cfg["tune"].get("methods") or [] if m in ad["methods"]]
-    doc.update(n_images=split.n_images, n_captions=split.n_captions, corruptions={})
+    cpi = (cfg["tune"].get("text") or {}).get("captions_per_image")
+    doc.update(n_images=split.n_images, n_captions=split.n_captions, corruptions={},
+               t2i_queries=split.n_images * cpi if cpi else split.n_captions)
     with tempfile.TemporaryDirectory(prefix="qshift-tune-") as tmp:
         for direction in ad["directions"]:
             names, sev = _corruptions(cfg, direction)
             if not names:
                 continue
             doc["corruptions"][direction] = [f"{c}-s{sev}" for c in names]
-            sets = {c: validation_queries(manifest, direction, c, sev, Path(tmp), split) for c in names}
+            cpi = (cfg["tune"].get("text") or {}).get("captions_per_image")
+            sets = {c: validation_queries(manifest, direction, c, sev, Path(tmp), split, cpi) for c in names}
             for method in methods:
                 points = grid(cfg, method, direction)
                 scores = []
@@ -227,7 +242,8 @@ def markdown_tuning(doc: dict) -> list[str]:
     """The report's tuning section (Markdown lines)."""
     if not doc.get("enabled"):
         return ["Hyperparameters: the params' values (tuning off: `tune.enabled: false`)."]
-    lines = [f"Selected on the **validation split** ({doc.get('n_images')} images / {doc.get('n_captions')} captions) "
+    lines = [f"Selected on the **validation split** ({doc.get('n_images')} images / {doc.get('n_captions')} captions; "
+             f"t2i tuning queries: {doc.get('t2i_queries', doc.get('n_captions'))}) "
              f"under validation-only corruptions ({'; '.join(f'{d}: ' + ', '.join(v) for d, v in doc.get('corruptions', {}).items())}), "
              f"never on the test split or a reported corruption; mean validation R@1 over those corruptions "
              f"(tuning took {doc.get('seconds', 0):.0f} s).", "",
