@@ -17,7 +17,7 @@ def main() -> None:
     import time
 
     from qshift.adapt import run_stream
-    from qshift.config import (GALLERY, LOGS, Run, check_method, experiment_name, is_variant, method_hparams,
+    from qshift.config import (GALLERY, LOGS, TUNED, Run, check_method, experiment_name, is_variant,
                                probes_angle, queries_path, streams)
     from qshift.tta.base import PROBE_KEY
     from qshift.corrupt import IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS
@@ -26,6 +26,9 @@ def main() -> None:
     from qshift.gallery import load_gallery
     from qshift.io import stable_hash, write_json
     from qshift.models import load_model
+    from qshift.outcomes import empty_outcomes, write_outcomes
+    from qshift.stats import check_and_interval
+    from qshift.tune import tuned_hparams
     from qshift.results import CLEAN, DIRECTIONS, SCHEMA, run_key
     from qshift.runtime import pick_device, provenance, set_threads
     from qshift.tracking import log_result, sweep_of, tracking_uri
@@ -52,9 +55,6 @@ def main() -> None:
                                registry.names() + [CLEAN] + sorted(named))
 
     run = Run(cfg["benchmark"], cfg["model"]["name"], args.direction, args.method, args.corruption, args.severity)
-    hparams = method_hparams(cfg, args.method, args.direction)
-    if probes_angle(cfg, args.method):  # an observation (params observe.grad_angle), not a hyperparameter
-        hparams[PROBE_KEY] = True
     log = cli.start_log(LOGS["adapt"].format(**run.key))
     set_threads(cfg.get("threads", 0))
     device = pick_device(cfg["device"])
@@ -65,20 +65,31 @@ def main() -> None:
         raise ConfigError(f"gallery embeddings were made with model {gallery['model']!r}, not {model.name!r}; "
                           f"rerun encode_gallery")
 
+    hparams, tuned = tuned_hparams(cfg, args.method, args.direction, TUNED.format(**run.key))  # stage tune
     ad = cfg["adapt"]
+    if probes_angle(cfg, args.method):  # an observation (params observe.grad_angle), not a hyperparameter
+        hparams[PROBE_KEY] = True
+    if tuned:
+        log.info(f"adapt: tuned on the validation split (stage tune): {tuned}")
     body = run_stream(model, base, hparams, args.direction, queries, gallery, batch_size=ad["batch_size"],
                       steps=ad["steps"], seed=cfg["seed"], num_workers=cfg["num_workers"], amp=cfg["amp"],
                       progress=cli.progress_enabled(args), desc=run_key(run.key))
+    outcomes = body.pop("outcomes", None)  # none for a diverged run (no ranks to keep)
     run_cfg = {"batch_size": ad["batch_size"], "steps": ad["steps"], "seed": cfg["seed"], "amp": cfg["amp"],
                "model_source": cfg["model"]["source"]}
     if is_variant(cfg, args.method):
         log.info(f"adapt: {args.method} is a variant of {base}: {body['hparams']}")
+    if tuned:
+        run_cfg["tuned"] = tuned
     result = {"schema": SCHEMA, "key": run.key, "run_key": run_key(run.key), **body, "run": run_cfg,
               **({"variant_of": base} if base != args.method else {}),
               "env": {**provenance(device), "params_hash": stable_hash({"hparams": body["hparams"], **run_cfg})},
               "finished_at": time.time(),
               "mlflow": {"logged": False, "run_id": None, "error": "not attempted yet"}}
     out = run.result_path
+    if outcomes is not None:
+        result["metrics_ci"] = check_and_interval(outcomes, result["metrics"], cfg["seed"], run.key)
+    write_outcomes(run.outcomes_path, outcomes if outcomes is not None else empty_outcomes())  # before the JSON
     write_json(out, result)  # the numbers are safe before tracking is attempted
     result["mlflow"] = log_result(result, tracking_uri(cfg), experiment_name(cfg), artifact=out,
                                   sweep=sweep_of(cfg))

@@ -128,7 +128,9 @@ def test_an_override_reruns_exactly_the_jobs_that_read_it(snake_repo):
 
     cfg = load_params(snake_repo / "params.yaml", ["methods.tcr.lr=1e-3"])
     n_tcr = sum(r.method == "tcr" for r in runs(cfg))
-    assert planned_jobs(snake_repo, "--config", "set=methods.tcr.lr=1e-3") == {"adapt": n_tcr, "report": 1, "all": 1}
+    downstream = {"report": 1, "observe": 1, "all": 1}  # what reads every results file
+    tune = {"tune": 1} if cfg["tune"]["enabled"] else {}  # tune reads every method's entry
+    assert planned_jobs(snake_repo, "--config", "set=methods.tcr.lr=1e-3") == {"adapt": n_tcr, **tune, **downstream}
     # the jobs read the resolved file (same typed values as the stage CLI would resolve)
     resolved = sorted((snake_repo / ".snakemake" / "qshift").glob("params-*.yaml"))
     assert any(load_params(p)["methods"]["tcr"]["lr"] == pytest.approx(1e-3) for p in resolved)
@@ -136,7 +138,7 @@ def test_an_override_reruns_exactly_the_jobs_that_read_it(snake_repo):
     n_methods = len(cfg["adapt"]["methods"])
     n_images = len(cfg["corrupt"]["image"]["names"])
     assert planned_jobs(snake_repo, "--config", "set=corrupt.image.severities=[3,5]") == {
-        "corrupt_images": n_images, "adapt": n_images * n_methods, "report": 1, "all": 1}
+        "corrupt_images": n_images, "adapt": n_images * n_methods, **downstream}
     # the YAML form keeps types (Snakemake reads nested values as strings)
     assert planned_jobs(snake_repo, "--config", "adapt={batch_size: 64}") == {}
 

@@ -26,11 +26,12 @@ from .progress import tqdm
 
 from .data.manifest import Split
 from .errors import ConfigError
-from .evaluation import topk_hits
+from .evaluation import hits_and_ranks
 from .gallery import make_loader, owners_for, query_owner
 from .models.base import RetrievalModel
 from .results import DIRECTIONS, RECALL_KS
 from .runtime import seed_everything
+from .outcomes import query_outcomes
 from .streams import majority, stream_info
 from .tta import build_method
 
@@ -60,6 +61,7 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
     loader = make_loader(model, q_mod, queries, order=order, batch_size=batch_size, num_workers=num_workers)
 
     hits = {k: 0 for k in RECALL_KS}
+    ranks: list[torch.Tensor] = []  # per query, in arrival order (qshift.outcomes)
     online = defaultdict(list)
     done = 0
     diverged = None
@@ -73,7 +75,8 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
             if reason is not None:  # NaN scores would still rank (topk): stop, report no R@K
                 diverged = {"batch": len(online["batch_size"]), "queries_seen": done + b, "reason": reason}
                 break
-            h = topk_hits(out.scores, owners[order[done:done + b]], g_owner)
+            h, rank = hits_and_ranks(out.scores, owners[order[done:done + b]], g_owner)
+            ranks.append(rank.cpu())
             for k in RECALL_KS:
                 hits[k] += int(h[k].sum())
             if q_dom is not None:
@@ -120,6 +123,7 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
         "hparams": dict(tta.hp),
         "steps": steps if tta.adapts else 0,
         "timing": {"seconds": seconds, "queries_per_s": n / seconds if seconds > 0 else None},
+        "outcomes": query_outcomes(queries, direction, order, torch.cat(ranks).numpy() if ranks else [], q_dom),
     }
 
 

@@ -34,6 +34,9 @@ STREAM_IMAGE_QUERIES = "data/queries/{dataset}/image-stream/{stream}"  # folder:
 STREAM_TEXT_QUERIES = "data/queries/{dataset}/text-stream/{stream}.json"  # a manifest
 GALLERY = "data/embeddings/{model}/{dataset}/gallery.pt"
 RESULT = "results/{dataset}/{model}/{direction}/{method}/{corruption}-s{severity}.json"
+# per-query outcomes beside each results file (qshift.outcomes), written by the same job
+OUTCOMES = "results/{dataset}/{model}/{direction}/{method}/{corruption}-s{severity}.npz"
+TUNED = "results/{dataset}/{model}/tuned.json"  # stage tune: hyperparameters chosen on the validation split
 # every stage mirrors its log here (Snakemake's `log:` directives name the same files)
 EXAMPLES_DIR = "{report}/corruptions"  # contact sheet + text examples (stage `examples`)
 LOGS = {
@@ -48,6 +51,7 @@ LOGS = {
     "adapt": "logs/adapt/{dataset}/{model}/{direction}/{method}/{corruption}-s{severity}.log",
     "report": "logs/report/{dataset}.log",
     "observe": "logs/observe/{dataset}.log",
+    "tune": "logs/tune/{dataset}/{model}.log",
 }
 
 
@@ -360,6 +364,9 @@ def validate(cfg: dict) -> None:
     validate_streams(cfg)
     validate_observe(cfg)
     validate_method_hparams(cfg)
+    from .tune import validate_tune
+
+    validate_tune(cfg)
 
 
 # hyperparameters that must be positive / non-negative whatever the method
@@ -564,6 +571,10 @@ class Run:
     @property
     def result_path(self) -> str:
         return RESULT.format(**self.key)
+
+    @property
+    def outcomes_path(self) -> str:
+        return OUTCOMES.format(**self.key)
 
 
 def query_cells(cfg: dict, direction: str) -> list[tuple[str, int]]:

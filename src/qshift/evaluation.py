@@ -25,6 +25,29 @@ def topk_hits(scores: torch.Tensor, query_owner: torch.Tensor, gallery_owner: to
     return {k: match[:, :k].any(1) for k in ks}
 
 
+def hits_and_ranks(scores: torch.Tensor, query_owner: torch.Tensor, gallery_owner: torch.Tensor,
+                   ks: Sequence[int] = RECALL_KS) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """:func:`topk_hits` plus each query's 0-based rank of its first correct gallery item.
+
+    The hits are exactly :func:`topk_hits`'s (the same top-K); a rank below ``max(ks)`` is the
+    position of the first match in that top-K, so ``rank < K`` reproduces hit@K bit for bit
+    (ties included). Beyond it, the rank counts the gallery items scoring strictly above the
+    best correct one (at least ``max(ks)``); a query with no correct item in the gallery gets
+    the gallery size.
+    """
+    kmax = min(max(ks), scores.shape[1])
+    top = scores.topk(kmax, dim=1).indices  # (B, kmax)
+    g_owner, q_owner = gallery_owner.to(top.device), query_owner.to(top.device)
+    match = g_owner[top] == q_owner[:, None]
+    hits = {k: match[:, :k].any(1) for k in ks}
+    correct = g_owner[None, :] == q_owner[:, None]  # (B, N)
+    best = scores.masked_fill(~correct, float("-inf")).max(1).values
+    beyond = (scores > best[:, None]).sum(1).clamp(min=kmax)
+    found = match.any(1)
+    rank = torch.where(found, match.int().argmax(1), beyond)
+    return hits, rank
+
+
 def recall_at_k(scores: torch.Tensor | np.ndarray, query_owner, gallery_owner,
                 ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
     """Recall@K in percent for a full (N_query, N_gallery) score matrix."""

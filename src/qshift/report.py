@@ -35,8 +35,8 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-from . import faults, paper, reportset
-from .config import EXAMPLES_DIR, MODEL_DIR, Run, query_cells, runs, streams
+from . import faults, paper, reportset, stats
+from .config import EXAMPLES_DIR, MODEL_DIR, TUNED, Run, query_cells, runs, streams
 from .corrupt.text import TEXT_LABELS, not_run_types
 from .errors import QShiftError
 from .io import atomic_path, write_json, write_text
@@ -433,7 +433,7 @@ def _save(fig, path: Path) -> None:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
 
 
-def plot_bars(table: dict, title: str, path: Path) -> None:
+def plot_bars(table: dict, title: str, path: Path, errors: dict | None = None) -> None:
     import numpy as np
 
     plt = _plt()
@@ -444,7 +444,9 @@ def plot_bars(table: dict, title: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(cols) + 2), 3.8))
     for i, m in enumerate(methods):
         vals = [table["rows"][m].get(c) for c in cols]
-        ax.bar(x + i * width - 0.4 + width / 2, [v if v is not None else 0 for v in vals], width, label=m)
+        err = None if errors is None else np.array([errors.get(m, {}).get(c, (0.0, 0.0)) for c in cols]).T
+        ax.bar(x + i * width - 0.4 + width / 2, [v if v is not None else 0 for v in vals], width, label=m,
+               yerr=err, capsize=2 if err is not None else 0, error_kw={"lw": 0.8})
     ax.set_xticks(x, cols, rotation=30, ha="right")
     ax.set_ylabel(f"{table.get('metric', 'R@1')} (%)")
     ax.set_title(title)
@@ -743,20 +745,36 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
             line = f"`{p.get('model')}`: pretrained `{p.get('source')}` ({p.get('parameters'):,} parameters), not trained here."
         md += ["## Source model", "", line, ""]
         h += ["<h2>Source model</h2>", f"<p>{_md_inline(line)}</p>"]
+    tuned = Path(TUNED.format(dataset=cfg["benchmark"], model=cfg["model"]["name"]))  # stage tune
+    if tuned.is_file():
+        from .tune import markdown_tuning
+
+        doc = json.loads(tuned.read_text())
+        lines = markdown_tuning(doc)
+        md += ["## Hyperparameters", ""] + lines + [""]
+        h += ["<h2>Hyperparameters</h2>", f"<p>{_md_inline(lines[0].replace('**', ''))}</p>"]
+        if len(lines) > 2:
+            h += [_html_grid([c.strip() for c in lines[2].strip("|").split("|")],
+                             [[c.strip() for c in row.strip("|").split("|")] for row in lines[4:]])]
+        summary["tuned"] = doc.get("best", {})
 
     for direction in cfg["adapt"]["directions"]:
         tables = {k: direction_table(cfg, direction, found, k, diverged) for k in METRICS}
+        unc = stats.direction_intervals(cfg, direction, found)  # bootstrap intervals (qshift.stats)
+        ci = stats.has_intervals(unc)
         summary["directions"][direction] = {
             m: {"avg_r1": row["Avg"], "clean_r1": row["Clean"],
                 "cells_r1": {c: row[c] for c in tables["R@1"]["columns"] if c not in ("Avg", "Clean")},
                 **({"diverged": tables["R@1"]["diverged"][m]} if m in tables["R@1"]["diverged"] else {}),
                 **({"avg_excludes": tables["R@1"]["avg_excludes"][m]} if m in tables["R@1"]["avg_excludes"]
-                   else {})}
+                   else {}),
+                **stats.summary_companions(unc).get(m, {})}
             for m, row in tables["R@1"]["rows"].items()}
         figs = {"r1": fig_dir / f"{direction}_r1.png", "online": fig_dir / f"{direction}_online.png",
                 "heatmap": fig_dir / f"{direction}_heatmap.png", "severity": fig_dir / f"{direction}_severity.png",
                 "forgetting": fig_dir / f"{direction}_forgetting.png"}
-        plot_bars(tables["R@1"], f"R@1 per query shift — {direction}", figs["r1"])
+        plot_bars(tables["R@1"], f"R@1 per query shift — {direction}", figs["r1"],
+                  errors=stats.error_bars(tables["R@1"], unc))
         plot_heatmap(tables["R@1"], f"R@1, method x shift — {direction} (second line: Δ to source)",
                      figs["heatmap"])
         plot_online(cfg, direction, found, figs["online"])
@@ -764,6 +782,11 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
         seq = sequential_curves(found, direction)
         reference = independent_r1(found, direction)
         st_tables = stream_tables(cfg, direction, found, reference)
+        matched = stats.matched_streams(cfg, direction, found, st_tables)  # same queries, by query id
+        if matched:
+            summary.setdefault("streams_matched", {})[direction] = matched
+            reference = {**reference, **{m: {**reference.get(m, {}), **d}
+                                         for m, d in stats.matched_reference(matched).items()}}
         if st_tables:
             summary.setdefault("streams", {})[direction] = {
                 name: {"kind": t["kind"], "domains": t["domains"],
@@ -777,10 +800,14 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
         cmp = paper_comparison(cfg, direction, found)
         delta = delta_table(tables["R@1"])
 
-        md += [f"## {DIRECTION_TITLE[direction]}", "", markdown_table(tables["R@1"]), ""]
+        md += [f"## {DIRECTION_TITLE[direction]}", "",
+               _md_grid(*stats.ci_rows(tables["R@1"], unc)) if ci else markdown_table(tables["R@1"]), ""]
         md += [avg_note(tables["R@1"]), ""] if avg_note(tables["R@1"]) else []
         if delta is not None and delta["rows"]:
-            md += ["Δ R@1 to `source`, per cell:", "", markdown_delta_table(delta), ""]
+            md += ["Δ R@1 to `source`, per cell:", "",
+                   _md_grid(*stats.delta_rows(unc)) if ci else markdown_delta_table(delta), ""]
+        md += [stats.note(unc), ""] if ci else []
+        md += [stats.missing_note(unc), ""] if stats.missing_note(unc) else []
         md += ([cmp["note"], ""] if not cmp["rows"] else [cmp["note"], "", markdown_paper_table(cmp), ""])
         flags = paper.base_deviations(cmp["rows"])
         if flags:
@@ -800,11 +827,14 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
             for name, t in st_tables.items():
                 if t["kind"] == "mixed" and t["rows"]:
                     md += [f"Mixed stream `{name}`, per domain:", "", _md_grid(*_mixed_domain_rows(name, t)), ""]
+            if matched:
+                md += [stats.MATCHED_NOTE, "", _md_grid(*stats.matched_rows(matched)), ""]
         if seq:
-            forget = forgetting_table(seq, dict(reference))
-            md += ["Sequential streams: each domain's mean R@1 in the stream against the same method adapted to "
-                   "that domain alone (gap < 0: the stream lost accuracy there).", "",
-                   markdown_forgetting_table(forget), "", f"![Forgetting](figures/{direction}_forgetting.png)", ""]
+            # with per-query outcomes the matched table above is the exact comparison; batch segments show drift
+            forget = forgetting_table(seq, None if matched else dict(reference))
+            md += [(stats.SEGMENTS_NOTE if matched else "Sequential streams: each domain's mean R@1 in the stream "
+                    "against the same method adapted to that domain alone (gap < 0: the stream lost accuracy there)."),
+                   "", markdown_forgetting_table(forget), "", f"![Forgetting](figures/{direction}_forgetting.png)", ""]
         md += ["<details><summary>R@5 and R@10</summary>", "", "R@5", "", markdown_table(tables["R@5"]), "",
                "R@10", "", markdown_table(tables["R@10"]), "", "</details>", ""]
 
@@ -812,6 +842,11 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
         for k in METRICS:
             h += [f"<h3>{_e(k)} (%)</h3>", html_table(tables[k])]
             h += [f"<p class='note'>{_e(avg_note(tables[k]))}</p>"] if avg_note(tables[k]) else []
+            if k == "R@1" and ci:
+                h += ["<h3>R@1 with 95% intervals; paired Δ to source</h3>", _html_grid(*stats.ci_rows(tables[k], unc)),
+                      _html_grid(*stats.delta_rows(unc)), f"<p class='note'>{_md_inline(stats.note(unc))}</p>"]
+        if stats.missing_note(unc):
+            h += [f"<p class='missing'>{_md_inline(stats.missing_note(unc).replace('**', ''))}</p>"]
         h += ["<p class='note'>Second line of a cell: the difference to <code>source</code> (the reference row); "
               "<b>Clean</b>: uncorrupted queries; <span class='best'>underlined</span>: best in its column.</p>"]
         h += ["<h3>Paper reference</h3>", f"<p class='note'>{_md_inline(cmp['note'])}</p>"]
@@ -836,6 +871,8 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
                 if t["kind"] == "mixed" and t["rows"]:
                     h += [f"<p>Mixed stream <code>{_e(name)}</code>, per domain:</p>",
                           _html_grid(*_mixed_domain_rows(name, t))]
+            if matched:
+                h += [f"<p class='note'>{_md_inline(stats.MATCHED_NOTE)}</p>", _html_grid(*stats.matched_rows(matched))]
         if seq:
             h += ["<h3>Sequential streams</h3>",
                   "<p class='note'>Each domain's mean R@1 in the stream against the same method adapted to that "

@@ -392,6 +392,7 @@ def _log(result: dict, uri: str, experiment: str, artifact, sweep: dict | None, 
     if sweep:
         tags.update({TAG_SWEEP: sweep["key"], TAG_PARENT: parent})
     metrics = {mlflow_metric_name(k): v for k, v in (result["metrics"] or {}).items()}  # none if diverged
+    metrics.update({mlflow_metric_name(k): v for k, v in (result.get("metrics_ci") or {}).items()})  # R_at_1_lo/_hi
     metrics.update({f"counter.{k}": v for k, v in result.get("counters", {}).items()})
     metrics.update({k: v for k, v in result.get("timing", {}).items() if v is not None})
     for dom, vals in (result.get("metrics_by_domain") or {}).items():  # multi-domain streams

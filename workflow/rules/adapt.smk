@@ -6,9 +6,16 @@ rule adapt:
         queries=adapt_queries,
         gallery=GALLERY,
         model=MODEL_DIR,
+        # stage tune (a no-op file when tune.enabled is false); ancient: a rerun of tune (e.g. for one
+        # method's changed entry) reruns only the adapt jobs whose own parameters changed; every
+        # job's params hash covers the `tune` section
+        tuned=ancient(qc.TUNED.format(dataset=DS, model=MODEL)),
     output:
         qc.RESULT.format(dataset=DS, model=MODEL, direction="{direction}", method="{method}",
                          corruption="{corruption}", severity="{severity}"),
+        # per-query outcomes (qshift.outcomes), written before the results file
+        qc.OUTCOMES.format(dataset=DS, model=MODEL, direction="{direction}", method="{method}",
+                           corruption="{corruption}", severity="{severity}"),
     params:
         cfg=adapt_params,
     threads: 1
@@ -29,3 +36,26 @@ rule adapt:
     shell:
         "python stages/adapt.py --method {wildcards.method} --direction {wildcards.direction}"
         " --corruption {wildcards.corruption} --severity {wildcards.severity}"
+
+
+# Hyperparameter selection on the validation split (src/qshift/tune.py): one job, every grid point.
+rule tune:
+    input:
+        DATASET_DIR,
+        MODEL_DIR,
+    output:
+        qc.TUNED.format(dataset=DS, model=MODEL),
+    params:
+        cfg=stable_hash([config["seed"], config["amp"], config["adapt"], config.get("tune"), config["methods"]]),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+        gpu_model="",
+    log:
+        qc.LOGS["tune"].format(dataset=DS, model=MODEL),
+    conda:
+        ENV_FILE
+    shell:
+        "python stages/tune.py"

@@ -14,7 +14,7 @@ def adapt_queries(w):
 
 def adapt_params(w):
     return stable_hash([config["seed"], config["adapt"]["batch_size"], config["adapt"]["steps"], config["amp"],
-                        _method_entry(w.method)])
+                        _method_entry(w.method), config.get("tune")])
 
 
 def _method_entry(method):

@@ -1,0 +1,255 @@
+"""Honest hyperparameter selection: stage ``tune`` (params ``tune``).
+
+For each method of ``tune.methods`` (within ``adapt.methods``) and each direction, a small grid
+— ``tune.lr``, and ``tune.tau`` for the entropy methods (tent, eata, sar, read, deyo) — is
+evaluated on the **validation split** of the dataset (``datasets.builtin.n_val``; never the
+test split: the gallery is the validation split's own, encoded here by the frozen source model)
+under **validation-only corruptions** that the reported grid never uses:
+
+- images: ``gaussian_blur``, ``spatter``, ``saturate`` (imagecorruptions' four extra types minus
+  ``speckle_noise``, which COCO-C reports) at ``tune.image.severity``;
+- text: ``tune.text.corruptions`` at ``tune.text.level`` — (type, level) cells the reported
+  grid does not run (default ``char_insert`` and ``char_delete`` at level 2: the built-in grid
+  reports ``ocr`` and ``char_replace`` at level 2; the paper presets report level 7 only).
+  Char/word types only (no seq2seq model needed).
+
+A reported image type, or a reported (text type, level) cell (``corrupt.*`` or a stream's
+domain), in ``tune`` is refused before any work.
+
+The score of a setting is its mean R@1 over the validation corruptions; the best (ties: the
+earlier grid point) per method and direction is written to ``config.TUNED``, which the adapt
+stage reads. The params' own value is always a candidate, so tuning never does worse on the
+validation split than the paper's hyperparameters. All grid points run in one process, model
+and validation gallery loaded once. ``tune.enabled: false`` (the paper presets) writes a file
+that changes nothing: the adapt stage runs the params' hyperparameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+
+ENTROPY_METHODS = ("tent", "eata", "sar", "read", "deyo")
+SCHEMA = 1
+
+
+def validate_tune(cfg: dict) -> None:
+    """Errors name the key, the bad value and the valid choices."""
+    from .corrupt import IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS
+
+    t = cfg.get("tune")
+    if t is None:
+        return
+    if not isinstance(t, dict):
+        raise ConfigError("params: tune must be a mapping (enabled, methods, lr, tau, image, text)")
+    if not isinstance(t.get("enabled", False), bool):
+        raise ConfigError(f"params: tune.enabled must be true or false, got {t.get('enabled')!r}")
+    from .tta import METHODS
+
+    for m in t.get("methods") or []:  # methods not in adapt.methods are simply not tuned
+        if m not in METHODS.names():
+            raise ConfigError(f"params: tune.methods has {m!r}; valid: {', '.join(METHODS.names())}")
+    for key in ("lr", "tau"):
+        vals = t.get(key) or []
+        if not isinstance(vals, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                                                 for v in vals):
+            raise ConfigError(f"params: tune.{key} must be a list of positive numbers, got {vals!r}")
+    # images: validation-only TYPES (never reported); text: (type, level) CELLS never reported
+    reported_img = set(cfg["corrupt"]["image"]["names"])
+    reported_txt = {(c, int(lv)) for c in cfg["corrupt"]["text"]["names"] for lv in cfg["corrupt"]["text"]["levels"]}
+    for spec in ((cfg.get("streams") or {}).get("image") or {}).values():
+        reported_img |= set(spec.get("corruptions", []))
+    for spec in ((cfg.get("streams") or {}).get("text") or {}).values():
+        reported_txt |= {(c, int(lv)) for c in spec.get("corruptions", []) for lv in spec.get("levels", [])}
+    img, txt = t.get("image") or {}, t.get("text") or {}
+    for c in img.get("corruptions") or []:
+        IMAGE_CORRUPTIONS.check(c)
+        if c in reported_img:
+            raise ConfigError(f"params: tune.image.corruptions has {c!r}, which the reported grid uses "
+                              f"(corrupt.image.names or a stream); tuning on it would select on the test "
+                              f"corruptions — use validation-only types, e.g. gaussian_blur, spatter, saturate")
+    if img.get("corruptions") and img.get("severity") not in range(1, 6):
+        raise ConfigError(f"params: tune.image.severity is {img.get('severity')!r}; valid: 1..5")
+    cpi = txt.get("captions_per_image")
+    if cpi is not None and (isinstance(cpi, bool) or not isinstance(cpi, int) or cpi < 1):
+        raise ConfigError(f"params: tune.text.captions_per_image must be an integer >= 1 or null (all), got {cpi!r}")
+    if txt.get("corruptions") and txt.get("level") not in range(1, 8):
+        raise ConfigError(f"params: tune.text.level is {txt.get('level')!r}; valid: 1..7")
+    for c in txt.get("corruptions") or []:
+        TEXT_CORRUPTIONS.check(c)
+        if (c, int(txt["level"])) in reported_txt:
+            raise ConfigError(f"params: tune.text has {c!r} at level {txt['level']}, a cell the reported grid uses "
+                              f"(corrupt.text or a stream); pick a type or level the grid does not report")
+    if t.get("text", {}).get("corruptions"):
+        from .corrupt.text import TEXT_CORRUPTIONS as T
+
+        for c in t["text"]["corruptions"]:
+            if T.get(c).group == "sentence":
+                raise ConfigError(f"params: tune.text.corruptions has sentence-level type {c!r}; "
+                                  f"use a char or word type")
+
+
+def enabled(cfg: dict) -> bool:
+    return bool((cfg.get("tune") or {}).get("enabled", False))
+
+
+def grid(cfg: dict, method: str, direction: str) -> list[dict]:
+    """The candidate settings of a method: the params' own value first, then lr (x tau)."""
+    from .config import method_hparams
+
+    t = cfg["tune"]
+    hp = method_hparams(cfg, method, direction)
+    axes = {}
+    if "lr" in hp and t.get("lr"):
+        axes["lr"] = list(t["lr"])
+    if method in ENTROPY_METHODS and "tau" in hp and t.get("tau"):
+        axes["tau"] = list(t["tau"])
+    if not axes:
+        return []
+    default = {k: hp[k] for k in axes}
+    points = [default] + [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+    unique = []
+    for p in points:
+        if all(not np.isclose([p[k] for k in axes], [q[k] for k in axes]).all() for q in unique):
+            unique.append(p)
+    return unique
+
+
+def _corruptions(cfg: dict, direction: str) -> tuple[list[str], int]:
+    side = cfg["tune"].get("image" if direction == "i2t" else "text") or {}
+    return list(side.get("corruptions") or []), int(side.get("severity" if direction == "i2t" else "level") or 0)
+
+
+def validation_queries(manifest: Path, direction: str, corruption: str, severity: int, workdir: Path, split=None,
+                       captions_per_image: int | None = None):
+    """The validation split's queries under one corruption (images in ``workdir``), seeded like
+    the reported sets (``derive_seed(dataset, id, corruption, severity)``)."""
+    from PIL import Image
+
+    from .corrupt import corrupt_image
+    from .corrupt.text import corrupt_texts
+    from .data.manifest import load_split, normalize_caption, read_manifest
+    from .io import derive_seed
+
+    split = split or load_split(manifest, "val")
+    if direction == "i2t":
+        paths = []
+        out = workdir / f"{corruption}-s{severity}"
+        out.mkdir(parents=True, exist_ok=True)
+        for imgid, src in zip(split.image_ids, split.image_paths):
+            with Image.open(src) as pil:
+                arr = np.asarray(pil.convert("RGB"))
+            img = corrupt_image(corruption, arr, severity, derive_seed(split.dataset, int(imgid), corruption, severity))
+            dst = out / f"{Path(src).stem}.jpg"
+            Image.fromarray(img).save(dst, quality=95)
+            paths.append(dst)
+        return dataclasses.replace(split, image_paths=paths)
+    doc = read_manifest(manifest)
+    raws = [s["raw"] for im in doc["images"] if im["split"] == "val" for s in im["sentences"]]
+    keep = np.arange(len(raws))
+    if captions_per_image:  # the first N captions of each image: a cheaper t2i stream
+        rank = np.zeros(len(raws), dtype=np.int64)
+        for i in range(1, len(raws)):
+            rank[i] = rank[i - 1] + 1 if split.txt2img[i] == split.txt2img[i - 1] else 0
+        keep = np.flatnonzero(rank < captions_per_image)
+    sentids = split.sentids[keep]
+    seeds = [derive_seed(split.dataset, int(sid), corruption, severity) for sid in sentids]
+    texts = corrupt_texts(corruption, [raws[i] for i in keep], severity, seeds)
+    return dataclasses.replace(split, sentids=sentids, txt2img=split.txt2img[keep],
+                               captions=[normalize_caption(t) for t in texts])
+
+
+def run_tune(cfg: dict, model, manifest: str | Path, log=None, progress: bool = False) -> dict:
+    """Evaluate every grid point; returns the tuned.json document."""
+    import torch
+
+    from .adapt import run_stream
+    from .config import method_hparams
+    from .data.manifest import load_split
+    from .gallery import encode_all
+
+    validate_tune(cfg)
+    doc = {"schema": SCHEMA, "enabled": enabled(cfg), "split": "val", "best": {}, "table": [], "seconds": 0.0}
+    if not doc["enabled"]:
+        return doc
+    t0 = time.perf_counter()
+    manifest = Path(manifest)
+    split = load_split(manifest, "val")
+    ad = cfg["adapt"]
+    with torch.no_grad():
+        image = encode_all(model, "image", split, ad["batch_size"], desc="val gallery images")
+        text = encode_all(model, "text", split, ad["batch_size"], desc="val gallery captions")
+    gallery = {"image": image, "text": text, "image_owner": torch.as_tensor(split.image_ids),
+               "text_owner": torch.as_tensor(split.image_ids[split.txt2img])}
+    methods = [m for m in cfg["tune"].get("methods") or [] if m in ad["methods"]]
+    cpi = (cfg["tune"].get("text") or {}).get("captions_per_image")
+    doc.update(n_images=split.n_images, n_captions=split.n_captions, corruptions={},
+               t2i_queries=split.n_images * cpi if cpi else split.n_captions)
+    with tempfile.TemporaryDirectory(prefix="qshift-tune-") as tmp:
+        for direction in ad["directions"]:
+            names, sev = _corruptions(cfg, direction)
+            if not names:
+                continue
+            doc["corruptions"][direction] = [f"{c}-s{sev}" for c in names]
+            cpi = (cfg["tune"].get("text") or {}).get("captions_per_image")
+            sets = {c: validation_queries(manifest, direction, c, sev, Path(tmp), split, cpi) for c in names}
+            for method in methods:
+                points = grid(cfg, method, direction)
+                scores = []
+                for p in points:
+                    hp = {**method_hparams(cfg, method, direction), **p}
+                    r1 = {c: run_stream(model, method, hp, direction, q, gallery, batch_size=ad["batch_size"],
+                                        steps=ad["steps"], seed=cfg["seed"], progress=progress)["metrics"]["R@1"]
+                          for c, q in sets.items()}
+                    mean = sum(r1.values()) / len(r1)
+                    scores.append(mean)
+                    doc["table"].append({"direction": direction, "method": method, **p, "r1": r1, "mean_r1": mean,
+                                         "default": p == points[0]})
+                    if log:
+                        log.info(f"tune {direction} {method} {p}: val R@1 {mean:.2f}")
+                if points:
+                    best = int(np.argmax(scores))  # first maximum: the earlier grid point
+                    doc["best"].setdefault(method, {})[direction] = {**points[best], "mean_r1": scores[best],
+                                                                     "default_r1": scores[0]}
+    doc["seconds"] = time.perf_counter() - t0
+    return doc
+
+
+def tuned_hparams(cfg: dict, method: str, direction: str, path: str | Path | None) -> tuple[dict, dict]:
+    """(hyperparameters for an adapt run, the tuned values applied): the params' own, with the
+    tuned values over them when tuning is on and the file has them for (method, direction)."""
+    from .config import method_hparams
+    from .io import read_json
+
+    hp = method_hparams(cfg, method, direction)
+    if not enabled(cfg) or path is None:
+        return hp, {}
+    doc = read_json(path, "tuned hyperparameters (stage tune)")
+    best = ((doc.get("best") or {}).get(method) or {}).get(direction) or {}
+    applied = {k: v for k, v in best.items() if k in hp}
+    hp.update(applied)
+    return hp, applied
+
+
+def markdown_tuning(doc: dict) -> list[str]:
+    """The report's tuning section (Markdown lines)."""
+    if not doc.get("enabled"):
+        return ["Hyperparameters: the params' values (tuning off: `tune.enabled: false`)."]
+    lines = [f"Selected on the **validation split** ({doc.get('n_images')} images / {doc.get('n_captions')} captions; "
+             f"t2i tuning queries: {doc.get('t2i_queries', doc.get('n_captions'))}) "
+             f"under validation-only corruptions ({'; '.join(f'{d}: ' + ', '.join(v) for d, v in doc.get('corruptions', {}).items())}), "
+             f"never on the test split or a reported corruption; mean validation R@1 over those corruptions "
+             f"(tuning took {doc.get('seconds', 0):.0f} s).", "",
+             "| Direction | Method | Chosen | Val R@1 (chosen) | Val R@1 (params' value) |", "|---|---|---|---:|---:|"]
+    for method, per in doc.get("best", {}).items():
+        for direction, b in per.items():
+            chosen = ", ".join(f"{k} {v:g}" for k, v in b.items() if k not in ("mean_r1", "default_r1"))
+            lines.append(f"| {direction} | {method} | {chosen} | {b['mean_r1']:.1f} | {b['default_r1']:.1f} |")
+    return lines
