@@ -62,9 +62,11 @@ def main() -> None:
     ad = cfg["adapt"]
     body = run_stream(model, args.method, hparams, args.direction, queries, gallery, batch_size=ad["batch_size"],
                       steps=ad["steps"], seed=cfg["seed"], num_workers=cfg["num_workers"], amp=cfg["amp"],
-                      progress=cli.progress_enabled(args), desc=run_key(run.key))
+                      progress=cli.progress_enabled(args), desc=run_key(run.key), order_kind=ad.get("order", "seeded"))
     run_cfg = {"batch_size": ad["batch_size"], "steps": ad["steps"], "seed": cfg["seed"], "amp": cfg["amp"],
                "model_source": cfg["model"]["source"]}
+    if ad.get("order", "seeded") != "seeded":  # recorded only when not the default (params_hash unchanged)
+        run_cfg["order"] = ad["order"]
     result = {"schema": SCHEMA, "key": run.key, "run_key": run_key(run.key), **body, "run": run_cfg,
               "env": {**provenance(device), "params_hash": stable_hash({"hparams": body["hparams"], **run_cfg})},
               "finished_at": time.time(),

@@ -168,6 +168,8 @@ def validate(cfg: dict) -> None:
         if m not in cfg["adapt"]["methods"]:
             raise ConfigError(f"params: adapt.clean_methods has {m!r}, which is not in adapt.methods "
                               f"({', '.join(cfg['adapt']['methods'])})")
+    if cfg["adapt"].get("order", "seeded") not in ("seeded", "reference"):  # qshift.adapt.ORDERS
+        raise ConfigError(f"params: adapt.order {cfg['adapt']['order']!r}; valid: seeded, reference")
     for d in cfg["adapt"]["directions"]:
         if d not in DIRECTIONS:
             raise ConfigError(f"params: adapt.directions has {d!r}; valid: {', '.join(DIRECTIONS)}")

@@ -13,8 +13,9 @@ def adapt_queries(w):
 
 
 def adapt_params(w):
+    order = config["adapt"].get("order", "seeded")  # in the hash only when not the default
     return stable_hash([config["seed"], config["adapt"]["batch_size"], config["adapt"]["steps"], config["amp"],
-                        config["methods"][w.method]])
+                        config["methods"][w.method]] + ([order] if order != "seeded" else []))
 
 
 def stream_params(w, side):
