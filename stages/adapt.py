@@ -54,10 +54,14 @@ def main() -> None:
     device = pick_device(cfg["device"])
     queries = load_split(queries_path(cfg, args.direction, args.corruption, args.severity), "test")
     gallery = load_gallery(GALLERY.format(model=run.model, dataset=run.dataset))
-    model = load_model(cfg["model"]["source"], device, cfg["model"].get("cache_dir"))
+    model = load_model(cfg["model"]["source"], device, cfg["model"].get("cache_dir"),
+                       preprocess=cfg["model"].get("preprocess", "native"))
     if gallery["model"] != model.name:
         raise ConfigError(f"gallery embeddings were made with model {gallery['model']!r}, not {model.name!r}; "
                           f"rerun encode_gallery")
+    if gallery.get("preprocess", "native") != model.preprocess:
+        raise ConfigError(f"gallery embeddings were made with model.preprocess {gallery.get('preprocess', 'native')!r}, "
+                          f"not {model.preprocess!r}; rerun encode_gallery")
 
     ad = cfg["adapt"]
     body = run_stream(model, args.method, hparams, args.direction, queries, gallery, batch_size=ad["batch_size"],

@@ -63,3 +63,85 @@ def test_paper_presets_use_the_reference_order(bench, order):
     raw = _params()
     cfg = presets.apply_preset({**raw, "benchmark": bench})
     assert cfg["adapt"].get("order", "seeded") == order
+
+
+# --------------------------------------------------------------------------------------------
+# model.preprocess: reference
+# --------------------------------------------------------------------------------------------
+# Captions and what the reference's own pre_caption (its data/utils.py, max_words=30) returns
+# for them: produced once by running that function outside this repository.
+REF_CAPTIONS = ['A man (left) rides: a "horse"!  ~ Now.', "Two\tdogs  play.\n", "  The  RED cat;#1 ... ",
+                " ".join(f"w{i}" for i in range(40)), "", "café ÜBER 日本!", "a\nb"]
+REF_PRE_CAPTION = ["a man left rides a horse now", "two\tdogs play", "the red cat 1",
+                   " ".join(f"w{i}" for i in range(30)), "", "café über 日本", "a\nb"]
+
+
+def test_reference_pre_caption_equals_the_reference_function():
+    from qshift.models.reference import reference_pre_caption
+
+    assert [reference_pre_caption(c) for c in REF_CAPTIONS] == REF_PRE_CAPTION
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    from test_models import make_open_clip_checkpoint, make_tiny_blip, make_tiny_hf_clip, register_tiny_open_clip_arch
+
+    root = tmp_path_factory.mktemp("ref-models")
+    arch = register_tiny_open_clip_arch(root / "configs")
+    return {"open_clip": f"open_clip:{arch}@{make_open_clip_checkpoint(root / 'oc.safetensors')}",
+            "hf-clip": f"hf-clip:{make_tiny_hf_clip(root / 'clip')}",
+            "hf-blip": f"hf-blip:{make_tiny_blip(root / 'blip')}"}
+
+
+def _reference_pipeline(size):
+    """The reference's transform_test (create_dataset), written from its definition."""
+    from torchvision import transforms
+    from torchvision.transforms.functional import InterpolationMode
+
+    normalize = transforms.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+    return transforms.Compose([transforms.Resize((size, size), interpolation=InterpolationMode.BICUBIC),
+                               transforms.ToTensor(), normalize])
+
+
+@pytest.mark.parametrize("kind", ["open_clip", "hf-clip", "hf-blip"])
+def test_reference_preprocess_equals_the_reference_pipeline(tiny_models, kind):
+    from PIL import Image
+
+    from qshift.models import load_model
+
+    ref = load_model(tiny_models[kind], preprocess="reference")
+    native = load_model(tiny_models[kind])
+    rng = np.random.default_rng(3)
+    ims = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((48, 64), (33, 50), (32, 32))]
+    pipe = _reference_pipeline(32)  # the tiny models' resolution
+    got = torch.stack([ref.image_transform()(im) for im in ims])
+    assert torch.equal(got, torch.stack([pipe(im) for im in ims]))
+    if kind == "hf-blip":  # BLIP's own processor squashes bicubic with CLIP's mean/std too
+        torch.testing.assert_close(got[0], native.image_transform()(ims[0]), atol=1e-5, rtol=0)
+    else:  # CLIPs natively resize the short side and centre-crop
+        assert not torch.allclose(got[0], native.image_transform()(ims[0]), atol=1e-2)
+    # captions: the reference's pre_caption first, then the backbone's own tokenizer
+    assert torch.equal(ref.tokenize(REF_CAPTIONS), native.tokenize(REF_PRE_CAPTION))
+    if kind != "hf-blip":  # BLIP already cleans natively; CLIPs did not
+        assert not torch.equal(ref.tokenize(["A dog!"]), native.tokenize(["A dog!"]))
+    # fp16 autocast for CLIPs on CUDA (the reference's fp16 CLIP), BLIP fp32; a no-op on CPU
+    assert ref.autocast_dtype == (None if kind == "hf-blip" else torch.float16) and native.autocast_dtype is None
+    with torch.no_grad():
+        assert torch.equal(ref.encode("image", got), native.encode("image", got))
+    assert ref.preprocess == "reference" and native.preprocess == "native"
+
+
+def test_unknown_preprocess_is_refused_before_loading(tiny_models):
+    from qshift.models import load_model
+
+    with pytest.raises(ConfigError, match="model.preprocess 'squash'; valid: native, reference"):
+        load_model("hf-clip:/does/not/exist", preprocess="squash")
+    with pytest.raises(ConfigError, match="params: model.preprocess 'squash'; valid: native, reference"):
+        qc.resolve(_params(), ["model.preprocess=squash"])
+
+
+@pytest.mark.parametrize("bench,value", [("builtin", "native"), ("coco-c", "reference"), ("flickr-c", "reference"),
+                                         ("qgs-coco", "reference"), ("qgs-flickr", "reference")])
+def test_paper_presets_use_the_reference_preprocessing(bench, value):
+    cfg = presets.apply_preset({**_params(), "benchmark": bench})
+    assert cfg["model"].get("preprocess", "native") == value
