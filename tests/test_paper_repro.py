@@ -145,3 +145,41 @@ def test_unknown_preprocess_is_refused_before_loading(tiny_models):
 def test_paper_presets_use_the_reference_preprocessing(bench, value):
     cfg = presets.apply_preset({**_params(), "benchmark": bench})
     assert cfg["model"].get("preprocess", "native") == value
+
+
+# --------------------------------------------------------------------------------------------
+# text corruptions: the reference's EDA / insert-punctuation
+# --------------------------------------------------------------------------------------------
+def test_word_corruptions_equal_the_reference_functions():
+    """RS, RD, IP and EDA's cleaning give exactly the reference's outputs for the same draws
+    (tests/data/reference/eda_golden.json says how the file was made)."""
+    import json
+
+    from qshift.corrupt import eda
+
+    golden = json.loads((REPO / "tests" / "data" / "reference" / "eda_golden.json").read_text())
+    assert len(golden["cases"]) == 105
+    for row in golden["cases"]:
+        c, p, seed = row["caption"], 0.05 * row["level"], row["seed"]
+        assert eda.clean(c) == row["clean"]
+        assert eda.random_swap(c, p, seed) == row["random_swap"], (c, row["level"], seed)
+        assert eda.random_delete(c, p, seed) == row["random_delete"], (c, row["level"], seed)
+        assert eda.insert_punct(c, p, seed) == row["insert_punct"], (c, row["level"], seed)
+
+
+def test_random_insert_uses_positions_before_the_last_word_and_eda_stop_words(monkeypatch):
+    from qshift.corrupt import eda
+
+    monkeypatch.setattr(eda, "synonyms", lambda w: ("zzz",) if w == "dog" else ())
+    for seed in range(40):  # EDA inserts at randint(0, len - 1): never after the last word
+        out = eda.random_insert("a dog runs", 0.05, seed).split()
+        assert out[-1] == "runs" or "zzz" not in out
+    assert "could" not in eda.STOP_WORDS and {"s", "t", "don"} <= eda.STOP_WORDS  # EDA's own list
+
+
+def test_char_corruptions_use_nlpaugs_defaults_like_the_reference():
+    from qshift.corrupt import text
+
+    ocr = text._ocr(0.35)
+    rand = text._random_char("insert")(0.35)
+    assert (ocr.aug_word_max, ocr.aug_char_max, rand.aug_word_max, rand.aug_char_max) == (10, 10, 10, 10)

@@ -2,7 +2,9 @@
 probability p = 0.05 * level.
 
 * char (nlpaug, offline): ``ocr`` (OCR, ``OcrAug``) and ``char_insert`` / ``char_replace`` /
-  ``char_swap`` / ``char_delete`` (CI/CR/CS/CD, ``RandomCharAug``), all with ``aug_word_p=p``.
+  ``char_swap`` / ``char_delete`` (CI/CR/CS/CD, ``RandomCharAug``), all with ``aug_word_p=p`` and
+  nlpaug's other defaults, as the reference scripts call them (at most 10 words and 10
+  characters per word; aug_char_p 0.3).
 * word (own code, :mod:`.eda`): ``synonym_replace`` / ``random_insert`` (SR/RI, WordNet
   offline), ``random_swap`` / ``random_delete`` (RS/RD), ``insert_punct`` (IP).
 * sentence (transformers seq2seq, :mod:`.seq2seq`): ``formal``, ``casual``, ``passive``,
@@ -66,14 +68,14 @@ def _nlpaug(make_aug) -> Callable[[str, float, int], str]:
 def _ocr(p: float):
     import nlpaug.augmenter.char as nac
 
-    return nac.OcrAug(aug_word_p=p, aug_word_max=None, aug_char_max=None)
+    return nac.OcrAug(aug_word_p=p)  # the reference's call: nlpaug's other defaults (e.g. at most 10 words)
 
 
 def _random_char(action: str):
     def make(p: float):
         import nlpaug.augmenter.char as nac
 
-        return nac.RandomCharAug(action=action, aug_word_p=p, aug_word_max=None, aug_char_max=None)
+        return nac.RandomCharAug(action=action, aug_word_p=p)  # the reference's call
 
     return make
 
