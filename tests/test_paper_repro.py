@@ -183,3 +183,89 @@ def test_char_corruptions_use_nlpaugs_defaults_like_the_reference():
     ocr = text._ocr(0.35)
     rand = text._random_char("insert")(0.35)
     assert (ocr.aug_word_max, ocr.aug_char_max, rand.aug_word_max, rand.aug_char_max) == (10, 10, 10, 10)
+
+
+# --------------------------------------------------------------------------------------------
+# corrupt.text.filter: the reference's semantic filter
+# --------------------------------------------------------------------------------------------
+FILTER_CAPTIONS = ["a man riding a wave on top of a surfboard", "two dogs play with a red frisbee in the park",
+                   "a kitchen with a stove a sink and a refrigerator", "", "a bus parked on the side of the road"]
+
+
+@pytest.fixture(scope="module")
+def filter_cfg(tmp_path_factory):
+    return {"corrupt": {"text": {"filter": {"model": "all-MiniLM-L6-v2", "min_cosine": 0.9, "max_tries": 4}}},
+            "model": {"cache_dir": str(tmp_path_factory.mktemp("cache"))}}
+
+
+def test_unknown_filter_model_is_refused_before_any_work():
+    with pytest.raises(ConfigError, match=r"params: corrupt.text.filter.model 'bogus' is not a known filter model "
+                                          r"or an existing folder; valid: all-MiniLM-L6-v2, "):
+        qc.resolve(_params(), ["corrupt.text.filter.model=bogus"])
+    with pytest.raises(ConfigError, match="corrupt.text.filter has unknown key 'tries'"):
+        qc.resolve(_params(), ["corrupt.text.filter={model: all-MiniLM-L6-v2, tries: 3}"])
+    qc.resolve(_params(), ["corrupt.text.filter=null"])  # null: no filter
+
+
+def test_filter_redraws_until_the_cosine_passes_and_keeps_the_last_draw(filter_cfg):
+    from qshift.corrupt import eda, semfilter
+    from qshift.corrupt.text import corrupt_texts, corrupt_texts_info
+
+    seeds = list(range(100, 100 + len(FILTER_CAPTIONS)))
+    out, info = corrupt_texts_info("random_delete", FILTER_CAPTIONS, 7, seeds, filter_cfg)
+    plain = corrupt_texts("random_delete", FILTER_CAPTIONS, 7, seeds)  # no filter: today's output
+    enc = semfilter.encoder_for(filter_cfg)
+    assert enc.path.endswith("sentence-encoders/all-MiniLM-L6-v2")  # extracted from the pinned wheel
+    tries, cos = info["tries"], info["cosine"]
+    assert tries[3] == 0 and out[3] == ""  # empty caption: untouched, not filtered
+    for i, c in enumerate(FILTER_CAPTIONS):
+        if not c:
+            continue
+        assert 1 <= tries[i] <= 4
+        # draw t is the corruption with seed try_seed(seed, t); the kept caption is the last draw
+        assert out[i] == eda.random_delete(c, 0.35, semfilter.try_seed(seeds[i], tries[i]))
+        expected = float(enc.encode([out[i]])[0] @ enc.encode([c])[0])
+        assert cos[i] == pytest.approx(expected, abs=1e-5)
+        assert cos[i] >= 0.9 or tries[i] == 4
+        if tries[i] == 1:
+            assert out[i] == plain[i]
+        else:  # every earlier draw was below the threshold
+            for t in range(1, tries[i]):
+                d = eda.random_delete(c, 0.35, semfilter.try_seed(seeds[i], t))
+                assert float(enc.encode([d])[0] @ enc.encode([c])[0]) < 0.9
+    s = info["summary"]
+    assert s["n_filtered"] == 4 and s["never_reached"] == sum(1 for i in range(5) if tries[i] and cos[i] < 0.9)
+    assert s["total_draws"] == sum(tries) and s["model"] == "all-MiniLM-L6-v2" and not s["reference_model"]
+    assert any(t > 1 for t in tries)  # RD at p = 0.35 fails the threshold at least once here
+    again, _ = corrupt_texts_info("random_delete", FILTER_CAPTIONS, 7, seeds, filter_cfg)
+    assert again == out  # deterministic
+
+
+def test_filter_applies_only_to_the_types_the_reference_filters(filter_cfg):
+    from qshift.corrupt import semfilter
+    from qshift.corrupt.text import corrupt_texts_info
+
+    assert set(semfilter.FILTERED) == {"synonym_replace", "random_insert", "random_swap", "random_delete",
+                                       "insert_punct", "formal", "casual", "passive", "active"}
+    for name in ("ocr", "char_replace"):
+        assert corrupt_texts_info(name, FILTER_CAPTIONS, 7, list(range(5)), filter_cfg)[1] is None
+
+
+def test_text_query_manifest_records_tries_and_never_reached(filter_cfg, tmp_path):
+    import json
+
+    from qshift.corrupt.build import build_text_queries
+    from qshift.data.builtin import generate_builtin
+
+    generate_builtin(tmp_path / "ds", n_train=0, n_val=0, n_test=4, image_size=16, seed=1)
+    manifest = tmp_path / "ds" / "manifest.json"
+    build_text_queries(manifest, tmp_path / "rs.json", "random_swap", 7, seed=1, progress=False, cfg=filter_cfg)
+    doc = json.loads((tmp_path / "rs.json").read_text())
+    f = doc["meta"]["filter"]
+    sents = [s for im in doc["images"] for s in im["sentences"] if im.get("split", "test") == "test"]
+    assert f["n_filtered"] == len(sents) == 20 and f["max_tries"] == 4
+    assert f["never_reached"] == sum(1 for s in sents if s["filter"]["cosine"] < 0.9)
+    assert all(1 <= s["filter"]["tries"] <= 4 for s in sents)
+    build_text_queries(manifest, tmp_path / "ocr.json", "ocr", 7, seed=1, progress=False, cfg=filter_cfg)
+    doc = json.loads((tmp_path / "ocr.json").read_text())
+    assert "filter" not in json.dumps(doc)  # not a filtered type: the file is as before

@@ -316,7 +316,8 @@ def dataset_params(cfg: dict) -> dict:
     """The ``datasets`` entry the selected benchmark runs on."""
     from .presets import dataset_cfg
 
-    return dataset_cfg(cfg) if "benchmarks" in cfg else cfg["datasets"][cfg["benchmark"]]
+    d = dataset_cfg(cfg) if "benchmarks" in cfg else cfg["datasets"][cfg["benchmark"]]
+    return {k: v for k, v in d.items() if k != "prebuilt"}  # prebuilt: the query stages' (qshift.data.prebuilt)
 
 
 def trains_model(cfg: dict) -> bool:

@@ -18,6 +18,14 @@ def adapt_params(w):
                         config["methods"][w.method]] + ([order] if order != "seeded" else []))
 
 
+def prebuilt_params():
+    """The authors' prebuilt folder (datasets.<name>.prebuilt) in a query rule's hash, only when set."""
+    from qshift.data.prebuilt import prebuilt_dir
+
+    root = prebuilt_dir(config)
+    return [] if root is None else [str(root)]
+
+
 def stream_params(w, side):
     """Hash of what a stream's query set depends on: the seed, its definition (and JPEG quality)."""
     spec = ((config.get("streams") or {}).get(side) or {}).get(w.stream)

@@ -48,7 +48,7 @@ rule corrupt_images:
         directory(qc.IMAGE_QUERIES.format(dataset=DS, corruption="{corruption}", severity="{severity}")),
     params:
         overrides=OVERRIDES,
-        cfg=stable_hash([config["seed"], config["corrupt"]["image"]["jpeg_quality"]]),
+        cfg=stable_hash([config["seed"], config["corrupt"]["image"]["jpeg_quality"]] + prebuilt_params()),
     # a process pool of corrupt.image.workers inside the job (0 = every core it is given)
     threads: config["corrupt"]["image"]["workers"] or workflow.cores
     resources:
@@ -69,7 +69,8 @@ rule corrupt_text:
         qc.TEXT_QUERIES.format(dataset=DS, corruption="{corruption}", severity="{severity}"),
     params:
         overrides=OVERRIDES,
-        cfg=stable_hash([config["seed"], {k: v for k, v in config["corrupt"]["text"].items() if k not in ("names", "levels")}]),
+        cfg=stable_hash([config["seed"], {k: v for k, v in config["corrupt"]["text"].items() if k not in ("names", "levels")}]
+                        + prebuilt_params()),
     threads: 1
     resources:
         mem_mb=2000,
