@@ -269,3 +269,108 @@ def test_text_query_manifest_records_tries_and_never_reached(filter_cfg, tmp_pat
     build_text_queries(manifest, tmp_path / "ocr.json", "ocr", 7, seed=1, progress=False, cfg=filter_cfg)
     doc = json.loads((tmp_path / "ocr.json").read_text())
     assert "filter" not in json.dumps(doc)  # not a filtered type: the file is as before
+
+
+# --------------------------------------------------------------------------------------------
+# datasets.<name>.prebuilt: the authors' COCO-C / Flickr-C files
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def authors_layout(tmp_path):
+    """A tiny dataset and a folder laid out like the authors' download (coco-IP / coco-TP)."""
+    import json
+    import shutil
+
+    from qshift.data.builtin import generate_builtin
+    from qshift.data.manifest import image_root, read_manifest
+
+    generate_builtin(tmp_path / "ds", n_train=0, n_val=0, n_test=4, image_size=16, seed=3, progress=False)
+    manifest = tmp_path / "ds" / "manifest.json"
+    doc = read_manifest(manifest)
+    test = [im for im in doc["images"] if im["split"] == "test"]
+    root = tmp_path / "tcr-data"
+    folder = root / "coco-IP" / "COCO_IP_fog_5" / "val2014"
+    folder.mkdir(parents=True)
+    for im in test:
+        shutil.copyfile(image_root(doc, manifest) / im.get("filepath", "") / im["filename"], folder / im["filename"])
+    ann = [{"image": f"val2014/{im['filename']}", "image_id": im["imgid"],
+            "caption": [f"corrupted {j} of {im['imgid']}" for j in range(5)] + ["a sixth"]} for im in test]
+    ann[0]["caption"][1] = ["a", "list", "caption"]  # nlpaug's list output, joined by the reference
+    for sub in ("annotation_OcrAug/7", "annotation_formal/1"):
+        (root / "coco-TP" / sub).mkdir(parents=True)
+        (root / "coco-TP" / sub / "coco_karpathy_test.json").write_text(json.dumps(ann))
+    return {"manifest": manifest, "root": root, "test": test, "folder": folder}
+
+
+def test_prebuilt_images_become_the_query_folder(authors_layout, tmp_path):
+    from qshift.data.manifest import read_manifest
+    from qshift.data.prebuilt import import_image_queries
+
+    out = tmp_path / "q" / "fog-s5"
+    n = import_image_queries(authors_layout["manifest"], out, "fog", 5, authors_layout["root"], seed=1)
+    assert n == 4
+    doc = read_manifest(out / "manifest.json")
+    assert [im["filename"] for im in doc["images"]] == [im["filename"] for im in authors_layout["test"]]
+    for im in doc["images"]:
+        assert (out / im["filename"]).read_bytes() == (authors_layout["folder"] / im["filename"]).read_bytes()
+        assert [s["raw"] for s in im["sentences"]] == [s["raw"] for s in next(
+            t for t in authors_layout["test"] if t["imgid"] == im["imgid"])["sentences"]]
+    assert doc["meta"]["prebuilt"].endswith("coco-IP/COCO_IP_fog_5") and doc["meta"]["corruption"] == "fog"
+
+
+def test_prebuilt_images_errors_name_the_path(authors_layout, tmp_path):
+    from qshift.data.prebuilt import import_image_queries
+    from qshift.errors import InputError
+
+    m, root = authors_layout["manifest"], authors_layout["root"]
+    with pytest.raises(InputError, match=r"prebuilt corruption folder not found: .*coco-IP/COCO_IP_snow_5"):
+        import_image_queries(m, tmp_path / "o", "snow", 5, root)
+    with pytest.raises(InputError, match=r"prebuilt folder not found: .*nowhere"):
+        import_image_queries(m, tmp_path / "o", "fog", 5, tmp_path / "nowhere")
+    extra = authors_layout["folder"] / "extra.jpg"
+    extra.write_bytes((authors_layout["folder"] / authors_layout["test"][0]["filename"]).read_bytes())
+    with pytest.raises(InputError, match=r"COCO_IP_fog_5 has 5 images, the test split 4 \(wrong image count"):
+        import_image_queries(m, tmp_path / "o", "fog", 5, root)
+    (authors_layout["folder"] / authors_layout["test"][1]["filename"]).unlink()
+    with pytest.raises(InputError, match=r"lacks 1 test images, e.g. " + authors_layout["test"][1]["filename"]):
+        import_image_queries(m, tmp_path / "o", "fog", 5, root)
+    assert not (tmp_path / "o").exists()
+
+
+def test_prebuilt_captions_become_the_query_manifest(authors_layout, tmp_path):
+    import json
+
+    from qshift.data.manifest import read_manifest
+    from qshift.data.prebuilt import import_text_queries
+
+    m, root = authors_layout["manifest"], authors_layout["root"]
+    assert import_text_queries(m, tmp_path / "ocr-s7.json", "ocr", 7, root) == 20  # first 5 of 6 captions
+    doc = read_manifest(tmp_path / "ocr-s7.json")
+    first = doc["images"][0]["sentences"]
+    assert first[0]["raw"] == f"corrupted 0 of {doc['images'][0]['imgid']}" and first[1]["raw"] == "a list caption"
+    assert first[0]["clean"] == authors_layout["test"][0]["sentences"][0]["raw"]
+    assert doc["meta"]["prebuilt_level"] == 7
+    import_text_queries(m, tmp_path / "formal-s7.json", "formal", 7, root)  # made once by the authors: level 1
+    assert read_manifest(tmp_path / "formal-s7.json")["meta"]["prebuilt_level"] == 1
+    bad = root / "coco-TP" / "annotation_OcrAug" / "7" / "coco_karpathy_test.json"
+    ann = json.loads(bad.read_text())
+    from qshift.errors import InputError
+
+    with pytest.raises(InputError, match=r"prebuilt caption file not found: .*annotation_rs/7/coco_karpathy_test.json"):
+        import_text_queries(m, tmp_path / "x.json", "random_swap", 7, root)
+    bad.write_text(json.dumps(ann[:3]))
+    with pytest.raises(InputError, match=r"does not match the test split: 3 entries, the test split has 4 images"):
+        import_text_queries(m, tmp_path / "x.json", "ocr", 7, root)
+    ann[2]["image"] = "val2014/other.jpg"
+    bad.write_text(json.dumps(ann))
+    with pytest.raises(InputError, match=r"does not match the test split: entry 2 is image 'other.jpg'"):
+        import_text_queries(m, tmp_path / "x.json", "ocr", 7, root)
+
+
+def test_prebuilt_is_read_from_the_selected_dataset():
+    from qshift.data.prebuilt import prebuilt_dir
+
+    cfg = qc.resolve(_params(), ["benchmark=coco-c", "datasets.coco.prebuilt=/data/tcr"])
+    assert str(prebuilt_dir(cfg)) == "/data/tcr"
+    assert prebuilt_dir(qc.resolve(_params(), ["benchmark=coco-c"])) is None
+    # the download/prepare stages do not depend on it (no rerun when it is set)
+    assert "prebuilt" not in qc.dataset_params(cfg)
