@@ -374,3 +374,65 @@ def test_prebuilt_is_read_from_the_selected_dataset():
     assert prebuilt_dir(qc.resolve(_params(), ["benchmark=coco-c"])) is None
     # the download/prepare stages do not depend on it (no rerun when it is set)
     assert "prebuilt" not in qc.dataset_params(cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# the report: the paper's Base per corruption, and where the queries came from
+# --------------------------------------------------------------------------------------------
+def _coco_c_grid():
+    return qc.resolve(_params(), ["benchmark=coco-c", "adapt.methods=[source, tcr]", "adapt.clean_methods=[source]"])
+
+
+def test_paper_column_covers_every_per_corruption_base_number():
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_report import make_doc
+
+    from qshift import paper, report
+
+    cfg = _coco_c_grid()
+    found = {r: make_doc(r) for r in qc.runs(cfg)}
+    i2t, t2i = report.paper_comparison(cfg, "i2t", found), report.paper_comparison(cfg, "t2i", found)
+    assert set(i2t["columns"]) == set(paper.IMAGE_CORRUPTIONS_16) | {"Avg"}
+    assert t2i["columns"] == list(paper.TEXT_TYPES_15) + ["Avg"]  # the paper's order, the 5 unrun types too
+    assert t2i["rows"]["source"]["Formal"] == (None, 56.6)  # not run here (no model): ours —, the paper's shown
+    assert t2i["rows"]["source"]["IP"][1] == 56.8 and i2t["rows"]["source"]["zoom_blur"][1] == 8.4
+    flagged = {f["column"] for f in paper.base_deviations(i2t["rows"])}
+    assert flagged == set(paper.IMAGE_CORRUPTIONS_16) | {"Avg"}  # the fake results are far from the paper's
+    flagged = {f["column"] for f in paper.base_deviations(t2i["rows"])}
+    assert flagged == {"OCR", "CI", "CR", "CS", "CD", "SR", "RI", "RS", "RD", "IP", "Avg"}  # ours — is not flagged
+    near = {r: make_doc(r) for r in qc.runs(cfg)}
+    for r, doc in near.items():  # a Base within 1 point of the paper's everywhere: no flag
+        ref = paper.lookup("coco", "blip-vit-b16", r.direction, r.method, r.corruption, r.severity)
+        if ref is not None:
+            doc["metrics"]["R@1"] = ref + 0.5
+    assert [f["column"] for f in paper.base_deviations(report.paper_comparison(cfg, "i2t", near)["rows"])] == []
+
+
+def test_paper_text_numbers_are_for_level_7_and_sentence_types_any_level():
+    from qshift import paper
+
+    assert paper.lookup("coco", "blip-vit-b16", "t2i", "source", "ocr", 7) == 31.4
+    assert paper.lookup("coco", "blip-vit-b16", "t2i", "source", "ocr", 2) is None
+    assert paper.lookup("coco", "blip-vit-b16", "t2i", "source", "formal", 1) == 56.6
+
+
+def test_report_says_which_filter_model_made_the_queries(tmp_path, monkeypatch):
+    import json
+
+    from qshift import report
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _coco_c_grid()
+    path = Path(qc.queries_path(cfg, "t2i", "random_swap", 7))
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"meta": {"filter": {"model": "all-MiniLM-L6-v2", "never_reached": 12,
+                                                    "n_filtered": 25000, "mean_tries": 1.4}}}))
+    line, info = report.query_provenance(cfg, "t2i")
+    assert "model all-MiniLM-L6-v2 — a documented deviation: the reference filters with " \
+           "sentence-transformers/paraphrase-mpnet-base-v2" in line and "RS 12/25000" in line
+    assert info["filter"]["RS"]["never_reached"] == 12
+    path.write_text(json.dumps({"meta": {"prebuilt": "/x/coco-TP/annotation_rs/7/coco_karpathy_test.json"}}))
+    line, _ = report.query_provenance(cfg, "t2i")
+    assert line.startswith("1 query sets are the TCR authors' prebuilt files")
