@@ -201,7 +201,9 @@ def filter_cfg(tmp_path_factory):
 def test_unknown_filter_model_is_refused_before_any_work():
     with pytest.raises(ConfigError, match=r"params: corrupt.text.filter.model 'bogus' is not a known filter model "
                                           r"or an existing folder; valid: all-MiniLM-L6-v2, "):
-        qc.resolve(_params(), ["corrupt.text.filter.model=bogus"])
+        qc.resolve(_params(), ["corrupt.text.filter={model: bogus}"])
+    with pytest.raises(ConfigError, match=r"params: corrupt.text.filter.model 'bogus' is not a known"):
+        qc.resolve(_params(), ["benchmark=coco-c", "corrupt.text.filter.model=bogus"])  # on in the preset
     with pytest.raises(ConfigError, match="corrupt.text.filter has unknown key 'tries'"):
         qc.resolve(_params(), ["corrupt.text.filter={model: all-MiniLM-L6-v2, tries: 3}"])
     qc.resolve(_params(), ["corrupt.text.filter=null"])  # null: no filter
@@ -436,3 +438,14 @@ def test_report_says_which_filter_model_made_the_queries(tmp_path, monkeypatch):
     path.write_text(json.dumps({"meta": {"prebuilt": "/x/coco-TP/annotation_rs/7/coco_karpathy_test.json"}}))
     line, _ = report.query_provenance(cfg, "t2i")
     assert line.startswith("1 query sets are the TCR authors' prebuilt files")
+
+
+@pytest.mark.parametrize("bench,on", [("builtin", False), ("coco-c", True), ("flickr-c", True)])
+def test_the_filter_is_on_for_the_paper_presets_and_off_for_the_builtin(bench, on):
+    from qshift.corrupt import semfilter
+
+    cfg = qc.resolve(_params(), [f"benchmark={bench}"])
+    s = semfilter.settings(cfg)
+    assert (s is not None) == on
+    if on:
+        assert (s["model"], s["min_cosine"], s["max_tries"]) == ("all-MiniLM-L6-v2", 0.9, 100)
