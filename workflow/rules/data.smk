@@ -69,7 +69,8 @@ rule corrupt_text:
         qc.TEXT_QUERIES.format(dataset=DS, corruption="{corruption}", severity="{severity}"),
     params:
         overrides=OVERRIDES,
-        cfg=stable_hash([config["seed"], {k: v for k, v in config["corrupt"]["text"].items() if k not in ("names", "levels")}]
+        cfg=stable_hash([config["seed"], {k: v for k, v in config["corrupt"]["text"].items()
+                                          if k not in ("names", "levels") and not (k == "filter" and v is None)}]
                         + prebuilt_params()),
     threads: 1
     resources:
