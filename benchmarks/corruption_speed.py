@@ -16,6 +16,9 @@ reference's path: cv2 read, the MM_Robustness function on BGR, cv2 JPEG write; f
 
     python benchmarks/corruption_speed.py [--n 32] [--workers 2] [--severities 3,5] [--size 640x480]
         [--implementations imagecorruptions,mm_robustness] [--frost-dir DIR]
+
+Then the text corruptions' semantic filter (corrupt.text.filter): its cost per 1,000 captions on
+CPU per filtered type (``--filter-captions N``, 0 skips it).
 """
 
 from __future__ import annotations
@@ -95,6 +98,9 @@ def main() -> None:
     ap.add_argument("--implementations", default=",".join(IMPLEMENTATIONS),
                     help="corrupt.image.implementation values to measure (default: both)")
     ap.add_argument("--frost-dir", default=None, help="mm_robustness frost textures (default: imagecorruptions')")
+    ap.add_argument("--filter-captions", type=int, default=200,
+                    help="captions per type for the semantic filter's cost (0 = skip)")
+    ap.add_argument("--filter-types", default="random_swap,random_delete,insert_punct,synonym_replace")
     args = ap.parse_args()
     impls = args.implementations.split(",")
     for impl in impls:
@@ -175,8 +181,49 @@ def report(impl, rows, sevs, workers, n, names, size) -> float:
                   f"({hours / workers:.1f} h wall on {workers} cores) at {size[0]}x{size[1]}")
     else:
         print("(CPU-hour estimates need all 16 corruptions)")
+    if args.filter_captions > 0:
+        filter_cost(args.filter_captions, args.filter_types.split(","))
     return total
 
 
 if __name__ == "__main__":
     main()
+
+
+def filter_cost(n: int, names: list[str], level: int = 7, model: str = "all-MiniLM-L6-v2") -> None:
+    """The semantic filter's cost (corrupt.text.filter, defaults min_cosine 0.9 / max_tries 100)
+    on ``n`` built-in test captions per type, on CPU: seconds per 1,000 captions, draws per
+    caption and captions that never reached the threshold."""
+    import tempfile as _tf
+
+    import torch
+
+    from qshift.corrupt import semfilter
+    from qshift.corrupt.text import corrupt_texts, corrupt_texts_info
+    from qshift.data.builtin import make_example
+
+    caps: list[str] = []
+    i = 0
+    while len(caps) < n:
+        caps += make_example(42, "test", i)[2]
+        i += 1
+    caps = caps[:n]
+    seeds = [derive_seed("bench", k) for k in range(n)]
+    with _tf.TemporaryDirectory(prefix="qshift-filter-") as cache:
+        cfg = {"corrupt": {"text": {"filter": {"model": model}}}, "model": {"cache_dir": cache}}
+        t = time.perf_counter()
+        semfilter.encoder_for(cfg)
+        print(f"\nsemantic filter ({model}, CPU, {torch.get_num_threads()} threads): load {time.perf_counter() - t:.1f} s "
+              f"(extracts the packaged weights once per cache)")
+        print(f"{'type':<18}{'plain s/1k':>11}{'filter s/1k':>12}{'draws/cap':>10}{'never':>7}  (level {level}, "
+              f"{n} built-in captions)")
+        for name in names:
+            t = time.perf_counter()
+            corrupt_texts(name, caps, level, seeds)
+            plain = time.perf_counter() - t
+            t = time.perf_counter()
+            _, info = corrupt_texts_info(name, caps, level, seeds, cfg)
+            dt = time.perf_counter() - t
+            s = info["summary"]
+            print(f"{name:<18}{plain * 1000 / n:>11.2f}{dt * 1000 / n:>12.1f}{s['mean_tries']:>10.2f}"
+                  f"{s['never_reached']:>7}")

@@ -60,10 +60,14 @@ def main() -> None:
     device = pick_device(cfg["device"])
     queries = load_split(queries_path(cfg, args.direction, args.corruption, args.severity), "test")
     gallery = load_gallery(GALLERY.format(model=run.model, dataset=run.dataset))
-    model = load_model(cfg["model"]["source"], device, cfg["model"].get("cache_dir"))
+    model = load_model(cfg["model"]["source"], device, cfg["model"].get("cache_dir"),
+                       preprocess=cfg["model"].get("preprocess", "native"))
     if gallery["model"] != model.name:
         raise ConfigError(f"gallery embeddings were made with model {gallery['model']!r}, not {model.name!r}; "
                           f"rerun encode_gallery")
+    if gallery.get("preprocess", "native") != model.preprocess:
+        raise ConfigError(f"gallery embeddings were made with model.preprocess {gallery.get('preprocess', 'native')!r}, "
+                          f"not {model.preprocess!r}; rerun encode_gallery")
 
     hparams, tuned = tuned_hparams(cfg, args.method, args.direction, TUNED.format(**run.key))  # stage tune
     ad = cfg["adapt"]
@@ -73,10 +77,12 @@ def main() -> None:
         log.info(f"adapt: tuned on the validation split (stage tune): {tuned}")
     body = run_stream(model, base, hparams, args.direction, queries, gallery, batch_size=ad["batch_size"],
                       steps=ad["steps"], seed=cfg["seed"], num_workers=cfg["num_workers"], amp=cfg["amp"],
-                      progress=cli.progress_enabled(args), desc=run_key(run.key))
+                      progress=cli.progress_enabled(args), desc=run_key(run.key), order_kind=ad.get("order", "seeded"))
     outcomes = body.pop("outcomes", None)  # none for a diverged run (no ranks to keep)
     run_cfg = {"batch_size": ad["batch_size"], "steps": ad["steps"], "seed": cfg["seed"], "amp": cfg["amp"],
                "model_source": cfg["model"]["source"]}
+    if ad.get("order", "seeded") != "seeded":  # recorded only when not the default (params_hash unchanged)
+        run_cfg["order"] = ad["order"]
     if is_variant(cfg, args.method):
         log.info(f"adapt: {args.method} is a variant of {base}: {body['hparams']}")
     if tuned:

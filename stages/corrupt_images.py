@@ -36,6 +36,16 @@ def main() -> None:
         n = merge_image_shards([shard_dir(out, i, args.merge_shards) for i in range(args.merge_shards)], out)
         log.info("corrupt_images: merged %d shards, %d images -> %s", args.merge_shards, n, out)
         return
+    from qshift.data.prebuilt import import_image_queries, prebuilt_dir
+
+    root = prebuilt_dir(cfg)
+    if root is not None:  # the authors' prebuilt images instead of generating them
+        if args.shard:
+            raise ConfigError("--shard builds images; with datasets.<name>.prebuilt set they are imported whole")
+        log = cli.start_log(log_path)
+        n = import_image_queries(MANIFEST.format(dataset=ds), out, args.corruption, args.severity, root, cfg["seed"])
+        log.info("corrupt_images: %d prebuilt images from %s -> %s", n, root, out)
+        return
     shard = parse_shard(args.shard) if args.shard else None
     if shard:
         out = str(shard_dir(out, *shard))

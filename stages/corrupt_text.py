@@ -24,6 +24,13 @@ def main() -> None:
     ds = cfg["benchmark"]
     log = cli.start_log(LOGS["corrupt_text"].format(dataset=ds, corruption=args.corruption, severity=args.level))
     out = TEXT_QUERIES.format(dataset=ds, corruption=args.corruption, severity=args.level)
+    from qshift.data.prebuilt import import_text_queries, prebuilt_dir
+
+    root = prebuilt_dir(cfg)
+    if root is not None:  # the authors' prebuilt captions instead of generating them
+        n = import_text_queries(MANIFEST.format(dataset=ds), out, args.corruption, args.level, root, seed=cfg["seed"])
+        log.info("corrupt_text: %d prebuilt captions from %s -> %s", n, root, out)
+        return
     n = build_text_queries(MANIFEST.format(dataset=ds), out, args.corruption, args.level, seed=cfg["seed"],
                            progress=cli.progress_enabled(args), cfg=cfg)
     log.info("corrupt_text: %d captions -> %s", n, out)

@@ -17,7 +17,8 @@ def main() -> None:
     cfg = cli.load(args)
     log = cli.start_log(LOGS["encode_gallery"].format(model=cfg["model"]["name"], dataset=cfg["benchmark"]))
     set_threads(cfg.get("threads", 0))
-    model = load_model(cfg["model"]["source"], pick_device(cfg["device"]), cfg["model"].get("cache_dir"))
+    model = load_model(cfg["model"]["source"], pick_device(cfg["device"]), cfg["model"].get("cache_dir"),
+                       preprocess=cfg["model"].get("preprocess", "native"))
     out = GALLERY.format(model=cfg["model"]["name"], dataset=cfg["benchmark"])
     stats = encode_gallery(model, MANIFEST.format(dataset=cfg["benchmark"]), out, cfg["model"]["batch_size"],
                            cfg["num_workers"])

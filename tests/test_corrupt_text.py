@@ -124,9 +124,11 @@ def test_insert_punct_adds_marks_only():
     assert counts[1] > counts[0]
 
 
-def test_eda_lowercases_and_strips_punctuation_but_keeps_unicode_letters():
+def test_eda_lowercases_and_keeps_only_a_to_z_as_the_reference_eda():
     assert eda.normalize("A dog's ball, on the mat-top!") == ["a", "dogs", "ball", "on", "the", "mat", "top"]
-    assert eda.normalize("Ein Hund läuft über die Straße 🐕") == ["ein", "hund", "läuft", "über", "die", "straße"]
+    # EDA's get_only_chars: every character outside a-z (digits, accents, emoji) becomes a space
+    assert eda.normalize("Ein Hund läuft über die Straße 2 🐕") == ["ein", "hund", "l", "uft", "ber", "die", "stra", "e"]
+    assert eda.random_swap("日本 東京", 0.35, 0) == "日本 東京"  # nothing left after cleaning: unchanged
 
 
 def _synonym_words(words: list[str], depth: int) -> set[str]:

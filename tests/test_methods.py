@@ -453,8 +453,12 @@ def test_plpd_sign():
 def test_deyo_weights():
     ent = _t([0.1, 0.4, 0.2, 0.3, 0.6])  # k = max(int(0.4*5), 1) = 2 -> thr 0.2
     pl = _t([0.5, 0.0, 0.1, 0.2, 0.3])
-    expected = [1 / (math.exp(e - 0.2) + 0.1) + 1 / (math.exp(-p) + 0.1) for e, p in zip(ent.tolist(), pl.tolist())]
+    # the reference's grouping: the PLPD term is 1/exp(-PLPD) + 0.1 = exp(PLPD) + 0.1
+    expected = [1 / (math.exp(e - 0.2) + 0.1) + math.exp(p) + 0.1 for e, p in zip(ent.tolist(), pl.tolist())]
     assert deyo_weights(ent, pl, 0.4).tolist() == pytest.approx(expected, rel=1e-6)
+    # hand-computed: E = thr (0.2), PLPD 0.1 -> 1/1.1 + e^0.1 + 0.1; PLPD 0 (text queries) -> 1/1.1 + 1.1
+    w = deyo_weights(_t([0.2, 0.2]), _t([0.1, 0.0]), 0.4).tolist()
+    assert w == pytest.approx([1 / 1.1 + 1.1051709180756477 + 0.1, 1 / 1.1 + 1.1], rel=1e-6)
 
 
 def test_deyo_keeps_only_positive_plpd_for_images(model, gallery, monkeypatch):

@@ -36,13 +36,23 @@ from .streams import majority, stream_info
 from .tta import build_method
 
 
-def stream_order(n: int, seed: int) -> np.ndarray:
+# adapt.order: `seeded` permutes with the run's seed; `reference` is the TCR reference code's
+# order, a single-process DistributedSampler(shuffle=True) (seed 0, epoch 0): torch.randperm(n)
+# with a torch.Generator seeded 0 + 0, whatever the run's seed
+ORDERS = ("seeded", "reference")
+
+
+def stream_order(n: int, seed: int, kind: str = "seeded") -> np.ndarray:
+    if kind == "reference":
+        return torch.randperm(n, generator=torch.Generator().manual_seed(0)).numpy()
+    if kind != "seeded":
+        raise ConfigError(f"adapt.order {kind!r}; valid: {', '.join(ORDERS)}")
     return np.random.default_rng(seed).permutation(n)
 
 
 def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str, queries: Split, gallery: dict,
                batch_size: int = 64, steps: int = 3, seed: int = 42, num_workers: int = 0, amp: bool = False,
-               progress: bool = True, desc: str = "") -> dict:
+               progress: bool = True, desc: str = "", order_kind: str = "seeded") -> dict:
     """Adapt-and-score over the stream; returns the metrics/online/counters part of a results file."""
     if direction not in DIRECTIONS:
         raise ConfigError(f"direction {direction!r}; valid: {', '.join(DIRECTIONS)}")
@@ -51,7 +61,7 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
     owners = torch.as_tensor(query_owner(queries, direction))
     n = len(owners)
     info = stream_info(queries, direction)
-    order = info["order"] if info is not None and info["order"] is not None else stream_order(n, seed)
+    order = info["order"] if info is not None and info["order"] is not None else stream_order(n, seed, order_kind)
     if len(order) != n:
         raise ConfigError(f"query order has {len(order)} entries for {n} queries")
     q_dom = None if info is None else [info["query_domain"][i] for i in order]  # in arrival order

@@ -328,6 +328,8 @@ def validate(cfg: dict) -> None:
     if scheme not in MODEL_SCHEMES:
         raise ConfigError(f"params: model.source {cfg['model'].get('source')!r} must look like SCHEME:IDENTIFIER; "
                           f"schemes: {', '.join(MODEL_SCHEMES)}")
+    if cfg["model"].get("preprocess", "native") not in ("native", "reference"):  # qshift.models.reference
+        raise ConfigError(f"params: model.preprocess {cfg['model']['preprocess']!r}; valid: native, reference")
     if not isinstance(cfg["model"].get("cache_dir", ""), str):
         raise ConfigError(f"params: model.cache_dir must be a path, got {cfg['model']['cache_dir']!r}")
     image = cfg["corrupt"]["image"]
@@ -348,6 +350,8 @@ def validate(cfg: dict) -> None:
         if m not in cfg["adapt"]["methods"]:
             raise ConfigError(f"params: adapt.clean_methods has {m!r}, which is not in adapt.methods "
                               f"({', '.join(cfg['adapt']['methods'])})")
+    if cfg["adapt"].get("order", "seeded") not in ("seeded", "reference"):  # qshift.adapt.ORDERS
+        raise ConfigError(f"params: adapt.order {cfg['adapt']['order']!r}; valid: seeded, reference")
     for d in cfg["adapt"]["directions"]:
         if d not in DIRECTIONS:
             raise ConfigError(f"params: adapt.directions has {d!r}; valid: {', '.join(DIRECTIONS)}")
@@ -630,7 +634,8 @@ def dataset_params(cfg: dict) -> dict:
     """The ``datasets`` entry the selected benchmark runs on."""
     from .presets import dataset_cfg
 
-    return dataset_cfg(cfg) if "benchmarks" in cfg else cfg["datasets"][cfg["benchmark"]]
+    d = dataset_cfg(cfg) if "benchmarks" in cfg else cfg["datasets"][cfg["benchmark"]]
+    return {k: v for k, v in d.items() if k != "prebuilt"}  # prebuilt: the query stages' (qshift.data.prebuilt)
 
 
 def trains_model(cfg: dict) -> bool:

@@ -83,6 +83,8 @@ def encode_gallery(model: RetrievalModel, manifest: str | Path, out: str | Path,
     doc = {"image": image, "text": text,
            "image_owner": torch.as_tensor(split.image_ids), "text_owner": torch.as_tensor(split.image_ids[split.txt2img]),
            "model": model.name, "manifest_sha256": sha256_file(manifest)}
+    if model.preprocess != "native":  # recorded only when not the default (files unchanged)
+        doc["preprocess"] = model.preprocess
     with atomic_path(out, ".pt") as tmp, open(tmp, "wb") as fh:
         # saved through a file object: torch.save(doc, <path>) stores the (temporary) file name
         # inside the archive, so two identical encodes would differ in bytes (DVC: "changed")

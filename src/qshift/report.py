@@ -200,6 +200,10 @@ def paper_comparison(cfg: dict, direction: str, found: dict[Run, dict]) -> dict:
     cells, labels = _cells(cfg, direction)
     table = direction_table(cfg, direction, found, "R@1")
     wanted = [(c, s, lab) for (c, s), lab in zip(cells, labels)] + [("avg", None, "Avg"), (CLEAN, 0, "Clean")]
+    if direction == "t2i":  # listed types that cannot run here still show the paper's number (ours: —)
+        levels = cfg["corrupt"]["text"]["levels"]
+        multi = len({s for _, s in cells} | set(levels)) > 1
+        wanted[len(cells):len(cells)] = [(n, lv, cell_label(n, lv, multi)) for n in not_run_types(cfg) for lv in levels]
     columns, rows = [], {}
     for method in cfg["adapt"]["methods"]:
         for c, s, lab in wanted:
@@ -210,12 +214,52 @@ def paper_comparison(cfg: dict, direction: str, found: dict[Run, dict]) -> dict:
                 columns.append(lab)
             rows.setdefault(method, {})[lab] = (table["rows"][method].get(lab), ref)
     columns = [lab for _, _, lab in wanted if lab in columns]
+    order = {lab: i for i, lab in enumerate(TEXT_LABELS.get(c, c) for c in paper.TEXT_TYPES_15.values())}
+    if direction == "t2i":  # the paper's order of the 15 types, whatever ran
+        columns.sort(key=lambda lab: (lab in ("Avg", "Clean"), order.get(lab.split(" ")[0], len(order))))
     note = f"Paper: {paper.conditions(dataset, model, direction) or 'TCR paper'} ({m[0]} / {m[1]})."
     if not rows:
         note += " It has no number for any cell of this grid (image corruptions need severity 5)."
     elif "Avg" in columns:
         note += " The paper's Avg is over all of its corruptions; ours over this grid's."
     return {"match": m, "columns": columns, "rows": rows, "note": note}
+
+
+def query_provenance(cfg: dict, direction: str) -> tuple[str | None, dict]:
+    """Where this direction's query sets came from (the authors' prebuilt files, and for
+    captions which semantic-filter model re-drew them), read from the query manifests."""
+    from .config import queries_path
+    from .corrupt.semfilter import REFERENCE_MODEL
+
+    info: dict = {"prebuilt": [], "filter": {}}
+    for c, s in query_cells(cfg, direction):
+        if c == CLEAN:
+            continue
+        path = Path(queries_path(cfg, direction, c, s))
+        path = path / "manifest.json" if path.is_dir() else path
+        try:
+            meta = json.loads(path.read_text()).get("meta") or {}
+        except (OSError, ValueError):
+            continue
+        if meta.get("prebuilt"):
+            info["prebuilt"].append(c)
+        if meta.get("filter"):
+            f = meta["filter"]
+            info["filter"][TEXT_LABELS.get(c, c)] = {k: f.get(k) for k in ("model", "never_reached", "n_filtered",
+                                                                             "mean_tries")}
+    parts = []
+    if info["prebuilt"]:
+        parts.append(f"{len(info['prebuilt'])} query sets are the TCR authors' prebuilt files "
+                     f"(datasets.*.prebuilt).")
+    if info["filter"]:
+        models = sorted({f["model"] for f in info["filter"].values()})
+        dev = "" if models == [REFERENCE_MODEL] else (f" — a documented deviation: the reference filters with "
+                                                      f"{REFERENCE_MODEL}")
+        counts = ", ".join(f"{lab} {f['never_reached']}/{f['n_filtered']}" for lab, f in info["filter"].items())
+        parts.append(f"Semantic filter (cosine >= threshold to the original caption, re-drawn as the reference "
+                     f"does): model {', '.join(models)}{dev}. Captions that never reached the threshold (kept "
+                     f"as the last draw): {counts}.")
+    return (" ".join(parts) or None), info
 
 
 def markdown_paper_table(cmp: dict) -> str:
@@ -809,6 +853,10 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
         md += [stats.note(unc), ""] if ci else []
         md += [stats.missing_note(unc), ""] if stats.missing_note(unc) else []
         md += ([cmp["note"], ""] if not cmp["rows"] else [cmp["note"], "", markdown_paper_table(cmp), ""])
+        prov_line, prov = query_provenance(cfg, direction)
+        if prov_line:
+            md += [prov_line, ""]
+            summary.setdefault("query_provenance", {})[direction] = prov
         flags = paper.base_deviations(cmp["rows"])
         if flags:
             flag_line = (f"**Check the set-up:** the reproduced Base (`source`, no adaptation) deviates from the paper's "

@@ -13,8 +13,9 @@ def adapt_queries(w):
 
 
 def adapt_params(w):
+    order = config["adapt"].get("order", "seeded")  # in the hash only when not the default
     return stable_hash([config["seed"], config["adapt"]["batch_size"], config["adapt"]["steps"], config["amp"],
-                        _method_entry(w.method), config.get("tune")])
+                        _method_entry(w.method), config.get("tune")] + ([order] if order != "seeded" else []))
 
 
 def _method_entry(method):
@@ -23,6 +24,14 @@ def _method_entry(method):
         return config["methods"][method]
     return [config["methods"][method], _method_entry(config["methods"][method][qc.VARIANT_KEY])] \
         if config["methods"][method][qc.VARIANT_KEY] in config["methods"] else [config["methods"][method]]
+
+
+def prebuilt_params():
+    """The authors' prebuilt folder (datasets.<name>.prebuilt) in a query rule's hash, only when set."""
+    from qshift.data.prebuilt import prebuilt_dir
+
+    root = prebuilt_dir(config)
+    return [] if root is None else [str(root)]
 
 
 def stream_params(w, side):

@@ -48,7 +48,7 @@ rule corrupt_images:
         directory(qc.IMAGE_QUERIES.format(dataset=DS, corruption="{corruption}", severity="{severity}")),
     params:
         cfg=stable_hash([config["seed"], config["corrupt"]["image"]["jpeg_quality"],
-                         *implementation_params(config["corrupt"]["image"])]),
+                         *implementation_params(config["corrupt"]["image"])] + prebuilt_params()),
     # a process pool of corrupt.image.workers inside the job (0 = every core it is given)
     threads: config["corrupt"]["image"]["workers"] or workflow.cores
     resources:
@@ -69,7 +69,9 @@ rule corrupt_text:
     output:
         qc.TEXT_QUERIES.format(dataset=DS, corruption="{corruption}", severity="{severity}"),
     params:
-        cfg=stable_hash([config["seed"], {k: v for k, v in config["corrupt"]["text"].items() if k not in ("names", "levels")}]),
+        cfg=stable_hash([config["seed"], {k: v for k, v in config["corrupt"]["text"].items()
+                                          if k not in ("names", "levels") and not (k == "filter" and v is None)}]
+                        + prebuilt_params()),
     threads: 1
     resources:
         mem_mb=2000,

@@ -53,7 +53,7 @@ rule encode_gallery:
     output:
         GALLERY,
     params:
-        cfg=stable_hash(config["model"]),
+        cfg=stable_hash({k: v for k, v in config["model"].items() if not (k == "preprocess" and v == "native")}),
     threads: 1
     resources:
         mem_mb=4000,

@@ -13,6 +13,7 @@ corruption, severity) only, so serial, pooled and sharded builds write identical
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from ..faults import point as fault_point
 from ..io import atomic_dir, derive_seed
 from .image import corrupt_image
 from .text import TEXT_CORRUPTIONS
+
+log = logging.getLogger("qshift.corrupt")
 
 
 def _test_images(doc: dict) -> list[dict]:
@@ -291,7 +294,7 @@ def build_text_queries(manifest: str | Path, out: str | Path, corruption: str, l
     device of the model-based types, which are generated in batches over all captions at once;
     without a configured model they raise ``ModelNotConfigured`` before any work is done."""
     from . import seq2seq
-    from .text import corrupt_texts, validate_text_params
+    from .text import corrupt_texts_info, validate_text_params
 
     from .text import _check_level
 
@@ -313,21 +316,33 @@ def build_text_queries(manifest: str | Path, out: str | Path, corruption: str, l
     sentences = [s for im in images for s in im["sentences"]]
     seeds = [derive_seed(dataset, s["sentid"], corruption, level) for s in sentences]
     try:
-        texts = corrupt_texts(corruption, [s["raw"] for s in sentences], level, seeds, cfg, progress=progress)
+        texts, filt = corrupt_texts_info(corruption, [s["raw"] for s in sentences], level, seeds, cfg,
+                                         progress=progress)
     except InputError as e:
         raise InputError(f"{manifest}: {e}") from None
     corrupted = iter(texts)
+    record = iter(zip(filt["tries"], filt["cosine"])) if filt is not None else None
     entries = []
     for im in images:
         sents = []
         for s in im["sentences"]:
             raw = next(corrupted)
-            sents.append({**s, "raw": raw, "tokens": raw.split(), "clean": s["raw"]})
+            sent = {**s, "raw": raw, "tokens": raw.split(), "clean": s["raw"]}
+            if record is not None:  # the semantic filter: draws made, final cosine (null: empty caption)
+                tries, cos = next(record)
+                sent["filter"] = {"tries": tries, "cosine": None if cos != cos else round(cos, 6)}
+            sents.append(sent)
         entries.append({**im, "sentences": sents})
     meta = {"source_manifest": os.path.relpath(manifest, out.parent), "corruption": corruption,
             "level": level, "word_probability": 0.05 * level, "seed": seed, "modality": "text"}
     if spec.group == "sentence":
         meta["seq2seq"] = seq2seq.provenance(cfg, corruption, level)
+    if filt is not None:
+        meta["filter"] = filt["summary"]
+        f = filt["summary"]
+        log.info("corrupt_text %s l%d: semantic filter %s (min cosine %s, <= %d draws): %d captions, %d never "
+                 "reached the threshold (kept the last draw), %.2f draws per caption", corruption, level, f["model"],
+                 f["min_cosine"], f["max_tries"], f["n_filtered"], f["never_reached"], f["mean_tries"] or 0.0)
     # images stay the clean ones: point image_root at the source dataset's image folder
     root = os.path.relpath(image_root(doc, manifest), out.parent)
     write_manifest(out, dataset, entries, image_root=root, meta=meta)

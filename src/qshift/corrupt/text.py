@@ -2,7 +2,9 @@
 probability p = 0.05 * level.
 
 * char (nlpaug, offline): ``ocr`` (OCR, ``OcrAug``) and ``char_insert`` / ``char_replace`` /
-  ``char_swap`` / ``char_delete`` (CI/CR/CS/CD, ``RandomCharAug``), all with ``aug_word_p=p``.
+  ``char_swap`` / ``char_delete`` (CI/CR/CS/CD, ``RandomCharAug``), all with ``aug_word_p=p`` and
+  nlpaug's other defaults, as the reference scripts call them (at most 10 words and 10
+  characters per word; aug_char_p 0.3).
 * word (own code, :mod:`.eda`): ``synonym_replace`` / ``random_insert`` (SR/RI, WordNet
   offline), ``random_swap`` / ``random_delete`` (RS/RD), ``insert_punct`` (IP).
 * sentence (transformers seq2seq, :mod:`.seq2seq`): ``formal``, ``casual``, ``passive``,
@@ -23,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 from ..progress import tqdm
 
-from . import eda, seq2seq
+from . import eda, semfilter, seq2seq
 from ..errors import InputError
 from ..registry import Registry
 
@@ -66,14 +68,14 @@ def _nlpaug(make_aug) -> Callable[[str, float, int], str]:
 def _ocr(p: float):
     import nlpaug.augmenter.char as nac
 
-    return nac.OcrAug(aug_word_p=p, aug_word_max=None, aug_char_max=None)
+    return nac.OcrAug(aug_word_p=p)  # the reference's call: nlpaug's other defaults (e.g. at most 10 words)
 
 
 def _random_char(action: str):
     def make(p: float):
         import nlpaug.augmenter.char as nac
 
-        return nac.RandomCharAug(action=action, aug_word_p=p, aug_word_max=None, aug_char_max=None)
+        return nac.RandomCharAug(action=action, aug_word_p=p)  # the reference's call
 
     return make
 
@@ -110,7 +112,16 @@ def _check_level(level: int) -> int:
 def corrupt_texts(name: str, texts: Sequence[str], level: int, seeds: Sequence[int], cfg: dict | None = None,
                   progress: bool = False) -> list[str]:
     """Corrupt many captions (one seed each); model-based types are generated in batches
-    with the models ``cfg`` names (:class:`seq2seq.ModelNotConfigured` when none)."""
+    with the models ``cfg`` names (:class:`seq2seq.ModelNotConfigured` when none). With
+    ``corrupt.text.filter`` set, the types the reference filters are re-drawn until the
+    semantic filter passes (:mod:`.semfilter`)."""
+    return corrupt_texts_info(name, texts, level, seeds, cfg, progress)[0]
+
+
+def corrupt_texts_info(name: str, texts: Sequence[str], level: int, seeds: Sequence[int], cfg: dict | None = None,
+                       progress: bool = False) -> tuple[list[str], dict | None]:
+    """:func:`corrupt_texts` plus the semantic filter's record (None when it does not apply):
+    ``{"tries": [...], "cosine": [...], "summary": {...}}`` per caption."""
     spec = TEXT_CORRUPTIONS.get(name)
     level = _check_level(level)
     if len(texts) != len(seeds):
@@ -118,12 +129,22 @@ def corrupt_texts(name: str, texts: Sequence[str], level: int, seeds: Sequence[i
     for t in texts:
         if not isinstance(t, str):
             raise InputError(f"text corruption {name!r} needs string captions, got {type(t).__name__}: {t!r}")
-    if spec.fn is None:
-        return seq2seq.corrupt_sentences(name, texts, level, seeds, cfg, progress=progress)
     p = word_probability(level)
-    pairs = tqdm(zip(texts, seeds), total=len(texts), desc=f"{name} l{level}", unit="caption", disable=not progress,
-                 leave=False)
-    return [t if not t.strip() else spec.fn(t, p, int(s)) for t, s in pairs]
+    if spec.fn is None:
+        def draw(idx: list[int], sds: list[int]) -> list[str]:
+            return seq2seq.corrupt_sentences(name, [texts[i] for i in idx], level, sds, cfg, progress=progress)
+    else:
+        def draw(idx: list[int], sds: list[int]) -> list[str]:
+            pairs = tqdm(zip(idx, sds), total=len(idx), desc=f"{name} l{level}", unit="caption",
+                         disable=not progress, leave=False)
+            return [texts[i] if not texts[i].strip() else spec.fn(texts[i], p, int(s)) for i, s in pairs]
+    if not semfilter.applies(cfg, name):
+        return draw(list(range(len(texts))), [int(s) for s in seeds]), None
+    settings = semfilter.settings(cfg)
+    redraws = spec.group != "sentence" or bool(seq2seq.generation_settings(cfg)["do_sample"])
+    encoder = semfilter.encoder_for(cfg)
+    out, tries, cos = semfilter.filtered_draws(draw, texts, seeds, settings, encoder, redraws)
+    return out, {"tries": tries, "cosine": cos, "summary": semfilter.summary(settings, tries, cos, encoder, redraws)}
 
 
 def corrupt_text(name: str, text: str, level: int, seed: int, cfg: dict | None = None) -> str:
@@ -162,3 +183,4 @@ def validate_text_params(cfg: dict) -> None:
         if isinstance(level, bool) or level not in LEVELS:
             raise ConfigError(f"params: text level {level!r} not in 1..7")
     seq2seq.validate(cfg)
+    semfilter.validate(cfg)

@@ -52,6 +52,8 @@ class RetrievalModel(ABC):
     name: str
     module: nn.Module
     device: torch.device
+    preprocess: str = "native"  # model.preprocess (qshift.models.reference)
+    autocast_dtype: torch.dtype | None = None  # encode under torch.autocast(dtype) on CUDA
 
     @abstractmethod
     def image_transform(self) -> Callable:
@@ -72,7 +74,11 @@ class RetrievalModel(ABC):
     def encode(self, modality: str, batch: torch.Tensor) -> torch.Tensor:
         if modality not in MODALITIES:
             raise ConfigError(f"modality {modality!r}; valid: {', '.join(MODALITIES)}")
-        z = self._encode(modality, batch.to(self.device, non_blocking=True))
+        if self.autocast_dtype is not None and self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=self.autocast_dtype):
+                z = self._encode(modality, batch.to(self.device, non_blocking=True))
+        else:
+            z = self._encode(modality, batch.to(self.device, non_blocking=True))
         return torch.nn.functional.normalize(z.float(), dim=-1)
 
 
@@ -129,13 +135,18 @@ def missing_path_error(source: str, path: Path, expected: str) -> InputError:
 
 
 def load_model(source: str, device: torch.device | str = "cpu",
-               cache_dir: str | Path | None = None) -> RetrievalModel:
+               cache_dir: str | Path | None = None, preprocess: str = "native") -> RetrievalModel:
     """Load a model from a source string ``scheme:identifier`` (schemes: module docstring).
 
     ``cache_dir`` (``model.cache_dir``; default ``models/cache``) holds downloaded weights.
     The model comes back in eval mode with every parameter frozen; TTA methods unfreeze
-    the normalisation layers they adapt.
+    the normalisation layers they adapt. ``preprocess`` (``model.preprocess``): ``native``
+    (the loader's own) or ``reference`` (the TCR reference code's; :mod:`.reference`).
     """
+    from . import reference
+
+    if preprocess not in reference.PREPROCESS:
+        raise ConfigError(f"model.preprocess {preprocess!r}; valid: {', '.join(reference.PREPROCESS)}")
     scheme, sep, ident = source.partition(":")
     if not sep or not ident:
         raise ConfigError(f"model source {source!r} must look like SCHEME:IDENTIFIER; "
@@ -146,4 +157,4 @@ def load_model(source: str, device: torch.device | str = "cpu",
     model.module.eval()
     for p in model.module.parameters():
         p.requires_grad_(False)
-    return model
+    return reference.apply(model, preprocess)

@@ -12,8 +12,9 @@ Per step, on logits q G^T / tau over the whole gallery:
    Text queries: no patch shuffle exists, so PLPD is off (threshold -1: all pass) and PLPD_i
    is taken as 0 in the weight below.
 3. Loss = mean over the n kept samples of w_i E_i with (detached)
-   w_i = 1/(exp(E_i - thr) + 0.1) + 1/(exp(-PLPD_i) + 0.1), thr = the k'-th smallest entropy
-   among the kept samples, k' = max(int(weight_ratio * n), 1).
+   w_i = 1/(exp(E_i - thr) + 0.1) + (1/exp(-PLPD_i) + 0.1) = ... + exp(PLPD_i) + 0.1 (the
+   reference's operator grouping: the +0.1 sits outside the PLPD reciprocal), thr = the k'-th
+   smallest entropy among the kept samples, k' = max(int(weight_ratio * n), 1).
 """
 
 from __future__ import annotations
@@ -55,9 +56,11 @@ def entropy_filter(ent: torch.Tensor, ratio: float) -> torch.Tensor:
 
 
 def deyo_weights(ent: torch.Tensor, plpd_values: torch.Tensor, ratio: float) -> torch.Tensor:
-    """1/(exp(E - thr) + 0.1) + 1/(exp(-PLPD) + 0.1), thr = k-th smallest E, k = max(int(ratio n), 1)."""
+    """1/(exp(E - thr) + 0.1) + (1/exp(-PLPD) + 0.1), thr = k-th smallest E, k = max(int(ratio n), 1).
+
+    The PLPD term is the reference's ``1 / torch.exp(-plpd) + 0.1``, i.e. exp(PLPD) + 0.1."""
     thr = ent.kthvalue(max(int(ratio * len(ent)), 1)).values
-    return 1 / (torch.exp(ent - thr) + 0.1) + 1 / (torch.exp(-plpd_values) + 0.1)
+    return 1 / (torch.exp(ent - thr) + 0.1) + (1 / torch.exp(-plpd_values) + 0.1)
 
 
 @register_method("deyo")
