@@ -10,6 +10,9 @@ rule report:
         "reports/report.html",
         "reports/summary.json",
         directory("reports/figures"),
+        "reports/metrics.json",
+        directory("reports/plots"),
+        directory("reports/tables"),
     params:
         # what the report reads besides the results (the grid, the report settings), as DVC's report stage
         cfg=stable_hash([config["adapt"], config["corrupt"], config.get("streams"), config["report"]]),
