@@ -203,3 +203,55 @@ def test_snakemake_config_override_reaches_the_stages(tmp_path):
     # a stage started by Snakemake reads it (QSHIFT_PARAMS); a bad dotted override fails at DAG time
     bad = run(["snakemake", "--dry-run", "--config", "set=adapt.batch_size=0"], repo, check=False)
     assert bad.returncode == 2 and "error: params: adapt.batch_size must be an integer >= 1, got 0" in bad.stderr
+
+
+# -- what a researcher sees: DVC experiments, metrics and plots; Snakemake's report -----------------
+
+def _exp_metrics(node, out, name=None):
+    """(experiment name or rev, reports/metrics.json data, params.yaml data) of every row of `dvc exp show --json`."""
+    if isinstance(node, list):
+        for x in node:
+            _exp_metrics(x, out, name)
+    elif isinstance(node, dict):
+        name = node.get("name") or node.get("rev") or name
+        data = node.get("data")
+        if isinstance(data, dict) and "metrics" in data:
+            m = (data.get("metrics") or {}).get("reports/metrics.json", {}).get("data")
+            p = (data.get("params") or {}).get("params.yaml", {}).get("data")
+            out.append((name, m, p))
+        for v in node.values():
+            if isinstance(v, (list, dict)):
+                _exp_metrics(v, out, name)
+    return out
+
+
+def test_dvc_exp_run_then_exp_show_shows_the_changed_metric(dvc_repo):
+    before = json.loads((dvc_repo / "reports/metrics.json").read_text())
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    run(git + ["add", "-A"], dvc_repo)  # dvc.lock, reports/metrics.json and reports/plots/ (tracked by git)
+    run(git + ["commit", "-qm", "baseline"], dvc_repo)
+    out = run(["dvc", "exp", "run", "-S", "methods.tcr.lr=1e-3"], dvc_repo).stdout
+    assert "Running stage 'report'" in out and "Running stage 'pretrain'" not in out
+    after = json.loads((dvc_repo / "reports/metrics.json").read_text())
+    assert after["i2t"]["tcr"]["avg_r1"] != before["i2t"]["tcr"]["avg_r1"]
+    assert after["i2t"]["source"] == before["i2t"]["source"]  # source reads no tcr value
+    rows = _exp_metrics(json.loads(run(["dvc", "exp", "show", "--json"], dvc_repo).stdout), [])
+    shown = {(p or {}).get("methods", {}).get("tcr", {}).get("lr"): m for _, m, p in rows if m}
+    assert shown[0.001]["i2t"]["tcr"]["avg_r1"] == after["i2t"]["tcr"]["avg_r1"], rows
+    assert shown[0.0003]["i2t"]["tcr"]["avg_r1"] == before["i2t"]["tcr"]["avg_r1"], rows  # the baseline
+    text = run(["dvc", "exp", "show", "--no-pager"], dvc_repo).stdout
+    assert "i2t.tcr.avg_r1" in text or "avg_r1" in text
+    metrics = run(["dvc", "metrics", "show", "--json"], dvc_repo).stdout
+    assert '"avg_r1"' in metrics and "kind" not in metrics and "device" not in metrics
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], dvc_repo).stdout)["data"]
+    assert {"reports/plots/r1/i2t.json", "reports/plots/online/t2i.json"} <= set(plots), sorted(plots)
+    # README: a forced rebuild of the report alone
+    again = run(["dvc", "repro", "-s", "-f", "report"], dvc_repo).stdout
+    assert re.findall(r"Running stage '([^']+)'", again) == ["report"], again
+
+
+def test_snakemake_report_has_the_figures_and_tables(snake_repo):
+    run(["snakemake", "--report", "report.html"], snake_repo)
+    page = (snake_repo / "report.html").read_text(errors="replace")
+    for name in ("i2t_r1.png", "t2i_online.png", "i2t_heatmap.png", "i2t_r1.csv", "report.md"):
+        assert name in page, name
