@@ -233,16 +233,18 @@ def test_dvc_exp_run_then_exp_show_shows_the_changed_metric(dvc_repo):
     out = run(["dvc", "exp", "run", "-S", "methods.tcr.lr=1e-3"], dvc_repo).stdout
     assert "Running stage 'report'" in out and "Running stage 'pretrain'" not in out
     after = json.loads((dvc_repo / "reports/metrics.json").read_text())
-    assert after["i2t"]["tcr"]["avg_r1"] != before["i2t"]["tcr"]["avg_r1"]
-    assert after["i2t"]["source"] == before["i2t"]["source"]  # source reads no tcr value
+    # the tiny model moves few queries: some tcr number changes (t2i clean did here), source's none
+    assert {d: after[d]["tcr"] for d in after} != {d: before[d]["tcr"] for d in before}
+    assert {d: after[d]["source"] for d in after} == {d: before[d]["source"] for d in before}
     rows = _exp_metrics(json.loads(run(["dvc", "exp", "show", "--json"], dvc_repo).stdout), [])
-    shown = {(p or {}).get("methods", {}).get("tcr", {}).get("lr"): m for _, m, p in rows if m}
-    assert shown[0.001]["i2t"]["tcr"]["avg_r1"] == after["i2t"]["tcr"]["avg_r1"], rows
-    assert shown[0.0003]["i2t"]["tcr"]["avg_r1"] == before["i2t"]["tcr"]["avg_r1"], rows  # the baseline
-    text = run(["dvc", "exp", "show", "--no-pager"], dvc_repo).stdout
-    assert "i2t.tcr.avg_r1" in text or "avg_r1" in text
-    metrics = run(["dvc", "metrics", "show", "--json"], dvc_repo).stdout
-    assert '"avg_r1"' in metrics and "kind" not in metrics and "device" not in metrics
+    lr = lambda p: (p or {}).get("methods", {}).get("tcr", {}).get("lr")  # noqa: E731
+    assert any(n not in ("workspace", "master", "main") and lr(p) == 0.001 and m == after for n, m, p in rows), rows
+    assert any(lr(p) == 0.0003 and m == before for _, m, p in rows), rows  # the baseline commit
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], dvc_repo).stdout)
+    files = next(iter(shown.values()))["data"]
+    assert "reports/summary.json" not in files  # strings and nulls stay out of DVC's metrics
+    leaves = json.dumps(files["reports/metrics.json"]["data"])
+    assert "null" not in leaves and '": "' not in leaves
     plots = json.loads(run(["dvc", "plots", "show", "--json"], dvc_repo).stdout)["data"]
     assert {"reports/plots/r1/i2t.json", "reports/plots/online/t2i.json"} <= set(plots), sorted(plots)
     # README: a forced rebuild of the report alone
