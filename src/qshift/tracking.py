@@ -266,6 +266,8 @@ def _log(result: dict, uri: str, experiment: str, artifact, sweep: dict | None) 
         found = []
     # created with its key tag, so an interrupted attempt is found (and reused) by the next one
     start_ms, end_ms = job_times(result)
+    if found and start_ms is not None and found[0].info.start_time:  # MLflow cannot move a run's start:
+        end_ms = found[0].info.start_time + (end_ms - start_ms)      # keep the duration the job's
     run_id = found[0].info.run_id if found else client.create_run(
         exp_id, start_time=start_ms, run_name=run_name(result["key"]), tags={TAG_KEY: key, TAG_ROLE: "run"}).info.run_id
     tags = {TAG_KEY: key, TAG_ROLE: "run", "mlflow.runName": run_name(result["key"]),
