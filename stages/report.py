@@ -1,6 +1,7 @@
 """Stage `report`: reports/report.md and a self-contained reports/report.html (paper-form
 tables, R@1/5/10, deltas to source, the paper's numbers where the benchmark matches, plots),
-reports/summary.json and reports/figures/.
+reports/summary.json and reports/figures/; reports/metrics.json, reports/plots/ and
+reports/tables/ (src/qshift/report_export.py).
 
 Reads every results file of the experiment grid in params.yaml; missing runs are listed
 with their reason in a "Not run / failed" section, as are diverged runs and results files that
@@ -16,11 +17,13 @@ from qshift import cli
 def main() -> None:
     from qshift.config import LOGS
     from qshift.report import build_report
+    from qshift.report_export import export
 
     args = cli.parser(__doc__).parse_args()
     cfg = cli.load(args)
     log = cli.start_log(LOGS["report"].format(dataset=cfg["benchmark"]))
     summary = build_report(cfg, cfg["report"]["dir"])
+    export(cfg, cfg["report"]["dir"])  # metrics.json, plots/ (DVC) and tables/ (CSV, LaTeX)
     for d, rows in summary["directions"].items():
         log.info(f"report {d}: " + ", ".join(f"{m} avg R@1 {r['avg_r1']:.1f}" if r["avg_r1"] is not None
                                           else f"{m} avg R@1 n/a" for m, r in rows.items()))

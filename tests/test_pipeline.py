@@ -226,3 +226,57 @@ def test_both_orchestrators_run_method_variants_as_their_own_jobs(tmp_path):
     assert any("--method rest_no-decouple --direction i2t --corruption gaussian_noise" in c for c in cmds)
     assert any("--method rest_k3 --direction t2i" in c for c in cmds)
     assert ("python stages/observe.py", frozenset({"reports/observations.json"})) in snake
+
+
+# -- what a researcher sees: DVC experiments, metrics and plots; Snakemake's report -----------------
+
+def _exp_metrics(node, out, name=None):
+    """(experiment name or rev, reports/metrics.json data, params.yaml data) of every row of `dvc exp show --json`."""
+    if isinstance(node, list):
+        for x in node:
+            _exp_metrics(x, out, name)
+    elif isinstance(node, dict):
+        name = node.get("name") or node.get("rev") or name
+        data = node.get("data")
+        if isinstance(data, dict) and "metrics" in data:
+            m = (data.get("metrics") or {}).get("reports/metrics.json", {}).get("data")
+            p = (data.get("params") or {}).get("params.yaml", {}).get("data")
+            out.append((name, m, p))
+        for v in node.values():
+            if isinstance(v, (list, dict)):
+                _exp_metrics(v, out, name)
+    return out
+
+
+def test_dvc_exp_run_then_exp_show_shows_the_changed_metric(dvc_repo):
+    before = json.loads((dvc_repo / "reports/metrics.json").read_text())
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    run(git + ["add", "-A"], dvc_repo)  # dvc.lock, reports/metrics.json and reports/plots/ (tracked by git)
+    run(git + ["commit", "-qm", "baseline"], dvc_repo)
+    out = run(["dvc", "exp", "run", "-S", "methods.tcr.lr=1e-3"], dvc_repo).stdout
+    assert "Running stage 'report'" in out and "Running stage 'pretrain'" not in out
+    after = json.loads((dvc_repo / "reports/metrics.json").read_text())
+    # the tiny model moves few queries: some tcr number changes (t2i clean did here), source's none
+    assert {d: after[d]["tcr"] for d in after} != {d: before[d]["tcr"] for d in before}
+    assert {d: after[d]["source"] for d in after} == {d: before[d]["source"] for d in before}
+    rows = _exp_metrics(json.loads(run(["dvc", "exp", "show", "--json"], dvc_repo).stdout), [])
+    lr = lambda p: (p or {}).get("methods", {}).get("tcr", {}).get("lr")  # noqa: E731
+    assert any(n not in ("workspace", "master", "main") and lr(p) == 0.001 and m == after for n, m, p in rows), rows
+    assert any(lr(p) == 0.0003 and m == before for _, m, p in rows), rows  # the baseline commit
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], dvc_repo).stdout)
+    files = next(iter(shown.values()))["data"]
+    assert "reports/summary.json" not in files  # strings and nulls stay out of DVC's metrics
+    leaves = json.dumps(files["reports/metrics.json"]["data"])
+    assert "null" not in leaves and '": "' not in leaves
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], dvc_repo).stdout)["data"]
+    assert {"reports/plots/r1/i2t.json", "reports/plots/online/t2i.json"} <= set(plots), sorted(plots)
+    # README: a forced rebuild of the report alone
+    again = run(["dvc", "repro", "-s", "-f", "report"], dvc_repo).stdout
+    assert re.findall(r"Running stage '([^']+)'", again) == ["report"], again
+
+
+def test_snakemake_report_has_the_figures_and_tables(snake_repo):
+    run(["snakemake", "--report", "report.html"], snake_repo)
+    page = (snake_repo / "report.html").read_text(errors="replace")
+    for name in ("i2t_r1.png", "t2i_online.png", "i2t_heatmap.png", "i2t_r1.csv", "report.md"):
+        assert name in page, name

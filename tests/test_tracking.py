@@ -175,7 +175,7 @@ def test_report_bookkeeping_moves_runs_to_the_current_sweep_and_merges_duplicate
     assert kids[doc["run_key"]].data.tags["mlflow.parentRunId"] == first
     assert {p.info.run_id for p in parents} == {first, tracking._parent_run(client, exp_id, tracking.sweep_of(old))}
     assert client.get_run(extra).info.lifecycle_stage == "deleted"  # the duplicate parent is gone
-    assert client.get_run(first).data.metrics["avg_R_at_1.i2t.source"] == 50.0
+    assert client.get_run(first).data.metrics["avg_R_at_1.i2t"] == 50.0  # step = index of source
 
 
 # -- many writers at once on a brand-new store ----------------------------------------------------

@@ -55,5 +55,8 @@ def run(main: Callable[[], None]) -> None:
         sys.exit(2)
 
 
-def main() -> None:  # the `qshift` console script: a pointer to the real entry points
-    print("QShift stages are run by Snakemake or DVC; see README.md. Stage CLIs live in stages/*.py.")
+def main() -> None:
+    """The `qshift` console script (`qshift table`, `qshift compare`): src/qshift/console.py."""
+    from .console import main as console_main
+
+    console_main()

@@ -55,6 +55,12 @@ CURVE_ARTIFACT = "online_curve.json"
 # per request at most (1 + retries) x timeout + backoff (~65 s); MLflow's own: 120 s x 8 + ...
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5"}
+
+# MLflow 3's UI: an experiment of kind "custom_model_development" is a classic training
+# experiment (runs table, charts), not a GenAI one (Overview / Traces). MLflow 3.17's UI also
+# has a GenAI / Model training switch of its own: open ``#/experiments/<id>/runs?workflowType=
+# machine_learning`` (``ui_url``) or click "Model training" once (the browser remembers it).
+UI_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 log = logging.getLogger(__name__)
 
 
@@ -248,11 +254,45 @@ def check_store(uri: str) -> None:
 def _experiment_id(client, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        _tag_experiment(client, exp)
         return exp.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags=dict(UI_TAGS))
     except Exception:  # noqa: BLE001 - created concurrently by another writer
         return client.get_experiment_by_name(name).experiment_id
+
+
+def _tag_experiment(client, exp) -> None:
+    """Experiments made before UI_TAGS existed get them (MLflow 3 would open them as GenAI)."""
+    for k, v in UI_TAGS.items():
+        if exp.tags.get(k) != v:
+            client.set_experiment_tag(exp.experiment_id, k, v)
+
+
+def ui_url(uri: str, experiment_id: str) -> str:
+    """The runs table of an experiment in the MLflow UI served at ``uri`` (the Model training view)."""
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def run_name(key: dict) -> str:
+    """A run's display name, what differs first: ``tcr · i2t · gaussian_noise s3``, ``source · t2i · clean``,
+    ``tcr · i2t · mix`` (a stream). The identity stays the full key in tag ``qshift.run_key``."""
+    cell = key["corruption"] if int(key.get("severity", 0)) == 0 else f"{key['corruption']} s{key['severity']}"
+    return f"{key['method']} · {key['direction']} · {cell}"
+
+
+def sweep_run_name(sweep: dict) -> str:
+    return f"sweep · {sweep['model']} · {sweep['grid_hash'][:8]}"
+
+
+def job_times(result: dict) -> tuple[int | None, int | None]:
+    """(start, end) of the job in ms since the epoch: end = ``finished_at``, start = end - ``timing.seconds``
+    (runs are logged after the job, so MLflow's own clock would show a duration of milliseconds)."""
+    end = result.get("finished_at")
+    if not end:
+        return None, None
+    seconds = (result.get("timing") or {}).get("seconds") or 0.0
+    return int((end - seconds) * 1000), int(end * 1000)
 
 
 def mlflow_metric_name(name: str) -> str:
@@ -292,8 +332,9 @@ def _parent_run(client, exp_id: str, sweep: dict) -> str:
     parents = [r for r in found if r.data.tags.get(TAG_ROLE) == "sweep"]
     if parents:
         return _canonical(parents).info.run_id
-    run_id = client.create_run(exp_id, run_name=sweep["key"],
-                               tags={TAG_SWEEP: sweep["key"], TAG_ROLE: "sweep"}).info.run_id
+    run_id = client.create_run(exp_id, run_name=sweep_run_name(sweep),
+                               tags={TAG_SWEEP: sweep["key"], TAG_ROLE: "sweep", "qshift.step_methods": " ".join(
+                                   f"{i}={m}" for i, m in enumerate(sweep["grid"]["methods"]))}).info.run_id
     params = {"sweep.benchmark": sweep["benchmark"], "sweep.model": sweep["model"],
               "sweep.grid_hash": sweep["grid_hash"],
               **{f"sweep.{k}": ",".join(map(str, v)) for k, v in sweep["grid"].items()}}
@@ -382,10 +423,15 @@ def _log(result: dict, uri: str, experiment: str, artifact, sweep: dict | None, 
         client.delete_run(found[0].info.run_id)
         found = []
     # created with its key tag, so an interrupted attempt is found (and reused) by the next one
+    start_ms, end_ms = job_times(result)
+    if found and start_ms is not None and found[0].info.start_time:  # MLflow cannot move a run's start:
+        end_ms = found[0].info.start_time + (end_ms - start_ms)      # keep the duration the job's
     run_id = found[0].info.run_id if found else client.create_run(
-        exp_id, run_name=key, tags={TAG_KEY: key, TAG_ROLE: "run", TAG_FINISHED: finished}).info.run_id
+        exp_id, start_time=start_ms, run_name=run_name(result["key"]),
+        tags={TAG_KEY: key, TAG_ROLE: "run", TAG_FINISHED: finished}).info.run_id
     diverged = result.get("status") == "diverged"
     tags = {TAG_KEY: key, TAG_ROLE: "run", TAG_FINISHED: finished, TAG_STATUS: result.get("status", "ok"),
+            "mlflow.runName": run_name(result["key"]),
             **({"qshift.diverged_batch": result["diverged"]["batch"],
                 "qshift.diverged_reason": result["diverged"]["reason"]} if diverged else {}),
             **{f"qshift.{k}": v for k, v in result.get("env", {}).items() if v is not None}}
@@ -419,7 +465,7 @@ def _log(result: dict, uri: str, experiment: str, artifact, sweep: dict | None, 
         curve = Path(tmp) / CURVE_ARTIFACT
         curve.write_text(json.dumps({"run_key": key, **online}, allow_nan=True))
         client.log_artifact(run_id, str(curve))
-    client.set_terminated(run_id, status="FAILED" if diverged else "FINISHED")
+    client.set_terminated(run_id, status="FAILED" if diverged else "FINISHED", end_time=end_ms)
     return run_id
 
 
@@ -551,9 +597,22 @@ def _attach_children(uri: str, experiment: str, sweep: dict, found: dict) -> Non
         if run.corruption != "clean" and not doc.get("stream") and doc.get("metrics"):  # not streams, not diverged
             cells.setdefault((run.direction, run.method), []).append(float(doc["metrics"]["R@1"]))
     ts = int(max((doc.get("finished_at", 0) for doc in found.values()), default=0) * 1000)
-    metrics = [Metric(f"avg_R_at_1.{d}.{m}", sum(v) / len(v), ts, 0) for (d, m), v in sorted(cells.items())]
+    metrics = parent_metrics(cells, sweep["grid"]["methods"], ts)
     for i in range(0, len(metrics), 1000):
         client.log_batch(parent, metrics=metrics[i:i + 1000])
+
+
+def parent_metrics(cells: dict[tuple[str, str], list[float]], methods: list[str], ts: int) -> list:
+    """The sweep parent's chart layout: one metric per direction, ``avg_R_at_1.<direction>``, whose
+    step is the method's index in ``adapt.methods`` (the parent's param ``sweep.methods`` and tag
+    ``qshift.step_methods`` name them): the chart view draws one chart per direction with every
+    method along it, instead of one single-bar chart per (direction, method)."""
+    from mlflow.entities import Metric
+
+    order = {m: i for i, m in enumerate(methods)}
+    return [Metric(f"avg_R_at_1.{d}", sum(v) / len(v), ts, order[m])
+            for (d, m), v in sorted(cells.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], len(order))))
+            if m in order]
 
 
 # -- the observe stage: obs.* metrics on existing runs -----------------------------------------

@@ -27,10 +27,16 @@ rule report:
         "reports/observations.json",
         "reports/pretrain.json" if qc.trains_model(config) else MODEL_DIR,
     output:
-        "reports/report.md",
+        # report(...): what `snakemake --report report.html` shows (captions in workflow/report/)
+        report("reports/report.md", caption="../report/report.rst", category="Report"),
         "reports/report.html",
         "reports/summary.json",
-        directory("reports/figures"),
+        report(directory("reports/figures"), patterns=["{name}.png"], caption="../report/figures.rst",
+               category="Figures"),
+        "reports/metrics.json",
+        directory("reports/plots"),
+        report(directory("reports/tables"), patterns=["{name}.csv"], caption="../report/tables.rst",
+               category="Tables"),
     params:
         # what the report reads besides the results (the grid, the report settings), as DVC's report stage
         cfg=stable_hash([config["adapt"], config["corrupt"], config.get("streams"), config["report"]]),
