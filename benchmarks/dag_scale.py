@@ -36,7 +36,7 @@ from qshift.tta import METHODS  # noqa: E402
 
 TARGET_DRY_RUN_S = 30.0
 TARGET_NOOP_S = 5.0
-# the paper's grid (../shared/spec/BENCHMARKS.md)
+# the paper's grid (docs/benchmarks.md)
 PAPER = {"datasets": 2, "models": 2, "methods": 9, "image_types": 16, "severities": 5,
          "text_types": 15, "levels": 7, "directions": 2}
 PAPER_TEXT_TYPES = 15  # OCR, CI, CR, CS, CD, SR, RI, RS, RD, IP, Formal, Casual, Passive, Active, Backtrans

@@ -91,7 +91,7 @@ def test_recall_accepts_torch_and_numpy_alike():
 
 
 # --------------------------------------------------------------------------------------------
-# caption normalisation (METHODS.md "Evaluation protocol")
+# caption normalisation (docs/methods.md "Evaluation protocol")
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("raw, expected", [
     ("A Red Circle.", "a red circle"),

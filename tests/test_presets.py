@@ -109,7 +109,7 @@ def test_method_hyperparameters_can_differ_per_direction():
     from qshift.config import load_params, method_hparams
 
     cfg = load_params(REPO / "params.yaml", ["benchmark=coco-c"])
-    assert method_hparams(cfg, "tcr", "t2i")["lr"] == 3.0e-5  # METHODS.md: text queries on BLIP
+    assert method_hparams(cfg, "tcr", "t2i")["lr"] == 3.0e-5  # docs/methods.md: text queries on BLIP
     assert method_hparams(cfg, "tcr", "i2t")["lr"] == 3.0e-4
     assert "by_direction" not in method_hparams(cfg, "tcr", "i2t")
     with pytest.raises(ConfigError, match="by_direction has 'x2y'"):

@@ -1,6 +1,6 @@
-"""TCR (METHODS.md "TCR") on small hand-computed cases.
+"""TCR (docs/methods.md "TCR") on small hand-computed cases.
 
-Expected numbers are written from the spec's formulas with plain arithmetic / numpy, never
+Expected numbers are written from the formulas in docs/methods.md with plain arithmetic / numpy, never
 with the implementation's helpers.
 """
 

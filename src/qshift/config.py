@@ -469,7 +469,7 @@ def is_stream(cfg: dict, direction: str, corruption: str) -> bool:
 
 
 # methods.<name>.by_direction.<direction>: hyperparameters that differ per query modality,
-# e.g. METHODS.md's lr 3e-5 for text queries on BLIP (the coco-c/flickr-c presets set it)
+# e.g. docs/methods.md's lr 3e-5 for text queries on BLIP (the coco-c/flickr-c presets set it)
 BY_DIRECTION = "by_direction"
 
 

@@ -1,6 +1,6 @@
 """The TCR paper's reference numbers (R@1, %), as data, for comparison in the report.
 
-Source: ../shared/spec/BENCHMARKS.md (TCR, ICLR 2025). Keyed by
+Source: docs/benchmarks.md (TCR, ICLR 2025). Keyed by
 ``(dataset, backbone, direction, method, corruption)`` with QShift's own names:
 methods ``source`` (the paper's "Base"), ``tent``, ``eata``, ``sar``, ``read``, ``deyo``,
 ``tcr``; corruptions as registered in :mod:`qshift.corrupt` (``gaussian_noise`` ...), the
@@ -56,7 +56,7 @@ TABLES = {
     ("qgs", None): "query-gallery shift, CLIP ViT-B/16 (openai) zero-shot backbone, clean queries",
 }
 IMAGE_SEVERITY = 5
-# text corruptions in the paper's tables: the benchmark's strongest level (METHODS.md); the
+# text corruptions in the paper's tables: the benchmark's strongest level (docs/methods.md); the
 # sentence-level types were made once (the authors' annotation_<type>/1), so any level matches
 TEXT_LEVEL = 7
 SENTENCE_TYPES = ("formal", "casual", "passive", "active", "backtrans")

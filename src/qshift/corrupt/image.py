@@ -40,7 +40,7 @@ from ..registry import Registry
 
 IMAGE_CORRUPTIONS: Registry = Registry("image corruption")
 
-# The 16 of the benchmark (BENCHMARKS.md) and the 3 extra ones imagecorruptions ships, which
+# The 16 of the benchmark (docs/benchmarks.md) and the 3 extra ones imagecorruptions ships, which
 # are kept for validation (choosing hyperparameters) and never reported.
 BENCHMARK_IMAGE = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "defocus_blur", "glass_blur",
                    "zoom_blur", "motion_blur", "fog", "frost", "snow", "contrast", "brightness", "pixelate",

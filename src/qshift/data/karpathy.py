@@ -25,9 +25,9 @@ Images are matched by file *basename* (COCO and Flickr30k names are unique), so 
 with an extra top folder (``flickr30k-images/``, ``flickr30k_images/flickr30k_images/``)
 work as they are. A test image absent from the archive is an error (count and first names):
 a partial test set would silently change every reported number. Captions are stored raw;
-:func:`~qshift.data.manifest.load_split` normalises them (METHODS.md) when they are read.
+:func:`~qshift.data.manifest.load_split` normalises them (docs/methods.md) when they are read.
 COCO has a few images with 6-7 captions: ``captions_per_image: 5`` keeps the first five
-(25,000 captions, as the spec counts them); ``null`` keeps all (25,010, as BLIP's code does).
+(25,000 captions, as docs/methods.md counts them); ``null`` keeps all (25,010, as BLIP's code does).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ them apart::
     }
 
 ``load_split`` validates the file and returns a :class:`Split` whose captions are
-normalised as the TCR evaluation protocol does (METHODS.md).
+normalised as the TCR evaluation protocol does (docs/methods.md).
 """
 
 from __future__ import annotations

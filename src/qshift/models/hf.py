@@ -24,7 +24,7 @@ side to 224 (bicubic) and centre-crops 224x224. Captions: BLIP applies its retri
 ``pre_caption`` (lowercase; ``. ! " ( ) * # : ; ~`` to spaces; at most 30 words) and pads /
 truncates to 35 tokens; CLIP pads / truncates to its 77-token context.
 
-Adapted normalisation layers follow the rule the open_clip adapter follows (METHODS.md):
+Adapted normalisation layers follow the rule the open_clip adapter follows (docs/methods.md):
 image queries adapt every LayerNorm of the vision tower (CLIP: ``pre_layrnorm``, per-layer
 ``layer_norm1/2``, ``post_layernorm``; BLIP: per-layer ``layer_norm1/2``, ``post_layernorm``);
 text queries adapt the LayerNorms inside the text encoder (CLIP: per-layer ``layer_norm1/2``, not
@@ -52,7 +52,7 @@ _BLIP_PUNCT = re.compile(r"([.!\"()*#:;~])")
 
 
 def pre_caption(caption: str, max_words: int = BLIP_MAX_WORDS) -> str:
-    """BLIP's caption normalisation (METHODS.md): lowercase, the characters ``. ! " ( ) * # : ; ~``
+    """BLIP's caption normalisation (docs/methods.md): lowercase, the characters ``. ! " ( ) * # : ; ~``
     replaced by spaces, runs of whitespace collapsed, at most ``max_words`` words. Idempotent,
     so captions a dataset already normalised pass unchanged."""
     caption = _BLIP_PUNCT.sub(" ", caption.lower())

@@ -65,7 +65,7 @@ class OpenClipModel(RetrievalModel):
             # every LayerNorm of the visual tower: ln_pre, per-block ln_1/ln_2, ln_post
             # (BatchNorm for ResNet towers, GroupNorm where present)
             return norm_layers(self.module.visual, prefix="visual")
-        # text: the LayerNorms inside the transformer blocks, not ln_final (METHODS.md)
+        # text: the LayerNorms inside the transformer blocks, not ln_final (docs/methods.md)
         text_tower = getattr(self.module, "transformer", None)
         if text_tower is None:  # CustomTextCLIP keeps its tower under .text
             return norm_layers(self.module.text, prefix="text", exclude=("text.ln_final",))

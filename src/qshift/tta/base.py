@@ -4,7 +4,7 @@ A method owns: the trainable parameters of the query tower (the affine weight an
 its normalisation layers — everything else frozen, model in eval mode), an optimiser, and
 whatever state it keeps across the online stream (queues, EMAs). ``adapt_batch`` performs
 its optimisation steps on one batch and returns the retrieval scores of the batch, which by
-protocol come from the forward pass of the *last* step (METHODS.md). The gallery embeddings
+protocol come from the forward pass of the *last* step (docs/methods.md). The gallery embeddings
 are fixed; scoring is one matrix product per step.
 """
 

@@ -1,4 +1,4 @@
-"""DeYO adapted to retrieval (METHODS.md): entropy + PLPD filtered, reweighted entropy.
+"""DeYO adapted to retrieval (docs/methods.md): entropy + PLPD filtered, reweighted entropy.
 
 Per step, on logits q G^T / tau over the whole gallery:
 

@@ -1,4 +1,4 @@
-"""EATA as used for retrieval (METHODS.md): reliable, non-redundant entropy minimisation.
+"""EATA as used for retrieval (docs/methods.md): reliable, non-redundant entropy minimisation.
 
 Per step, on logits q G^T / tau over the whole gallery:
 

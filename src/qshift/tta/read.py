@@ -1,4 +1,4 @@
-"""READ adapted to retrieval (METHODS.md): confidence term minus a diversity term.
+"""READ adapted to retrieval (docs/methods.md): confidence term minus a diversity term.
 
 With p_i = softmax(q_i G^T / tau) over the whole gallery and p_max,i = max_j p_ij:
 
@@ -6,7 +6,7 @@ With p_i = softmax(q_i G^T / tau) over the whole gallery and p_max,i = max_j p_i
 
 gamma = 1/e by default, so the first term is mean_i[-p_max,i log p_max,i]. Note the second
 term is the entropy of the softmax of the *summed* probabilities (not of their mean), as
-stated in METHODS.md. Every sample contributes; there is no selection.
+stated in docs/methods.md. Every sample contributes; there is no selection.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SAR: sharpness-aware, reliable entropy minimisation with model recovery (METHODS.md).
+"""SAR: sharpness-aware, reliable entropy minimisation with model recovery (docs/methods.md).
 
 Per step, on logits q G^T / tau over the whole gallery (SAM with rho over AdamW):
 

@@ -1,4 +1,4 @@
-"""TCR — test-time adaptation for cross-modal retrieval (ICLR 2025), reproduced per METHODS.md.
+"""TCR — test-time adaptation for cross-modal retrieval (ICLR 2025), reproduced per docs/methods.md.
 
 Per batch, per step (``steps`` = 3; the batch's scores come from the last step's forward):
 

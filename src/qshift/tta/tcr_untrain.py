@@ -1,4 +1,4 @@
-"""TCR's training-free variant ("tcr_untrain", METHODS.md): no gradients, one pass per batch.
+"""TCR's training-free variant ("tcr_untrain", docs/methods.md): no gradients, one pass per batch.
 
 z^Q = enc_Q(queries); G' = the refined candidates (TCR's top-K refinement); then
 
