@@ -58,7 +58,7 @@ def test_same_seed_identical_weights_and_no_timings_in_the_model_folder(manifest
     assert not any(k in json.dumps(doc) for k in TIMING_KEYS)
     assert doc["qshift"]["metrics"]["steps"] == 4
     # the timings are returned (for reports/pretrain.json)
-    assert m1["train_seconds"] > 0 and m1["steps_per_second"] > 0 and "data_seconds" in m1
+    assert m1["train_seconds"] >= 0 and m1["steps_per_second"] > 0 and "data_seconds" in m1  # 0.0 s when fast
     assert {k: v for k, v in m1.items() if k not in TIMING_KEYS} == {k: v for k, v in m2.items() if k not in TIMING_KEYS}
 
 

@@ -104,7 +104,7 @@ def test_variant_row_through_the_adapt_stage(stage_world, tmp_path):
     cwd = stage_world
     params = _params(tmp_path, {VARIANT: {"method": "tcr", "lr": 1.0e-2}}, [VARIANT],
                      mlflow={"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "v-{benchmark}"},
-                     threads=1)
+                     threads=1, tune={**CFG["tune"], "enabled": False})  # no tune stage in this world
     env = {"PYTHONPATH": str(REPO / "src"), "QSHIFT_PROGRESS": "0", "PATH": str(Path(sys.executable).parent)}
     proc = subprocess.run([sys.executable, str(REPO / "stages/adapt.py"), "--params", str(params),
                            "--method", VARIANT, "--direction", "i2t", "--corruption", "clean", "--severity", "0"],
