@@ -15,18 +15,10 @@ import os
 import shutil
 from pathlib import Path
 
+from .io import pid_alive
+
 PAGES = ("summary.json", "report.html", "report.md")  # report.md last: it links the figures
 FIGURES = "figures"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def staging(out_dir: str | Path) -> Path:
@@ -35,7 +27,7 @@ def staging(out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob(".report.*.tmp"):
         pid = old.name.split(".")[2]
-        if not pid.isdigit() or int(pid) == os.getpid() or not _alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or not pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     stage = out_dir / f".report.{os.getpid()}.tmp"
     (stage / FIGURES).mkdir(parents=True)
