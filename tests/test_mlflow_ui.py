@@ -77,11 +77,12 @@ def test_names_times_kind_and_parent_layout(logged):
     hist = {m.step: m.value for m in client.get_metric_history(parent.info.run_id, "avg_R_at_1.i2t")}
     assert hist == {0: 35.0, 1: 47.0}  # one chart: every method of the direction along its steps
     assert not [k for k in parent.data.metrics if k.count(".") > 1]  # no per-(direction, method) metrics
-    # a rerun an hour later (same params: the same run) keeps the job's duration
+    # a rerun an hour later replaces the run (one metric history per key) with the rerun's times
     again = doc("tcr", r1=50.0, finished_at=1_700_003_600.0)
-    assert tracking.log_result(again, uri, EXPERIMENT)["run_id"] == r.info.run_id
-    info = client.get_run(r.info.run_id).info
-    assert info.end_time - info.start_time == 7900
+    new_id = tracking.log_result(again, uri, EXPERIMENT)["run_id"]
+    assert new_id != r.info.run_id
+    info = client.get_run(new_id).info
+    assert info.end_time == 1_700_003_600_000 and info.end_time - info.start_time == 7900
 
 
 def test_an_old_experiment_gets_the_kind_tag(tmp_path, store_template, monkeypatch):

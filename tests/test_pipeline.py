@@ -129,7 +129,7 @@ def test_an_override_reruns_exactly_the_jobs_that_read_it(snake_repo):
     cfg = load_params(snake_repo / "params.yaml", ["methods.tcr.lr=1e-3"])
     n_tcr = sum(r.method == "tcr" for r in runs(cfg))
     downstream = {"report": 1, "observe": 1, "all": 1}  # what reads every results file
-    tune = {"tune": 1} if cfg["tune"]["enabled"] else {}  # tune reads every method's entry
+    tune = {"tune": 1}  # tcr's own tune job (one per method)
     assert planned_jobs(snake_repo, "--config", "set=methods.tcr.lr=1e-3") == {"adapt": n_tcr, **tune, **downstream}
     # the jobs read the resolved file (same typed values as the stage CLI would resolve)
     resolved = sorted((snake_repo / ".snakemake" / "qshift").glob("params-*.yaml"))

@@ -127,7 +127,7 @@ def test_report_prints_the_tuning_table(tmp_path, monkeypatch):
     doc = {"schema": 1, "enabled": True, "split": "val", "n_images": 500, "n_captions": 2500, "seconds": 12.0,
            "corruptions": {"i2t": ["spatter-s3"]}, "table": [],
            "best": {"tcr": {"i2t": {"lr": 0.01, "mean_r1": 40.0, "default_r1": 35.5}}}}
-    write_json(TUNED.format(dataset="builtin", model="qshift-tiny-clip"), doc)
+    write_json(TUNED.format(dataset="builtin", model="qshift-tiny-clip", method="tcr"), doc)
     summary = report.build_report(cfg, tmp_path / "reports", track=False)
     md = (tmp_path / "reports/report.md").read_text()
     assert "## Hyperparameters" in md and "validation split" in md

@@ -36,7 +36,7 @@ GALLERY = "data/embeddings/{model}/{dataset}/gallery.pt"
 RESULT = "results/{dataset}/{model}/{direction}/{method}/{corruption}-s{severity}.json"
 # per-query outcomes beside each results file (qshift.outcomes), written by the same job
 OUTCOMES = "results/{dataset}/{model}/{direction}/{method}/{corruption}-s{severity}.npz"
-TUNED = "results/{dataset}/{model}/tuned.json"  # stage tune: hyperparameters chosen on the validation split
+TUNED = "results/{dataset}/{model}/tuned/{method}.json"  # stage tune: one file per method of adapt.methods
 # every stage mirrors its log here (Snakemake's `log:` directives name the same files)
 EXAMPLES_DIR = "{report}/corruptions"  # contact sheet + text examples (stage `examples`)
 LOGS = {
@@ -51,7 +51,7 @@ LOGS = {
     "adapt": "logs/adapt/{dataset}/{model}/{direction}/{method}/{corruption}-s{severity}.log",
     "report": "logs/report/{dataset}.log",
     "observe": "logs/observe/{dataset}.log",
-    "tune": "logs/tune/{dataset}/{model}.log",
+    "tune": "logs/tune/{dataset}/{model}/{method}.log",
 }
 
 

@@ -789,11 +789,12 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
             line = f"`{p.get('model')}`: pretrained `{p.get('source')}` ({p.get('parameters'):,} parameters), not trained here."
         md += ["## Source model", "", line, ""]
         h += ["<h2>Source model</h2>", f"<p>{_md_inline(line)}</p>"]
-    tuned = Path(TUNED.format(dataset=cfg["benchmark"], model=cfg["model"]["name"]))  # stage tune
-    if tuned.is_file():
-        from .tune import markdown_tuning
+    from .tune import markdown_tuning, merge_docs
 
-        doc = json.loads(tuned.read_text())
+    tuned = [Path(TUNED.format(dataset=cfg["benchmark"], model=cfg["model"]["name"], method=m))  # stage tune
+             for m in cfg["adapt"]["methods"]]
+    doc = merge_docs([json.loads(t.read_text()) for t in tuned if t.is_file()])
+    if doc is not None:
         lines = markdown_tuning(doc)
         md += ["## Hyperparameters", ""] + lines + [""]
         h += ["<h2>Hyperparameters</h2>", f"<p>{_md_inline(lines[0].replace('**', ''))}</p>"]

@@ -166,8 +166,15 @@ def validation_queries(manifest: Path, direction: str, corruption: str, severity
                                captions=[normalize_caption(t) for t in texts])
 
 
-def run_tune(cfg: dict, model, manifest: str | Path, log=None, progress: bool = False) -> dict:
-    """Evaluate every grid point; returns the tuned.json document."""
+def tunes(cfg: dict, method: str) -> bool:
+    """Whether the tune stage tunes ``method`` (tuning on, and the method in tune.methods and the grid)."""
+    return enabled(cfg) and method in (cfg["tune"].get("methods") or []) and method in cfg["adapt"]["methods"]
+
+
+def run_tune(cfg: dict, model, manifest: str | Path, log=None, progress: bool = False,
+             only: list[str] | None = None) -> dict:
+    """Evaluate every grid point (of the methods in ``only``, default all); returns the tuned
+    document (the stage writes one per method: config.TUNED)."""
     import torch
 
     from .adapt import run_stream
@@ -177,7 +184,7 @@ def run_tune(cfg: dict, model, manifest: str | Path, log=None, progress: bool = 
 
     validate_tune(cfg)
     doc = {"schema": SCHEMA, "enabled": enabled(cfg), "split": "val", "best": {}, "table": [], "seconds": 0.0}
-    if not doc["enabled"]:
+    if not doc["enabled"] or (only is not None and not any(tunes(cfg, m) for m in only)):
         return doc
     t0 = time.perf_counter()
     manifest = Path(manifest)
@@ -188,7 +195,7 @@ def run_tune(cfg: dict, model, manifest: str | Path, log=None, progress: bool = 
         text = encode_all(model, "text", split, ad["batch_size"], desc="val gallery captions")
     gallery = {"image": image, "text": text, "image_owner": torch.as_tensor(split.image_ids),
                "text_owner": torch.as_tensor(split.image_ids[split.txt2img])}
-    methods = [m for m in cfg["tune"].get("methods") or [] if m in ad["methods"]]
+    methods = [m for m in cfg["tune"].get("methods") or [] if m in ad["methods"] and (only is None or m in only)]
     cpi = (cfg["tune"].get("text") or {}).get("captions_per_image")
     doc.update(n_images=split.n_images, n_captions=split.n_captions, corruptions={},
                t2i_queries=split.n_images * cpi if cpi else split.n_captions)
@@ -236,6 +243,21 @@ def tuned_hparams(cfg: dict, method: str, direction: str, path: str | Path | Non
     applied = {k: v for k, v in best.items() if k in hp}
     hp.update(applied)
     return hp, applied
+
+
+def merge_docs(docs: list[dict]) -> dict | None:
+    """The per-method tuned documents as one (the report's tuning table)."""
+    docs = [d for d in docs if isinstance(d, dict)]
+    if not docs:
+        return None
+    tuned = [d for d in docs if d.get("table")] or docs
+    out = {**tuned[0], "best": {}, "table": [], "seconds": 0.0}
+    for d in docs:
+        out["best"].update(d.get("best") or {})
+        out["table"] += d.get("table") or []
+        out["seconds"] += d.get("seconds") or 0.0
+    out["enabled"] = any(d.get("enabled") for d in docs)
+    return out
 
 
 def markdown_tuning(doc: dict) -> list[str]:

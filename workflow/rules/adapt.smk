@@ -6,10 +6,9 @@ rule adapt:
         queries=adapt_queries,
         gallery=GALLERY,
         model=MODEL_DIR,
-        # stage tune (a no-op file when tune.enabled is false); ancient: a rerun of tune (e.g. for one
-        # method's changed entry) reruns only the adapt jobs whose own parameters changed; every
-        # job's params hash covers the `tune` section
-        tuned=ancient(qc.TUNED.format(dataset=DS, model=MODEL)),
+        # stage tune, one job per method (a "not tuned" file when tuning is off or the method is
+        # not in tune.methods): a changed entry of one method reruns its own tune and adapt jobs only
+        tuned=qc.TUNED.format(dataset=DS, model=MODEL, method="{method}"),
     output:
         qc.RESULT.format(dataset=DS, model=MODEL, direction="{direction}", method="{method}",
                          corruption="{corruption}", severity="{severity}"),
@@ -44,9 +43,10 @@ rule tune:
         DATASET_DIR,
         MODEL_DIR,
     output:
-        qc.TUNED.format(dataset=DS, model=MODEL),
+        qc.TUNED.format(dataset=DS, model=MODEL, method="{method}"),
     params:
-        cfg=stable_hash([config["seed"], config["amp"], config["adapt"], config.get("tune"), config["methods"]]),
+        cfg=lambda w: stable_hash([config["seed"], config["amp"], config["adapt"], config.get("tune"),
+                                   _method_entry(w.method)]),
     threads: 1
     resources:
         mem_mb=4000,
@@ -54,8 +54,8 @@ rule tune:
         gpu=1,
         gpu_model="",
     log:
-        qc.LOGS["tune"].format(dataset=DS, model=MODEL),
+        qc.LOGS["tune"].format(dataset=DS, model=MODEL, method="{method}"),
     conda:
         ENV_FILE
     shell:
-        "python stages/tune.py"
+        "python stages/tune.py --method {wildcards.method}"

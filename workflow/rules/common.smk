@@ -15,7 +15,7 @@ def adapt_queries(w):
 def adapt_params(w):
     order = config["adapt"].get("order", "seeded")  # in the hash only when not the default
     return stable_hash([config["seed"], config["adapt"]["batch_size"], config["adapt"]["steps"], config["amp"],
-                        _method_entry(w.method), config.get("tune")] + ([order] if order != "seeded" else []))
+                        _method_entry(w.method)] + ([order] if order != "seeded" else []))
 
 
 def _method_entry(method):
