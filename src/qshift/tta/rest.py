@@ -177,12 +177,8 @@ class RESTv1(TCR):
         grads = torch.autograd.grad(loss, self.params, retain_graph=retain_graph, allow_unused=True)
         return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(self.params, grads)])
 
-    def decoupled_step(self, loss_t: torch.Tensor, loss_s: torch.Tensor) -> tuple[float, float, float, float]:
-        """Step with the decoupled adaptation gradient; returns (angle before, angle after,
-        ||g_t|| before, ||g_t|| after)."""
-        g_t = self.flat_grad(loss_t, retain_graph=True)
-        g_s = self.flat_grad(loss_s)
-        g, before, after = decouple(g_t, g_s, self.hp["max_grad_norm"])
+    def step_with_flat_grad(self, g: torch.Tensor) -> None:
+        """One optimiser step with ``g`` (all adapted parameters, flattened) as the gradient."""
         self.optimizer.zero_grad(set_to_none=True)
         offset = 0
         for p in self.params:
@@ -190,6 +186,14 @@ class RESTv1(TCR):
             offset += p.numel()
         self.optimizer.step()
         self.counters["steps"] += 1
+
+    def decoupled_step(self, loss_t: torch.Tensor, loss_s: torch.Tensor) -> tuple[float, float, float, float]:
+        """Step with the decoupled adaptation gradient; returns (angle before, angle after,
+        ||g_t|| before, ||g_t|| after)."""
+        g_t = self.flat_grad(loss_t, retain_graph=True)
+        g_s = self.flat_grad(loss_s)
+        g, before, after = decouple(g_t, g_s, self.hp["max_grad_norm"])
+        self.step_with_flat_grad(g)
         return before, after, float(g_t.norm()), float(g.norm())
 
     def adapt_batch(self, x: torch.Tensor) -> BatchOutput:
@@ -394,13 +398,7 @@ class REST(RESTv1):
         g, projected = project_conflict(g_t, g_s) if hp["decouple"] == "gradient" else (g_t, False)
         scale = strength_scale(cos_ts, hp["strength"], float(hp["strength_lambda"]))
         theta0 = self._flat_params()
-        self.optimizer.zero_grad(set_to_none=True)
-        offset = 0
-        for p in self.params:
-            p.grad = g[offset:offset + p.numel()].view_as(p).clone()
-            offset += p.numel()
-        self.optimizer.step()
-        self.counters["steps"] += 1
+        self.step_with_flat_grad(g)
         after = angle(g, g_s)
         if hp["decouple"] == "update" or scale != 1.0:
             delta = self._flat_params() - theta0
