@@ -195,7 +195,7 @@ def run_tune(cfg: dict, model, manifest: str | Path, log=None, progress: bool = 
         text = encode_all(model, "text", split, ad["batch_size"], desc="val gallery captions")
     gallery = {"image": image, "text": text, "image_owner": torch.as_tensor(split.image_ids),
                "text_owner": torch.as_tensor(split.image_ids[split.txt2img])}
-    methods = [m for m in cfg["tune"].get("methods") or [] if m in ad["methods"] and (only is None or m in only)]
+    methods = [m for m in cfg["tune"].get("methods") or [] if tunes(cfg, m) and (only is None or m in only)]
     cpi = (cfg["tune"].get("text") or {}).get("captions_per_image")
     doc.update(n_images=split.n_images, n_captions=split.n_captions, corruptions={},
                t2i_queries=split.n_images * cpi if cpi else split.n_captions)
