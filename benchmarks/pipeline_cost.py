@@ -100,7 +100,7 @@ def collect(root: Path) -> list[dict]:
 
 def adapt_seconds(root: Path, key: str) -> tuple[float, str] | None:
     """(timing.seconds, method) of the results file of adapt job ``key``
-    (<dataset>/<model>/<direction>/<method>/<corruption>-s<severity>)."""
+    (<dataset>/<model>/<direction>/<method>/seed<seed>/<corruption>-s<severity>)."""
     path = root / "results" / f"{key}.json"
     try:
         doc = json.loads(path.read_text())

@@ -1,7 +1,7 @@
-"""Stage `adapt`: one (method, direction, corruption, severity) over the online query stream.
+"""Stage `adapt`: one (method, direction, corruption, severity, seed) over the online query stream.
 
 Reads the cached gallery embeddings and the run's query manifest, adapts the query tower
-batch by batch, writes results/<dataset>/<model>/<direction>/<method>/<corruption>-s<severity>.json
+batch by batch, writes results/<dataset>/<model>/<direction>/<method>/seed<seed>/<corruption>-s<severity>.json
 (R@1/5/10, the per-batch online curve, method statistics), then logs the run to MLflow.
 A run whose scores or adapted parameters go non-finite is recorded as ``status: diverged``
 (no R@K; MLflow marks it FAILED) and the stage still exits 0 with a WARNING: it is a
@@ -18,7 +18,7 @@ def main() -> None:
 
     from qshift.adapt import run_stream
     from qshift.config import (GALLERY, LOGS, TUNED, Run, check_method, experiment_name, is_variant,
-                               probes_angle, queries_path, streams)
+                               probes_angle, queries_path, run_seeds, streams)
     from qshift.tta.base import PROBE_KEY
     from qshift.corrupt import IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS
     from qshift.data.manifest import load_split
@@ -38,8 +38,15 @@ def main() -> None:
     p.add_argument("--direction", required=True)
     p.add_argument("--corruption", required=True, help=f"a corruption name, a stream name, or {CLEAN!r}")
     p.add_argument("--severity", required=True, type=int)
+    p.add_argument("--seed", type=int, default=None,
+                   help="the adaptation seed, one of params seeds (default: the first)")
     args = p.parse_args()
     cfg = cli.load(args)
+    seeds = run_seeds(cfg)
+    seed = seeds[0] if args.seed is None else args.seed
+    if seed not in seeds:
+        raise ConfigError(f"--seed {seed} is not one of params seeds {seeds} (add it to seeds to run it: "
+                          f"its results then sit beside the others)")
 
     base = check_method(cfg, args.method)  # a variant (methods.<name>.method) builds its base
     if args.direction not in DIRECTIONS:
@@ -54,7 +61,8 @@ def main() -> None:
         raise UnknownNameError(f"{registry.kind} or stream for {args.direction} queries", args.corruption,
                                registry.names() + [CLEAN] + sorted(named))
 
-    run = Run(cfg["benchmark"], cfg["model"]["name"], args.direction, args.method, args.corruption, args.severity)
+    run = Run(cfg["benchmark"], cfg["model"]["name"], args.direction, args.method, args.corruption, args.severity,
+              seed)
     log = cli.start_log(LOGS["adapt"].format(**run.key))
     set_threads(cfg.get("threads", 0))
     device = pick_device(cfg["device"])
@@ -76,10 +84,10 @@ def main() -> None:
     if tuned:
         log.info(f"adapt: tuned on the validation split (stage tune): {tuned}")
     body = run_stream(model, base, hparams, args.direction, queries, gallery, batch_size=ad["batch_size"],
-                      steps=ad["steps"], seed=cfg["seed"], num_workers=cfg["num_workers"], amp=cfg["amp"],
+                      steps=ad["steps"], seed=seed, num_workers=cfg["num_workers"], amp=cfg["amp"],
                       progress=cli.progress_enabled(args), desc=run_key(run.key), order_kind=ad.get("order", "seeded"))
     outcomes = body.pop("outcomes", None)  # none for a diverged run (no ranks to keep)
-    run_cfg = {"batch_size": ad["batch_size"], "steps": ad["steps"], "seed": cfg["seed"], "amp": cfg["amp"],
+    run_cfg = {"batch_size": ad["batch_size"], "steps": ad["steps"], "seed": seed, "amp": cfg["amp"],
                "model_source": cfg["model"]["source"]}
     if ad.get("order", "seeded") != "seeded":  # recorded only when not the default (params_hash unchanged)
         run_cfg["order"] = ad["order"]

@@ -158,7 +158,7 @@ def test_a_diverged_run_reports_no_numbers_is_failed_in_mlflow_and_listed_by_the
     shutil.copy(store_template, here / "mlflow.db")
     cfg["mlflow"]["tracking_uri"] = uri = sqlite_uri(here / "mlflow.db")
     docs = write_grid(cfg, here)
-    bad = Run("builtin", cfg["model"]["name"], "i2t", "tent", "gaussian_noise", 3)
+    bad = Run("builtin", cfg["model"]["name"], "i2t", "tent", "gaussian_noise", 3, 42)
     doc = {**docs[bad], **{k: v for k, v in body.items() if k not in ("hparams", "steps")}}
     write_json(here / bad.result_path, doc)
     assert load_result(here / bad.result_path)["status"] == "diverged"  # a valid results file
@@ -317,8 +317,8 @@ def test_replay_logs_into_a_new_store_the_runs_it_does_not_have(here, store_temp
 
 # -- 4. results files validated on read -------------------------------------------------------------------
 
-SOURCE_CELL = Run("builtin", "qshift-tiny-clip", "i2t", "source", "gaussian_noise", 3)
-TENT_CELL = Run("builtin", "qshift-tiny-clip", "i2t", "tent", "gaussian_noise", 3)
+SOURCE_CELL = Run("builtin", "qshift-tiny-clip", "i2t", "source", "gaussian_noise", 3, 42)
+TENT_CELL = Run("builtin", "qshift-tiny-clip", "i2t", "tent", "gaussian_noise", 3, 42)
 
 
 def _string(doc):

@@ -26,7 +26,7 @@ EXPERIMENT = "qshift-ui-test"
 def doc(method, direction="i2t", corruption="gaussian_noise", severity=3, r1=50.0, seconds=7.9,
         finished_at=1_700_000_000.0):
     key = {"benchmark": "builtin", "dataset": "builtin", "model": "qshift-tiny-clip", "direction": direction,
-           "method": method, "corruption": corruption, "severity": severity}
+           "method": method, "corruption": corruption, "severity": severity, "seed": 42}
     return {"schema": 1, "key": key, "run_key": run_key(key), "metrics": {"R@1": r1, "R@5": r1 + 20, "R@10": r1 + 30},
             "online": {"batch_size": [64, 64], "batch_r1": [r1, r1], "cum_r1": [r1, r1], "stats": {}},
             "counters": {}, "hparams": {}, "timing": {"seconds": seconds}, "run": {"batch_size": 64},
@@ -52,7 +52,7 @@ def logged(tmp_path, store_template, monkeypatch):
                                              ("tcr", "clean", 0, 70.0)]:
         d = doc(method, corruption=corruption, severity=severity, r1=r1)
         assert tracking.log_result(d, uri, EXPERIMENT, sweep=sweep)["logged"]
-        found[Run("builtin", "qshift-tiny-clip", "i2t", method, corruption, severity)] = d
+        found[Run("builtin", "qshift-tiny-clip", "i2t", method, corruption, severity, 42)] = d
     assert tracking.sync_sweep(cfg, found)["error"] is None
     return tmp_path, uri
 
@@ -66,9 +66,9 @@ def test_names_times_kind_and_parent_layout(logged):
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([exp.experiment_id])
     by_key = {r.data.tags.get(tracking.TAG_KEY): r for r in runs}
-    r = by_key["builtin/qshift-tiny-clip/i2t/tcr/gaussian_noise-s3"]
-    assert r.info.run_name == "tcr · i2t · gaussian_noise s3"
-    assert by_key["builtin/qshift-tiny-clip/i2t/tcr/clean-s0"].info.run_name == "tcr · i2t · clean"
+    r = by_key["builtin/qshift-tiny-clip/i2t/tcr/gaussian_noise-s3/seed42"]
+    assert r.info.run_name == "tcr · i2t · gaussian_noise s3 · seed 42"
+    assert by_key["builtin/qshift-tiny-clip/i2t/tcr/clean-s0/seed42"].info.run_name == "tcr · i2t · clean · seed 42"
     # the job's real times: it finished at finished_at after 7.9 s
     assert r.info.end_time == 1_700_000_000_000 and r.info.start_time == 1_700_000_000_000 - 7900
     (parent,) = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "sweep"]

@@ -103,11 +103,11 @@ def test_run_summary_weights_batches_and_splits_stream_domains():
 
 def test_observe_and_report_section(tmp_path):
     stats = lambda u: {"obs_uniformity": [u], "obs_gap": [0.7], "obs_consistency": [0.2]}  # noqa: E731
-    found = {Run("b", "m", "i2t", "source", "clean", 0): _doc("source", "clean", stats(0.7), [64]),
-             Run("b", "m", "i2t", "source", "fog", 3): _doc("source", "fog", stats(0.6), [64]),
-             Run("b", "m", "i2t", "tcr", "fog", 3): _doc("tcr", "fog", {**stats(0.65), "grad_angle": [95.0, 125.0]},
+    found = {Run("b", "m", "i2t", "source", "clean", 0, 42): _doc("source", "clean", stats(0.7), [64]),
+             Run("b", "m", "i2t", "source", "fog", 3, 42): _doc("source", "fog", stats(0.6), [64]),
+             Run("b", "m", "i2t", "tcr", "fog", 3, 42): _doc("tcr", "fog", {**stats(0.65), "grad_angle": [95.0, 125.0]},
                                                          [64]),
-             Run("b", "m", "i2t", "eata", "fog", 3): {"run_key": "old", "online": {"stats": {}}, "metrics": {}}}
+             Run("b", "m", "i2t", "eata", "fog", 3, 42): {"run_key": "old", "online": {"stats": {}}, "metrics": {}}}
     doc = ob.observe({}, found)
     d = doc["directions"]["i2t"]
     assert d["shifts"] == ["clean", "fog-s3"]

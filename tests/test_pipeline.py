@@ -90,7 +90,7 @@ def test_runs_are_tracked_in_mlflow(snake_repo):
     parents = client.search_runs([exp.experiment_id], filter_string="tags.`qshift.role` = 'sweep'")
     assert len(parents) == 1
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in found)
-    some = next(r for r in found if r.data.tags["qshift.run_key"].endswith("/i2t/tcr/clean-s0"))
+    some = next(r for r in found if r.data.tags["qshift.run_key"].endswith("/i2t/tcr/clean-s0/seed42"))
     assert {"R_at_1", "R_at_5", "R_at_10"} <= set(some.data.metrics)
     assert some.data.params["hp.tau"] == "0.02"
     assert some.data.tags["qshift.git_commit"] and some.data.tags["qshift.params_hash"]
@@ -107,8 +107,8 @@ def test_rerun_does_nothing_and_is_fast(snake_repo):
 
 
 def test_deleting_a_result_reruns_only_its_job_and_the_report(snake_repo):
-    victim = snake_repo / "results/builtin/qshift-tiny-clip/i2t/tcr/gaussian_noise-s3.json"
-    other = snake_repo / "results/builtin/qshift-tiny-clip/i2t/source/gaussian_noise-s3.json"
+    victim = snake_repo / "results/builtin/qshift-tiny-clip/i2t/tcr/seed42/gaussian_noise-s3.json"
+    other = snake_repo / "results/builtin/qshift-tiny-clip/i2t/source/seed42/gaussian_noise-s3.json"
     before = other.stat().st_mtime_ns
     victim.unlink()
     assert planned_jobs(snake_repo) == {"adapt": 1, "observe": 1, "report": 1, "all": 1}
@@ -141,6 +141,36 @@ def test_an_override_reruns_exactly_the_jobs_that_read_it(snake_repo):
         "corrupt_images": n_images, "adapt": n_images * n_methods, **downstream}
     # the YAML form keeps types (Snakemake reads nested values as strings)
     assert planned_jobs(snake_repo, "--config", "adapt={batch_size: 64}") == {}
+
+
+def test_a_new_seed_runs_only_its_adapt_jobs_and_coexists(snake_repo):
+    from mlflow.tracking import MlflowClient
+
+    from qshift.config import load_params, runs
+
+    cfg = load_params(snake_repo / "params.yaml", ["seeds=[42,7]"])
+    new = [r for r in runs(cfg) if r.seed == 7]
+    assert new and len(new) == len(list(runs(cfg, [42])))
+    # adding a seed: that seed's adapt jobs, the observations and the report; no data, model or tune job
+    assert planned_jobs(snake_repo, "--config", "seeds=[42, 7]") == {"adapt": len(new), "observe": 1,
+                                                                      "report": 1, "all": 1}
+    # run one of them: it lands beside seed 42's file, which stays as it was
+    target = next(r for r in new if r.method == "tcr" and r.direction == "i2t" and r.corruption == "gaussian_noise")
+    seed42 = snake_repo / target.result_path.replace("/seed7/", "/seed42/")
+    before = seed42.read_bytes()
+    run(["snakemake", "--cores", "1", "--config", "seeds=[42, 7]", "--", target.result_path], snake_repo)
+    a, b = json.loads(seed42.read_text()), json.loads((snake_repo / target.result_path).read_text())
+    assert seed42.read_bytes() == before and a["key"]["seed"] == 42 and b["key"]["seed"] == 7
+    assert b["run"]["seed"] == 7 and b["run_key"].endswith("/gaussian_noise-s3/seed7")
+    assert a["online"]["batch_r1"] != b["online"]["batch_r1"] or a["metrics"] == b["metrics"]  # another order
+    client = MlflowClient(tracking_uri=f"sqlite:///{snake_repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("qshift-builtin")
+    keys = {r.data.tags["qshift.run_key"]: r.info.run_name for r in client.search_runs(
+        [exp.experiment_id], filter_string="tags.`qshift.role` = 'run'", max_results=1000)}
+    assert keys[a["run_key"]] == "tcr · i2t · gaussian_noise s3 · seed 42"
+    assert keys[b["run_key"]] == "tcr · i2t · gaussian_noise s3 · seed 7"
+    # back to the default list: nothing to do (seed 7's file is simply not part of that grid)
+    assert planned_jobs(snake_repo) == {}
 
 
 def test_same_seed_same_metrics_across_orchestrators(snake_repo, dvc_repo):

@@ -78,8 +78,8 @@ def write_grid(cfg: dict, root: Path, skip: set[str] = frozenset(), logged: bool
     return written
 
 
-MISSING = "results/builtin/qshift-tiny-clip/i2t/tcr/contrast-s5.json"
-BROKEN = "results/builtin/qshift-tiny-clip/t2i/source/ocr-s2.json"
+MISSING = "results/builtin/qshift-tiny-clip/i2t/tcr/seed42/contrast-s5.json"
+BROKEN = "results/builtin/qshift-tiny-clip/t2i/source/seed42/ocr-s2.json"
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_tables_have_clean_reference_and_deltas(built):
     t = report.direction_table(cfg, "i2t", found, "R@5")
     assert t["columns"][-2:] == ["Avg", "Clean"]
     src, tcr = t["rows"]["source"], t["rows"]["tcr"]
-    clean = Run("builtin", "qshift-tiny-clip", "i2t", "tcr", "clean", 0)
+    clean = Run("builtin", "qshift-tiny-clip", "i2t", "tcr", "clean", 0, 42)
     assert tcr["Clean"] == r1_of(clean) + 20
     d = report.delta_table(report.direction_table(cfg, "i2t", found, "R@1"))
     assert set(d["rows"]) == {"tcr"} and all(abs(v - 4.5) < 1e-9 for v in d["rows"]["tcr"].values())
@@ -395,7 +395,7 @@ def test_stream_section_compares_each_stream_with_the_independent_runs(tmp_path,
     monkeypatch.chdir(tmp_path)
     cfg = grid(methods=("source", "tcr"), directions=("i2t",), image=("gaussian_noise", "contrast"), severities=(3,),
                streams={"methods": ["source", "tcr"], "image": {"mix": MIX, "seq": SEQ}, "text": {}})
-    written = write_grid(cfg, tmp_path, skip={"results/builtin/qshift-tiny-clip/i2t/source/mix-s0.json"})
+    written = write_grid(cfg, tmp_path, skip={"results/builtin/qshift-tiny-clip/i2t/source/seed42/mix-s0.json"})
     assert {r.corruption for r in written} == {"clean", "gaussian_noise", "contrast", "mix", "seq"}
     by = {(r.method, r.corruption): r for r in written}
     gn, ct = "gaussian_noise-s3", "contrast-s3"
@@ -405,7 +405,7 @@ def test_stream_section_compares_each_stream_with_the_independent_runs(tmp_path,
         write_json(tmp_path / by[m, "seq"].result_path,
                    stream_doc(by[m, "seq"], "sequential", {gn: (50.0, 128), ct: (20.0, 128)}, [gn, gn, ct, ct]))
     found, missing = report.collect(cfg)
-    assert [r.result_path for r, _ in missing] == ["results/builtin/qshift-tiny-clip/i2t/source/mix-s0.json"]
+    assert [r.result_path for r, _ in missing] == ["results/builtin/qshift-tiny-clip/i2t/source/seed42/mix-s0.json"]
     # the mixed stream alternates domains batch by batch: never read as a sequential stream
     curves = report.sequential_curves(found, "i2t")
     assert set(curves) == {"source", "tcr"} and [d for d, _ in curves["tcr"]] == [gn, ct]

@@ -106,6 +106,7 @@ INPROCESS: dict[str, tuple[Callable[[Path], None], str, list[str]]] = {
     "missing_model": (_dataset, "encode_gallery", []),
     "bad_set_branch": (_nothing, "adapt", ["--set", "no_such_section.lr=1", *ADAPT_CLEAN]),
     "bad_set_no_equals": (_nothing, "adapt", ["--set", "seed", *ADAPT_CLEAN]),
+    "seed_not_in_seeds": (_nothing, "adapt", [*ADAPT_CLEAN, "--seed", "5"]),
     # a later --params wins with argparse: this overrides the temp params file
     "missing_params": (_nothing, "adapt", ["--params", "no_such_params.yaml", *ADAPT_CLEAN]),
 }
@@ -250,6 +251,35 @@ def _params_with(tmp_path: Path, edit: Callable[[dict], None]) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def test_a_seed_outside_seeds_is_refused_before_any_work(outcome):
+    msg = _error(outcome("seed_not_in_seeds"))
+    assert "--seed 5" in msg and "seeds [42]" in msg
+
+
+@pytest.mark.parametrize("seeds, problem", [([], "non-empty list"), ("7", "non-empty list"), ([1, -1], "-1"),
+                                            ([3, "x"], "'x'"), ([7, 7], "more than once"), ([True], "True")])
+def test_load_params_bad_seeds_name_the_value(tmp_path, seeds, problem):
+    path = _params_with(tmp_path, lambda c: c.update(seeds=seeds))
+    with pytest.raises(ConfigError, match="seeds") as e:
+        load_params(path)
+    assert problem in str(e.value)
+
+
+def test_results_file_without_a_seed_in_its_key_is_a_clear_error(tmp_path):
+    from qshift.errors import InputError
+    from qshift.results import validate
+
+    run = config.Run("builtin", "m", "i2t", "tcr", "fog", 3, 42)
+    key = {k: v for k, v in run.key.items() if k != "seed"}
+    doc = {"schema": 2, "status": "ok", "key": key, "run_key": "builtin/m/i2t/tcr/fog-s3",
+           "metrics": {"R@1": 1.0, "R@5": 2.0, "R@10": 3.0}, "n_queries": 4, "online": {}}
+    with pytest.raises(InputError, match="key.seed.*before adaptation seeds"):
+        validate(doc, run.result_path)
+    doc["key"], doc["run_key"] = {**run.key, "seed": 7}, "builtin/m/i2t/tcr/fog-s3/seed7"
+    with pytest.raises(InputError, match="key.seed.*path names '42'"):
+        validate(doc, run.result_path)
 
 
 def test_load_params_unknown_method_lists_valid(tmp_path):

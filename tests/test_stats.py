@@ -199,7 +199,7 @@ def _run_all(world, tmp_path, method, hp):
         split = load_split(manifest)
         out = run_stream(model, method, copy.deepcopy(hp), "i2t", split, world["gallery"], batch_size=5, steps=1,
                          seed=7, progress=False)
-        run = Run("builtin", "qshift-tiny-clip", "i2t", method, name, 0 if name in ("seq", "mix") else 3)
+        run = Run("builtin", "qshift-tiny-clip", "i2t", method, name, 0 if name in ("seq", "mix") else 3, 42)
         o = out.pop("outcomes")
         write_outcomes(run.outcomes_path, o)
         write_json(run.result_path, {"schema": 1, "key": run.key, "run_key": run_key(run.key), **out})
@@ -244,7 +244,7 @@ def test_mlflow_runs_get_lo_hi_companions(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    run = Run("builtin", "qshift-tiny-clip", "i2t", "tcr", "contrast", 3)
+    run = Run("builtin", "qshift-tiny-clip", "i2t", "tcr", "contrast", 3, 42)
     ranks = np.arange(200) % 7
     o = {"query_id": np.arange(200), "index": np.arange(200, dtype=np.int32), "rank": ranks.astype(np.int32)}
     m = recall_from_ranks(ranks)
@@ -260,3 +260,65 @@ def test_mlflow_runs_get_lo_hi_companions(tmp_path, monkeypatch):
     assert status["logged"], status
     got = MlflowClient(tracking_uri=uri).get_run(status["run_id"]).data.metrics
     assert got["R_at_1_lo"] == pytest.approx(ci["R@1_lo"]) and got["R_at_1_hi"] == pytest.approx(ci["R@1_hi"])
+
+
+# -- seeds ---------------------------------------------------------------------------------------------------
+
+def test_t_interval_on_a_hand_made_case():
+    mean, lo, hi = stats.t_interval([60.0, 62.0, 64.0])  # sd 2, n 3: t(0.975, 2) = 4.303
+    assert mean == 62.0 and (hi - lo) / 2 == pytest.approx(4.303 * 2 / np.sqrt(3))
+    assert stats.t_interval([5.0, 5.0]) == (5.0, 5.0, 5.0)
+    assert stats.t_interval([1.0]) is None
+
+
+def _seeded_grid(tmp_path, monkeypatch, seeds):
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg()
+    cfg["seeds"] = list(seeds)
+    n = 600
+    ids = np.arange(n)
+    base = {c: np.random.default_rng(3).integers(0, 20, n) for c in ("clean", "gaussian_noise", "contrast")}
+    from qshift.config import runs
+    for run in runs(cfg):
+        r = base[run.corruption].copy()
+        if run.method == "tcr":  # each seed's stream order helps a different share of the queries
+            rng = np.random.default_rng(run.seed)
+            r[(r > 0) & (rng.random(n) < 0.10 + 0.002 * (run.seed % 10))] = 0
+        _write_run(run, r, ids)
+    return cfg
+
+
+def test_seeds_coexist_and_the_report_aggregates_them(tmp_path, monkeypatch):
+    from qshift.config import runs
+
+    cfg = _seeded_grid(tmp_path, monkeypatch, [42, 7, 3])
+    paths = {r.result_path for r in runs(cfg)}
+    assert len(paths) == 3 * len(list(runs(cfg, [42])))
+    assert all(Path(p).is_file() for p in paths)
+    by_seed = {s: report.collect(cfg, seeds=[s])[0] for s in (42, 7, 3)}
+    across = stats.seed_summary(cfg, "i2t", by_seed, n_boot=200)
+    src, same, tcr = (across["rows"][m] for m in ("source", "same", "tcr"))
+    assert src["n"] == 3 and src["lo"] == src["mean"] == src["hi"]  # no adaptation: every seed the same
+    assert same["delta"] == {"d": 0.0, "lo": 0.0, "hi": 0.0, "sig": False}
+    per = [tcr["per_seed"][s]["avg"] for s in (42, 7, 3)]
+    assert len(set(per)) == 3 and tcr["mean"] == pytest.approx(np.mean(per))
+    assert tcr["lo"] < tcr["mean"] < tcr["hi"] and tcr["delta"]["sig"] and tcr["delta"]["lo"] > 0
+    summary = report.build_report(cfg, tmp_path / "reports", track=False)
+    md = (tmp_path / "reports/report.md").read_text()
+    assert "### Seeds — i2t" in md and "| Method | seed 42 | seed 7 | seed 3 | Mean over seeds |" in md
+    assert "the first of seeds 42, 7, 3" in md
+    s = summary["seeds"]["i2t"]["tcr"]
+    assert s["n_seeds"] == 3 and s["avg_r1_mean"] == pytest.approx(tcr["mean"]) and s["delta_to_source"]["sig"]
+    # the main tables are the first seed's
+    assert summary["directions"]["i2t"]["tcr"]["avg_r1"] == pytest.approx(tcr["per_seed"][42]["avg"])
+    assert "Seeds" in (tmp_path / "reports/report.html").read_text()
+
+
+def test_one_seed_has_no_seeds_section_and_a_missing_seed_run_is_listed(tmp_path, monkeypatch):
+    cfg = _seeded_grid(tmp_path, monkeypatch, [42])
+    summary = report.build_report(cfg, tmp_path / "reports", track=False)
+    assert "seeds" not in summary and "### Seeds" not in (tmp_path / "reports/report.md").read_text()
+    cfg["seeds"] = [42, 9]  # seed 9 never ran: its runs are missing, the tables stay seed 42's
+    summary = report.build_report(cfg, tmp_path / "reports", track=False)
+    assert summary["missing"] and all("/seed9/" in m["run"] for m in summary["missing"])
+    assert summary["seeds"]["i2t"]["tcr"]["n_seeds"] == 1

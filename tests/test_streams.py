@@ -172,7 +172,7 @@ def test_grid_has_stream_runs_and_their_query_paths():
     stream_runs = [r for r in qc.runs(cfg) if r.severity == 0 and r.corruption != "clean"]
     assert {(r.direction, r.method, r.corruption) for r in stream_runs} == {
         (d, m, s) for m in ("source", "tcr") for d, s in [("i2t", "mix"), ("i2t", "seq"), ("t2i", "tseq")]}
-    assert stream_runs[0].result_path.endswith("/i2t/source/mix-s0.json")
+    assert stream_runs[0].result_path.endswith("/i2t/source/seed42/mix-s0.json")
     assert qc.queries_path(cfg, "i2t", "mix", 0) == "data/queries/builtin/image-stream/mix/manifest.json"
     assert qc.queries_path(cfg, "t2i", "tseq", 0) == "data/queries/builtin/text-stream/tseq.json"
     cfg["streams"]["methods"] = []

@@ -167,7 +167,7 @@ def test_report_bookkeeping_moves_runs_to_the_current_sweep_and_merges_duplicate
                                                                    tracking.TAG_ROLE: "sweep"}).info.run_id
     assert tracking._parent_run(client, exp_id, sweep) == first != extra  # every writer agrees on the oldest
 
-    run = Run("builtin", "qshift-tiny-clip", "i2t", "source", "gaussian_noise", 3)
+    run = Run("builtin", "qshift-tiny-clip", "i2t", "source", "gaussian_noise", 3, 42)
     doc["mlflow"] = {"logged": True}
     out = tracking.sync_sweep(cfg, {run: doc})
     assert out["replayed"] == [] and out["failing"] == [] and out["error"] is None
@@ -245,7 +245,7 @@ def test_unreachable_store_keeps_the_results_file_and_a_replay_logs_it_untouched
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     cfg = params(tmp_path)
-    run = Run("builtin", "qshift-tiny-clip", "i2t", "tcr", "gaussian_noise", 3)
+    run = Run("builtin", "qshift-tiny-clip", "i2t", "tcr", "gaussian_noise", 3, 42)
     doc = make_doc()
     path = tmp_path / run.result_path
     write_json(path, doc)  # as the adapt stage does: the numbers first, then tracking

@@ -46,7 +46,7 @@ def test_variant_resolves_base_defaults_plus_overrides_and_is_a_grid_row(tmp_pat
     assert method_hparams(cfg, "v2", "i2t") == {**CFG["methods"]["tcr"], "lr": 1.0e-2, "tau": 0.05}
     assert method_hparams(cfg, "v2", "t2i")["lr"] == 1.0e-5  # the variant's own by_direction wins
     paths = {r.result_path for r in runs(cfg)}
-    assert any(f"/{VARIANT}/gaussian_noise-s3.json" in p for p in paths)
+    assert any(f"/{VARIANT}/seed42/gaussian_noise-s3.json" in p for p in paths)
 
 
 def test_base_by_direction_is_inherited_and_explicit_overrides_win():
@@ -110,7 +110,7 @@ def test_variant_row_through_the_adapt_stage(stage_world, tmp_path):
                            "--method", VARIANT, "--direction", "i2t", "--corruption", "clean", "--severity", "0"],
                           cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    run = config.Run(CFG["benchmark"], CFG["model"]["name"], "i2t", VARIANT, "clean", 0)
+    run = config.Run(CFG["benchmark"], CFG["model"]["name"], "i2t", VARIANT, "clean", 0, 42)
     doc = json.loads((cwd / run.result_path).read_text())
     assert f"/{VARIANT}/" in run.result_path and doc["key"]["method"] == VARIANT and doc["variant_of"] == "tcr"
     assert doc["hparams"]["lr"] == 1.0e-2 and doc["hparams"]["tau"] == CFG["methods"]["tcr"]["tau"]

@@ -33,9 +33,10 @@ TEXT_QUERIES = "data/queries/{dataset}/text/{corruption}-s{severity}.json"  # a 
 STREAM_IMAGE_QUERIES = "data/queries/{dataset}/image-stream/{stream}"  # folder: images + manifest.json
 STREAM_TEXT_QUERIES = "data/queries/{dataset}/text-stream/{stream}.json"  # a manifest
 GALLERY = "data/embeddings/{model}/{dataset}/gallery.pt"
-RESULT = "results/{dataset}/{model}/{direction}/{method}/{corruption}-s{severity}.json"
+# one folder per adaptation seed (params `seeds`): the seeds of one grid coexist
+RESULT = "results/{dataset}/{model}/{direction}/{method}/seed{seed}/{corruption}-s{severity}.json"
 # per-query outcomes beside each results file (qshift.outcomes), written by the same job
-OUTCOMES = "results/{dataset}/{model}/{direction}/{method}/{corruption}-s{severity}.npz"
+OUTCOMES = "results/{dataset}/{model}/{direction}/{method}/seed{seed}/{corruption}-s{severity}.npz"
 TUNED = "results/{dataset}/{model}/tuned/{method}.json"  # stage tune: one file per method of adapt.methods
 # every stage mirrors its log here (Snakemake's `log:` directives name the same files)
 EXAMPLES_DIR = "{report}/corruptions"  # contact sheet + text examples (stage `examples`)
@@ -48,7 +49,7 @@ LOGS = {
     "corrupt_text": "logs/corrupt_text/{dataset}/{corruption}-s{severity}.log",
     "corrupt_stream": "logs/corrupt_stream/{dataset}/{side}/{stream}.log",
     "encode_gallery": "logs/encode_gallery/{model}/{dataset}.log",
-    "adapt": "logs/adapt/{dataset}/{model}/{direction}/{method}/{corruption}-s{severity}.log",
+    "adapt": "logs/adapt/{dataset}/{model}/{direction}/{method}/seed{seed}/{corruption}-s{severity}.log",
     "report": "logs/report/{dataset}.log",
     "observe": "logs/observe/{dataset}.log",
     "tune": "logs/tune/{dataset}/{model}/{method}.log",
@@ -289,6 +290,7 @@ def validate_run_params(cfg: dict) -> None:
     """The numbers every run reads, typed before any job (a batch size of 0 or 1.5 would
     otherwise fail inside a job with a traceback)."""
     _int_param(cfg, "seed", 0)
+    run_seeds(cfg)
     _int_param(cfg, "adapt.batch_size", 1)
     _int_param(cfg, "adapt.steps", 1)
     _int_param(cfg, "model.batch_size", 1, required=False)
@@ -557,6 +559,30 @@ def validate_variants(cfg: dict) -> None:
                                   f"{', '.join(sorted(base.defaults)) or '(none)'}")
 
 
+def run_seeds(cfg: dict) -> list[int]:
+    """The adaptation seeds (params ``seeds``, default ``[seed]``): a grid dimension. A run's
+    seed sets its stream order and torch's RNG; ``seed`` itself stays the project's seed (the
+    built-in data, pretraining, the corruption draws, the streams' domain assignment, tuning,
+    the bootstrap), so adding a seed to the list adds only that seed's adapt jobs."""
+    seeds = cfg.get("seeds")
+    if seeds is None:
+        return [cfg["seed"]]
+    if not isinstance(seeds, list) or not seeds:
+        raise ConfigError(f"params: seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise ConfigError(f"params: seeds: {s!r} is not an integer >= 0 (seeds: {seeds!r})")
+    dup = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dup:
+        raise ConfigError(f"params: seeds lists {', '.join(map(str, dup))} more than once (seeds: {seeds!r})")
+    return list(seeds)
+
+
+def primary_seed(cfg: dict) -> int:
+    """The seed whose runs the report's main tables show (the first of ``seeds``)."""
+    return run_seeds(cfg)[0]
+
+
 @dataclass(frozen=True)
 class Run:
     dataset: str
@@ -565,12 +591,13 @@ class Run:
     method: str
     corruption: str
     severity: int
+    seed: int
 
     @property
     def key(self) -> dict:
         return {"benchmark": self.dataset, "dataset": self.dataset, "model": self.model,
                 "direction": self.direction, "method": self.method, "corruption": self.corruption,
-                "severity": self.severity}
+                "severity": self.severity, "seed": self.seed}
 
     @property
     def result_path(self) -> str:
@@ -595,21 +622,23 @@ def query_cells(cfg: dict, direction: str) -> list[tuple[str, int]]:
     return [(CLEAN, 0)] + [(c, int(s)) for c in names for s in levels]
 
 
-def runs(cfg: dict) -> Iterator[Run]:
+def runs(cfg: dict, seeds: list[int] | None = None) -> Iterator[Run]:
     """Every run of the grid: each method on each shifted cell, the methods listed in
     ``adapt.clean_methods`` on clean queries, and ``streams.methods`` on each of the direction's
-    streams (``corruption`` = the stream's name, ``severity`` 0)."""
+    streams (``corruption`` = the stream's name, ``severity`` 0) — once per seed of ``seeds``
+    (default: every seed of params ``seeds``)."""
     dataset, model = cfg["benchmark"], cfg["model"]["name"]
     clean_methods = set(cfg["adapt"].get("clean_methods", []))
     stream_methods = set((cfg.get("streams") or {}).get("methods") or [])
-    for direction in cfg["adapt"]["directions"]:
-        for method in cfg["adapt"]["methods"]:
-            for corruption, severity in query_cells(cfg, direction):
-                if corruption != CLEAN or method in clean_methods:
-                    yield Run(dataset, model, direction, method, corruption, severity)
-            if method in stream_methods:
-                for name in streams(cfg, direction):
-                    yield Run(dataset, model, direction, method, name, 0)
+    for seed in (run_seeds(cfg) if seeds is None else seeds):
+        for direction in cfg["adapt"]["directions"]:
+            for method in cfg["adapt"]["methods"]:
+                for corruption, severity in query_cells(cfg, direction):
+                    if corruption != CLEAN or method in clean_methods:
+                        yield Run(dataset, model, direction, method, corruption, severity, seed)
+                if method in stream_methods:
+                    for name in streams(cfg, direction):
+                        yield Run(dataset, model, direction, method, name, 0, seed)
 
 
 def queries_path(cfg: dict, direction: str, corruption: str, severity: int) -> str:

@@ -56,11 +56,12 @@ def _cells_from_folder(root: Path) -> dict[tuple[str, str, str], float]:
         try:
             doc = json.loads(f.read_text())
             k = doc["key"]
-            cells[(k["direction"], k["method"], f"{k['corruption']}-s{k['severity']}")] = float(doc["metrics"]["R@1"])
+            seed = "" if k.get("seed") is None else f"/seed{k['seed']}"  # each seed its own cell
+            cells[(k["direction"], k["method"], f"{k['corruption']}-s{k['severity']}{seed}")] = float(doc["metrics"]["R@1"])
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not a results file
     if not cells:
-        raise InputError(f"{root}: no results files (results/<benchmark>/<model>/<direction>/<method>/*.json)")
+        raise InputError(f"{root}: no results files (results/<benchmark>/<model>/<direction>/<method>/seed<seed>/*.json)")
     return cells
 
 
@@ -75,7 +76,9 @@ def _cells_from_sweep(key: str, uri: str) -> dict[tuple[str, str, str], float]:
         p = r.data.params
         if r.data.tags.get(TAG_ROLE) != "run" or "R_at_1" not in r.data.metrics:
             continue
-        cells[(p["key.direction"], p["key.method"], f"{p['key.corruption']}-s{p['key.severity']}")] = r.data.metrics["R_at_1"]
+        seed = f"/seed{p['key.seed']}" if "key.seed" in p else ""
+        cells[(p["key.direction"], p["key.method"], f"{p['key.corruption']}-s{p['key.severity']}{seed}")] = \
+            r.data.metrics["R_at_1"]
     if not cells:
         raise InputError(f"{key!r}: neither a results folder nor a sweep key with runs in the MLflow store {uri} "
                          f"(sweep keys: tag qshift.sweep_key of the sweep parent runs)")
@@ -92,7 +95,7 @@ def compare(a: dict, b: dict) -> list[dict]:
     clean: dict[tuple[str, str], tuple[float, float]] = {}
     for k in sorted(set(a) & set(b)):
         d, m, cell = k
-        if cell == "clean-s0":
+        if cell.split("/")[0] == "clean-s0":
             clean[(d, m)] = (a[k], b[k])
         else:
             groups.setdefault((d, m), []).append((a[k], b[k]))

@@ -46,7 +46,7 @@ QUERY_SHIFT, QUERY_GALLERY_SHIFT = SETTINGS
 META_KEYS = ("dataset", "setting", "description")
 # keys dvc.yaml interpolates (paths and matrices): DVC cannot follow a preset that changes them
 DVC_KEYS = ("model.name", "corrupt.image.names", "corrupt.image.severities", "corrupt.text.names",
-            "corrupt.text.levels", "adapt.methods", "adapt.clean_methods", "adapt.directions")
+            "corrupt.text.levels", "adapt.methods", "adapt.clean_methods", "adapt.directions", "seeds")
 
 
 def deep_merge(base: dict, overlay: dict) -> dict:

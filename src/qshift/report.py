@@ -36,7 +36,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from . import faults, paper, reportset, stats
-from .config import EXAMPLES_DIR, MODEL_DIR, TUNED, Run, query_cells, runs, streams
+from .config import EXAMPLES_DIR, MODEL_DIR, TUNED, Run, primary_seed, query_cells, run_seeds, runs, streams
 from .corrupt.text import TEXT_LABELS, not_run_types
 from .errors import QShiftError
 from .io import atomic_path, write_json, write_text
@@ -54,11 +54,14 @@ def cell_label(corruption: str, severity: int, multi: bool) -> str:
     return f"{name} s{severity}" if multi else name
 
 
-def collect(cfg: dict, diverged: dict[Run, dict] | None = None) -> tuple[dict[Run, dict], list[tuple[Run, str]]]:
-    """(finished runs, [(run, why it is not reported)]): a missing or invalid results file and a
-    diverged run (``status: diverged``; also put into ``diverged`` when given) are not reported."""
+def collect(cfg: dict, diverged: dict[Run, dict] | None = None,
+            seeds: list[int] | None = None) -> tuple[dict[Run, dict], list[tuple[Run, str]]]:
+    """(finished runs, [(run, why it is not reported)]) of the given adaptation seeds (default:
+    the first of params ``seeds``, the one the report's tables show): a missing or invalid
+    results file and a diverged run (``status: diverged``; also put into ``diverged`` when
+    given) are not reported."""
     found, missing = {}, []
-    for run in runs(cfg):
+    for run in runs(cfg, [primary_seed(cfg)] if seeds is None else seeds):
         path = Path(run.result_path)
         if not path.is_file():
             missing.append((run, f"results file missing: {path}"))
@@ -760,18 +763,26 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
     stage = reportset.staging(out_dir)  # the new set is built here, then swapped in
     fig_dir = stage / "figures"
     diverged: dict[Run, dict] = {}
-    found, missing = collect(cfg, diverged)
+    found, missing = collect(cfg, diverged)  # the first seed's runs: every table below
+    seeds = run_seeds(cfg)
+    by_seed, other_diverged = {seeds[0]: found}, {}
+    for seed in seeds[1:]:  # the other seeds: the Seeds section, the failures list, MLflow
+        by_seed[seed], seed_missing = collect(cfg, other_diverged, [seed])
+        missing += seed_missing
     sync = None
     if track:
         from .tracking import sync_sweep
 
-        sync = sync_sweep(cfg, {**found, **diverged})  # diverged runs are logged too (FAILED)
+        everything = {r: d for f in by_seed.values() for r, d in f.items()}
+        sync = sync_sweep(cfg, {**everything, **diverged, **other_diverged})  # diverged runs too (FAILED)
     summary: dict = {"benchmark": cfg["benchmark"], "model": cfg["model"]["name"], "directions": {}}
     title = f"QShift report — {cfg['benchmark']} / {cfg['model']['name']}"
     intro = ("Recall@1 (%) of each method on each query shift; **Avg** is the plain mean over the corruption "
              "columns (in brackets: the difference to `source`); **Clean** is the same method on uncorrupted "
              f"queries, the reference (run for {_clean_methods(cfg)}). Each run adapts online over the whole query stream "
-             f"(batch {cfg['adapt']['batch_size']}, {cfg['adapt']['steps']} steps per batch, seed {cfg['seed']}).")
+             f"(batch {cfg['adapt']['batch_size']}, {cfg['adapt']['steps']} steps per batch, "
+             + (f"seed {seeds[0]})." if len(seeds) == 1 else
+                f"seed {seeds[0]}, the first of seeds {', '.join(map(str, seeds))}: across seeds, see Seeds)."))
     md = [f"# {title}", "", intro, ""]
     intro_html = _md_inline(intro.replace("(in brackets: the difference to `source`)",
                                           "(second line of a cell: the difference to `source`)"))
@@ -884,6 +895,14 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
             md += [(stats.SEGMENTS_NOTE if matched else "Sequential streams: each domain's mean R@1 in the stream "
                     "against the same method adapted to that domain alone (gap < 0: the stream lost accuracy there)."),
                    "", markdown_forgetting_table(forget), "", f"![Forgetting](figures/{direction}_forgetting.png)", ""]
+        if len(seeds) > 1:
+            across = stats.seed_summary(cfg, direction, by_seed)
+            summary.setdefault("seeds", {})[direction] = {
+                m: {"per_seed": {str(k): v for k, v in row["per_seed"].items()}, "n_seeds": row["n"],
+                    "avg_r1_mean": row["mean"], "avg_r1_mean_lo": row["lo"], "avg_r1_mean_hi": row["hi"],
+                    **({"delta_to_source": row["delta"]} if row["delta"] else {})}
+                for m, row in across["rows"].items()}
+            md += [f"### Seeds — {direction}", "", stats.SEEDS_NOTE, "", _md_grid(*stats.seed_rows(across)), ""]
         md += ["<details><summary>R@5 and R@10</summary>", "", "R@5", "", markdown_table(tables["R@5"]), "",
                "R@10", "", markdown_table(tables["R@10"]), "", "</details>", ""]
 
@@ -927,6 +946,10 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
                   "<p class='note'>Each domain's mean R@1 in the stream against the same method adapted to that "
                   "domain alone (gap &lt; 0: the stream lost accuracy there).</p>",
                   html_forgetting_table(forget), _img(figs["forgetting"], f"Forgetting, {direction}")]
+
+        if len(seeds) > 1:
+            h += [f"<h3>Seeds — {_e(direction)}</h3>", f"<p class='note'>{_md_inline(stats.SEEDS_NOTE)}</p>",
+                  _html_grid(*stats.seed_rows(across))]
 
         counters = defaultdict(dict)
         for r, doc in found.items():
@@ -973,9 +996,9 @@ def build_report(cfg: dict, out_dir: str | Path = "reports", track: bool = True)
         h += ["<ul>" + "".join(f"<li>{_md_inline(n.lstrip(' -'))}</li>" for n in notes[1:]) + "</ul>"]
 
     summary["missing"] = [{"run": r.result_path, "reason": why} for r, why in missing]
-    if diverged:
+    if diverged or other_diverged:
         summary["diverged"] = [{"run": r.result_path, **doc["diverged"]} for r, doc in
-                               sorted(diverged.items(), key=lambda kv: kv[0].result_path)]
+                               sorted({**diverged, **other_diverged}.items(), key=lambda kv: kv[0].result_path)]
     if sync is not None:
         summary["mlflow"] = {"replayed": len(sync["replayed"]), "failing": len(sync["failing"])}
     write_text(stage / "report.md", "\n".join(md))

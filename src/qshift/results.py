@@ -1,4 +1,5 @@
-"""The per-run results file: one JSON per (model, dataset, direction, method, corruption, severity).
+"""The per-run results file: one JSON per (model, dataset, direction, method, corruption, severity, seed),
+at ``results/<dataset>/<model>/<direction>/<method>/seed<seed>/<corruption>-s<severity>.json``.
 
 Written atomically by the ``adapt`` stage *before* anything is logged to MLflow, so a run's
 numbers never depend on the tracking store. Schema (``schema: 2``)::
@@ -8,8 +9,8 @@ numbers never depend on the tracking store. Schema (``schema: 2``)::
       "status": "ok",                   # or "diverged" (below)
       "key": {"benchmark": "builtin", "dataset": "builtin", "model": "qshift-tiny-clip",
               "direction": "i2t", "method": "tcr", "corruption": "gaussian_noise",
-              "severity": 3},
-      "run_key": "builtin/qshift-tiny-clip/i2t/tcr/gaussian_noise-s3",
+              "severity": 3, "seed": 42},       # seed: the run's adaptation seed (params seeds)
+      "run_key": "builtin/qshift-tiny-clip/i2t/tcr/gaussian_noise-s3/seed42",
       "metrics": {"R@1": 61.2, "R@5": 85.0, "R@10": 91.3},      # percent
       "n_queries": 1000, "n_gallery": 5000,
       "online": {                                               # one entry per batch
@@ -72,8 +73,10 @@ RECALL_KS = (1, 5, 10)
 
 
 def run_key(key: dict) -> str:
-    return (f"{key['dataset']}/{key['model']}/{key['direction']}/{key['method']}/"
+    """The run's identity (results path without the extension; MLflow tag ``qshift.key``)."""
+    cell = (f"{key['dataset']}/{key['model']}/{key['direction']}/{key['method']}/"
             f"{key['corruption']}-s{key['severity']}")
+    return cell if key.get("seed") is None else f"{cell}/seed{key['seed']}"
 
 
 def load_result(path: str | Path) -> dict:
@@ -122,13 +125,17 @@ def _recalls(path, field: str, block: dict) -> None:
 
 
 def _path_key(path) -> dict | None:
-    """The key a results path names (``.../<dataset>/<model>/<direction>/<method>/<corruption>-s<severity>.json``)."""
+    """The key a results path names
+    (``.../<dataset>/<model>/<direction>/<method>/seed<seed>/<corruption>-s<severity>.json``)."""
     parts = Path(path).parts
-    if len(parts) < 5 or not parts[-1].endswith(".json") or "-s" not in parts[-1]:
+    if len(parts) < 6 or not parts[-1].endswith(".json") or "-s" not in parts[-1]:
         return None
     corruption, _, severity = parts[-1][:-len(".json")].rpartition("-s")
-    return {"dataset": parts[-5], "model": parts[-4], "direction": parts[-3], "method": parts[-2],
-            "corruption": corruption, "severity": severity}
+    seed = parts[-2][len("seed"):] if parts[-2].startswith("seed") else None
+    if seed is None or not seed.isdigit():  # a file outside a seed folder: a pre-seeds layout
+        return None
+    return {"dataset": parts[-6], "model": parts[-5], "direction": parts[-4], "method": parts[-3],
+            "corruption": corruption, "severity": severity, "seed": seed}
 
 
 def validate(doc, path: str | Path) -> None:
@@ -150,6 +157,11 @@ def validate(doc, path: str | Path) -> None:
         raise _bad(path, "key.severity", f"must be an integer >= 0, got {key.get('severity')!r}")
     if key["direction"] not in DIRECTIONS:
         raise _bad(path, "key.direction", f"must be one of {', '.join(DIRECTIONS)}, got {key['direction']!r}")
+    if "seed" not in key:
+        raise _bad(path, "key.seed", "is missing: the file was written before adaptation seeds (params seeds) "
+                                     "were part of a run's key; rerun its adapt job")
+    if not _is_int(key["seed"]) or key["seed"] < 0:
+        raise _bad(path, "key.seed", f"must be an integer >= 0, got {key['seed']!r}")
     named = _path_key(path)
     if named is not None:
         for f, v in named.items():

@@ -372,3 +372,79 @@ def matched_reference(rows: list[dict], kind: str = "sequential") -> dict[str, d
 
 def outcomes_exist(result_path: str | Path) -> bool:
     return Path(result_path).with_suffix(".npz").is_file()
+
+
+# -- across seeds ------------------------------------------------------------------------------------------
+
+# two-sided 95% Student t quantiles t_{0.975, df} for df = 1..30 (beyond: the normal's 1.96)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float] | None:
+    """(mean, lo, hi): the 95% Student t interval of the mean over seeds (None for < 2 values)."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return None
+    mean, sd = float(v.mean()), float(v.std(ddof=1))
+    t = _T975[len(v) - 2] if len(v) - 1 <= len(_T975) else 1.96
+    h = t * sd / math.sqrt(len(v))
+    return mean, mean - h, mean + h
+
+
+def seed_summary(cfg: dict, direction: str, by_seed: dict[int, dict], n_boot: int | None = None) -> dict:
+    """Each method's Avg R@1 per adaptation seed (with that seed's bootstrap interval over the
+    queries) and across seeds: the mean with its 95% t interval over the seeds, and the Δ to
+    ``source`` paired by seed (the same seed's stream order for both). A seed whose row is
+    incomplete (a missing or diverged cell) is left out of that method's across-seed numbers.
+
+    Returns {"seeds": [...], "rows": {method: {"per_seed": {seed: {"avg", "lo", "hi"}}, "n",
+    "mean", "lo", "hi", "delta": {"d", "lo", "hi", "sig"} | None}}}.
+    """
+    seeds = list(by_seed)
+    per: dict[str, dict[int, dict]] = {m: {} for m in cfg["adapt"]["methods"]}
+    for seed, found in by_seed.items():
+        unc = direction_intervals(cfg, direction, found, n_boot=n_boot)
+        for m, pts in unc["point"].items():
+            if "Avg" in pts:
+                lo, hi = unc["ci"][m]["Avg"]
+                per.setdefault(m, {})[seed] = {"avg": pts["Avg"], "lo": lo, "hi": hi}
+    rows: dict[str, dict] = {}
+    base = per.get(BASELINE, {})
+    for m, got in per.items():
+        row: dict = {"per_seed": got, "n": len(got), "mean": None, "lo": None, "hi": None, "delta": None}
+        ti = t_interval([got[s]["avg"] for s in seeds if s in got])
+        if ti is not None:
+            row["mean"], row["lo"], row["hi"] = ti
+        elif got:
+            row["mean"] = float(np.mean([v["avg"] for v in got.values()]))
+        paired = [s for s in seeds if s in got and s in base]
+        if m != BASELINE:
+            td = t_interval([got[s]["avg"] - base[s]["avg"] for s in paired])
+            if td is not None:
+                row["delta"] = {"d": td[0], "lo": td[1], "hi": td[2], "sig": significant(td[1], td[2])}
+        rows[m] = row
+    return {"seeds": seeds, "rows": rows}
+
+
+def seed_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """The report's seeds table: Avg R@1 per seed (± its bootstrap), mean ± t interval, Δ to source."""
+    seeds = summary["seeds"]
+    header = ["Method"] + [f"seed {s}" for s in seeds] + ["Mean over seeds", "Δ to source (paired by seed)"]
+    rows = []
+    for m, row in summary["rows"].items():
+        cells = [ci_cell(row["per_seed"][s]["avg"], (row["per_seed"][s]["lo"], row["per_seed"][s]["hi"]))
+                 if s in row["per_seed"] else "—" for s in seeds]
+        mean = "—" if row["mean"] is None else (
+            _f(row["mean"]) if row["lo"] is None else f"{_f(row['mean'])} ±{half_width(row['lo'], row['hi']):.1f}")
+        if row["n"] and row["n"] < len(seeds):
+            mean += f" (n={row['n']})"
+        rows.append([m] + cells + [mean, "" if m == BASELINE else delta_cell(row["delta"])])
+    return header, rows
+
+
+SEEDS_NOTE = ("Across adaptation seeds (params `seeds`; a seed sets the stream order and torch's RNG, the queries "
+              "and the source model are the same): each seed's Avg R@1 ± half its 95% bootstrap interval over the "
+              "queries; the mean over seeds ± half its 95% Student t interval over the seeds; the Δ to `source` "
+              "paired by seed, `*` when its interval excludes 0. The tables above are the first seed's.")

@@ -94,6 +94,9 @@ def sweep_of(cfg: dict) -> dict:
     if st.get("methods") and (st.get("image") or st.get("text")):  # absent otherwise: older sweep keys hold
         grid["streams"] = {"methods": list(st["methods"]), "image": dict(st.get("image") or {}),
                            "text": dict(st.get("text") or {})}
+    from .config import run_seeds
+
+    grid["seeds"] = run_seeds(cfg)  # the adaptation seeds are a grid dimension (the project's seed is not)
     h = stable_hash(grid)
     return {"benchmark": cfg["benchmark"], "model": cfg["model"]["name"], "grid": grid, "grid_hash": h,
             "key": f"{cfg['benchmark']}/{cfg['model']['name']}/sweep-{h}"}
@@ -275,10 +278,12 @@ def ui_url(uri: str, experiment_id: str) -> str:
 
 
 def run_name(key: dict) -> str:
-    """A run's display name, what differs first: ``tcr · i2t · gaussian_noise s3``, ``source · t2i · clean``,
-    ``tcr · i2t · mix`` (a stream). The identity stays the full key in tag ``qshift.run_key``."""
+    """A run's display name, what differs first: ``tcr · i2t · gaussian_noise s3 · seed 42``,
+    ``source · t2i · clean · seed 42``, ``tcr · i2t · mix · seed 7`` (a stream). The identity stays
+    the full key in tag ``qshift.run_key``."""
     cell = key["corruption"] if int(key.get("severity", 0)) == 0 else f"{key['corruption']} s{key['severity']}"
-    return f"{key['method']} · {key['direction']} · {cell}"
+    seed = "" if key.get("seed") is None else f" · seed {key['seed']}"
+    return f"{key['method']} · {key['direction']} · {cell}{seed}"
 
 
 def sweep_run_name(sweep: dict) -> str:

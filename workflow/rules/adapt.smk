@@ -1,4 +1,5 @@
-# Online test-time adaptation: one job per (method, direction, corruption, severity).
+# Online test-time adaptation: one job per (method, direction, corruption, severity, seed);
+# `seeds` in params.yaml lists the adaptation seeds (each its own results folder seed<N>/).
 
 
 rule adapt:
@@ -11,10 +12,10 @@ rule adapt:
         tuned=qc.TUNED.format(dataset=DS, model=MODEL, method="{method}"),
     output:
         qc.RESULT.format(dataset=DS, model=MODEL, direction="{direction}", method="{method}",
-                         corruption="{corruption}", severity="{severity}"),
+                         corruption="{corruption}", severity="{severity}", seed="{seed}"),
         # per-query outcomes (qshift.outcomes), written before the results file
         qc.OUTCOMES.format(dataset=DS, model=MODEL, direction="{direction}", method="{method}",
-                           corruption="{corruption}", severity="{severity}"),
+                           corruption="{corruption}", severity="{severity}", seed="{seed}"),
     params:
         cfg=adapt_params,
     threads: 1
@@ -26,15 +27,15 @@ rule adapt:
     # short jobs: `--group-components adapt=N` (slurm/config.yaml) bundles N per SLURM job
     group:
         "adapt"
-    benchmark: f"logs/benchmarks/adapt/{DS}/{MODEL}/{{direction}}/{{method}}/{{corruption}}-s{{severity}}.tsv"
+    benchmark: f"logs/benchmarks/adapt/{DS}/{MODEL}/{{direction}}/{{method}}/seed{{seed}}/{{corruption}}-s{{severity}}.tsv"
     log:
         qc.LOGS["adapt"].format(dataset=DS, model=MODEL, direction="{direction}", method="{method}",
-                       corruption="{corruption}", severity="{severity}"),
+                       corruption="{corruption}", severity="{severity}", seed="{seed}"),
     conda:
         ENV_FILE
     shell:
         "python stages/adapt.py --method {wildcards.method} --direction {wildcards.direction}"
-        " --corruption {wildcards.corruption} --severity {wildcards.severity}"
+        " --corruption {wildcards.corruption} --severity {wildcards.severity} --seed {wildcards.seed}"
 
 
 # Hyperparameter selection on the validation split (src/qshift/tune.py): one job, every grid point.

@@ -39,7 +39,8 @@ rule report:
                category="Tables"),
     params:
         # what the report reads besides the results (the grid, the report settings), as DVC's report stage
-        cfg=stable_hash([config["adapt"], config["corrupt"], config.get("streams"), config["report"]]),
+        cfg=stable_hash([config["adapt"], config["corrupt"], config.get("streams"), config["report"]]
+                        + ([config["seeds"]] if config.get("seeds", [config["seed"]]) != [config["seed"]] else [])),
     threads: 1
     resources:
         mem_mb=2000,
