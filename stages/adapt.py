@@ -66,7 +66,7 @@ def main() -> None:
     log = cli.start_log(LOGS["adapt"].format(**run.key))
     set_threads(cfg.get("threads", 0))
     device = pick_device(cfg["device"])
-    queries = load_split(queries_path(cfg, args.direction, args.corruption, args.severity), "test")
+    queries = load_split(queries_path(cfg, args.direction, args.corruption, args.severity, seed), "test")
     gallery = load_gallery(GALLERY.format(model=run.model, dataset=run.dataset))
     model = load_model(cfg["model"]["source"], device, cfg["model"].get("cache_dir"),
                        preprocess=cfg["model"].get("preprocess", "native"))

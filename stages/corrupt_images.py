@@ -6,14 +6,15 @@ corrupted on a pool of `corrupt.image.workers` processes (0 = all cores of the j
 
 Big datasets can fan out further: `--shard i/n` builds every n-th image from the i-th into
 <output>.shards/<i>-of-<n>/, and `--merge-shards n` joins the n shard folders into the
-output; the result is byte-identical to a single job.
+output; the result is byte-identical to a single job. ``--draw-seed N`` (params
+seed_corruptions): the corruptions drawn for run seed N, under image-seed<N>/.
 """
 
 from qshift import cli
 
 
 def main() -> None:
-    from qshift.config import IMAGE_QUERIES, LOGS, MANIFEST
+    from qshift.config import LOGS, MANIFEST, check_draw, query_set_path
     from qshift.corrupt.build import build_image_queries, merge_image_shards, parse_shard, shard_dir
     from qshift.errors import ConfigError
 
@@ -23,12 +24,17 @@ def main() -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--shard", metavar="I/N", help="build only shard I of N (0 <= I < N)")
     mode.add_argument("--merge-shards", metavar="N", type=int, help="join the N built shards into the output")
+    p.add_argument("--draw-seed", type=int, default=None,
+                   help="draw the corruptions for this run seed (params seed_corruptions)")
     args = p.parse_args()
     cfg = cli.load(args)
+    draw = check_draw(cfg, args.draw_seed)
     ds = cfg["benchmark"]
     params = cfg["corrupt"]["image"]
-    out = IMAGE_QUERIES.format(dataset=ds, corruption=args.corruption, severity=args.severity)
-    log_path = LOGS["corrupt_images"].format(dataset=ds, corruption=args.corruption, severity=args.severity)
+    out = query_set_path(cfg, "i2t", args.corruption, args.severity, draw)
+    cell = {"dataset": ds, "corruption": args.corruption, "severity": args.severity}
+    log_path = (LOGS["corrupt_images"].format(**cell) if draw is None else
+                LOGS["corrupt_images_drawn"].format(**cell, draw=draw))
     if args.merge_shards is not None:
         if args.merge_shards < 1:
             raise ConfigError(f"--merge-shards must be >= 1, got {args.merge_shards}")
@@ -55,7 +61,7 @@ def main() -> None:
                             quality=params["jpeg_quality"], progress=cli.progress_enabled(args),
                             workers=params.get("workers", 1), shard=shard,
                             implementation=params.get("implementation", "imagecorruptions"),
-                            mm_options=params.get("mm_robustness"))
+                            mm_options=params.get("mm_robustness"), draw=draw)
     log.info("corrupt_images: %d images -> %s", n, out)
 
 

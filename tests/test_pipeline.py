@@ -173,6 +173,41 @@ def test_a_new_seed_runs_only_its_adapt_jobs_and_coexists(snake_repo):
     assert planned_jobs(snake_repo) == {}
 
 
+def test_seed_corruptions_draws_the_new_seeds_query_sets_only(snake_repo):
+    from qshift.config import load_params, query_cells, runs, streams
+
+    over = ["seeds=[42, 7]", "seed_corruptions=true"]
+    cfg = load_params(snake_repo / "params.yaml", over)
+    n_img, n_txt = (len([c for c in query_cells(cfg, d) if c[0] != "clean"]) for d in ("i2t", "t2i"))
+    planned = planned_jobs(snake_repo, "--config", *over)
+    # seed 7's own draws of every query set and stream, its adapt jobs, the report; seed 42 untouched
+    assert planned == {"corrupt_images_drawn": n_img, "corrupt_text_drawn": n_txt,
+                       "corrupt_stream_image_drawn": len(streams(cfg, "i2t")),
+                       "corrupt_stream_text_drawn": len(streams(cfg, "t2i")),
+                       "adapt": sum(r.seed == 7 for r in runs(cfg)), "observe": 1, "report": 1, "all": 1}
+    target = next(r for r in runs(cfg) if r.seed == 7 and r.direction == "t2i" and r.method == "source"
+                  and r.corruption == "ocr")
+    run(["snakemake", "--cores", "1", "--config", *over, "--", target.result_path], snake_repo)
+    drawn = snake_repo / "data/queries/builtin/text-seed7/ocr-s2.json"
+    std = json.loads((snake_repo / "data/queries/builtin/text/ocr-s2.json").read_text())
+    new = json.loads(drawn.read_text())
+    assert new["meta"]["draw_seed"] == 7 and "draw_seed" not in std["meta"]
+    caps = lambda d: [s["raw"] for im in d["images"] for s in im["sentences"]]  # noqa: E731
+    assert caps(new) != caps(std) and len(caps(new)) == len(caps(std))
+    a = json.loads((snake_repo / target.result_path.replace("/seed7/", "/seed42/")).read_text())
+    b = json.loads((snake_repo / target.result_path).read_text())
+    assert a["n_queries"] == b["n_queries"] and b["key"]["seed"] == 7
+    # DVC cannot follow (no per-seed stages): refused with the reason, before any work
+    import subprocess
+
+    from pipeline_utils import env
+
+    proc = subprocess.run(["python", "stages/corrupt_text.py", "--corruption", "ocr", "--level", "2", "--draw-seed",
+                           "7", "--set", "seed_corruptions=true", "--set", "seeds=[42,7]"], cwd=snake_repo,
+                          env={**env(), "DVC_STAGE": "corrupt_text"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "seed_corruptions: true needs query sets drawn per run seed" in proc.stderr
+
+
 def test_same_seed_same_metrics_across_orchestrators(snake_repo, dvc_repo):
     for path in expected_results(snake_repo):
         a = json.loads(path.read_text())

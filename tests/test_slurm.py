@@ -230,7 +230,7 @@ def test_pipeline_runs_as_slurm_jobs(slurm_repo, cluster):
 # The fault tests share one victim: the first cancels its job mid-run; the second reruns the
 # whole pipeline, kills the victim's stage process once and expects the retry to finish it.
 VICTIM = "results/builtin/qshift-tiny-clip/t2i/tcr/seed42/ocr-s2.json"
-VICTIM_LOG = "logs/adapt/builtin/qshift-tiny-clip/t2i/tcr/ocr-s2.log"
+VICTIM_LOG = "logs/adapt/builtin/qshift-tiny-clip/t2i/tcr/seed42/ocr-s2.log"
 VICTIM_ARGS = ("--method", "tcr", "--direction", "t2i", "--corruption", "ocr")
 _state: dict = {}
 

@@ -112,6 +112,55 @@ def test_text_stream_corrupts_each_caption_by_its_domain(world):
     assert split.image_paths[0].is_file()  # images stay the clean ones
 
 
+def test_a_draw_seed_draws_other_corruptions_and_streams_reuse_that_draw(world):
+    """seed_corruptions: a set drawn for another run seed differs from the standard draw, is
+    reproducible, and that seed's stream reuses its pixels / captions exactly."""
+    root, manifest = world["root"], world["manifest"]
+    build_image_queries(manifest, root / "gn3-std", "gaussian_noise", 3, seed=42, progress=False)
+    build_image_queries(manifest, root / "gn3-d7", "gaussian_noise", 3, seed=42, progress=False, draw=7)
+    build_image_queries(manifest, root / "gn3-d7b", "gaussian_noise", 3, seed=42, progress=False, draw=7)
+    doc = read_manifest(root / "gn3-d7/manifest.json")
+    assert doc["meta"]["draw_seed"] == 7 and "draw_seed" not in read_manifest(root / "gn3-std/manifest.json")["meta"]
+    names = [im["filename"] for im in doc["images"]]
+    assert all((root / "gn3-d7" / n).read_bytes() == (root / "gn3-d7b" / n).read_bytes() for n in names)
+    assert sum((root / "gn3-d7" / n).read_bytes() != (root / "gn3-std" / n).read_bytes() for n in names) == len(names)
+    build_image_stream(manifest, root / "mixed-d7", "mixed", MIXED, seed=42, progress=False, draw=7)
+    sdoc = read_manifest(root / "mixed-d7/manifest.json")
+    assert [im["domain"] for im in sdoc["images"]] == [im["domain"] for im in read_manifest(
+        root / "mixed/manifest.json")["images"]]  # the same domains: only the draws change
+    im = next(im for im in sdoc["images"] if im["domain"] == "gaussian_noise-s3")
+    assert (root / "mixed-d7" / im["filename"]).read_bytes() == (root / "gn3-d7" / im["filename"]).read_bytes()
+    build_text_queries(manifest, root / "ocr2-d7.json", "ocr", 2, seed=42, progress=False, draw=7)
+    build_text_stream(manifest, root / "tseq-d7.json", "tseq", TEXT_SEQ, seed=42, progress=False, draw=7)
+    ocr = {s["sentid"]: s["raw"] for im in read_manifest(root / "ocr2-d7.json")["images"] for s in im["sentences"]}
+    build_text_queries(manifest, root / "ocr2-std.json", "ocr", 2, seed=42, progress=False)
+    std = {s["sentid"]: s["raw"] for im in read_manifest(root / "ocr2-std.json")["images"] for s in im["sentences"]}
+    sents = [s for im in read_manifest(root / "tseq-d7.json")["images"] for s in im["sentences"]]
+    assert all(s["raw"] == ocr[s["sentid"]] for s in sents if s["domain"] == "ocr-s2")
+    assert sum(ocr[k] != std[k] for k in ocr) > len(ocr) // 4
+
+
+def test_draw_paths_and_the_draw_seed_checks():
+    cfg = qc.load_params(REPO / "params.yaml", ["seeds=[42, 7]"])
+    assert qc.draw_seed(cfg, 7) is None  # seed_corruptions is off by default: one standard draw
+    assert qc.queries_path(cfg, "i2t", "fog", 3, 7) == qc.queries_path(cfg, "i2t", "fog", 3, 42)
+    with pytest.raises(ConfigError, match="seed_corruptions is false"):
+        qc.check_draw(cfg, 7)
+    cfg["seed_corruptions"] = True
+    assert qc.draw_seed(cfg, 42) is None and qc.draw_seed(cfg, 7) == 7
+    assert qc.queries_path(cfg, "i2t", "fog", 3, 7) == "data/queries/builtin/image-seed7/fog-s3/manifest.json"
+    assert qc.queries_path(cfg, "t2i", "ocr", 2, 7) == "data/queries/builtin/text-seed7/ocr-s2.json"
+    assert qc.queries_path(cfg, "t2i", "ocr", 2, 42) == "data/queries/builtin/text/ocr-s2.json"
+    assert qc.stream_path(cfg, "i2t", "mix", 7) == "data/queries/builtin/image-stream-seed7/mix"
+    assert qc.queries_path(cfg, "i2t", "clean", 0, 7) == qc.MANIFEST.format(dataset="builtin")
+    with pytest.raises(ConfigError, match="valid: 7"):
+        qc.check_draw(cfg, 42)
+    from qshift import presets
+
+    with pytest.raises(ConfigError, match="seed_corruptions: true.*Snakemake"):
+        presets.dvc_guard(cfg, cfg, environ={"DVC_STAGE": "corrupt_images"})
+
+
 # -- run_stream ------------------------------------------------------------------------------------------
 
 def test_run_stream_follows_the_sequential_order_and_labels_batches(world):

@@ -32,6 +32,12 @@ TEXT_QUERIES = "data/queries/{dataset}/text/{corruption}-s{severity}.json"  # a 
 # multi-domain query streams (qshift.streams): same formats, their own folders
 STREAM_IMAGE_QUERIES = "data/queries/{dataset}/image-stream/{stream}"  # folder: images + manifest.json
 STREAM_TEXT_QUERIES = "data/queries/{dataset}/text-stream/{stream}.json"  # a manifest
+# with `seed_corruptions: true`, a run seed other than the project's reads query sets drawn
+# with that seed (qshift.corrupt.build, `draw`): the same formats under <kind>-seed<N>/
+DRAWN = {"image": "data/queries/{dataset}/image-seed{draw}/{corruption}-s{severity}",
+         "text": "data/queries/{dataset}/text-seed{draw}/{corruption}-s{severity}.json",
+         "image-stream": "data/queries/{dataset}/image-stream-seed{draw}/{stream}",
+         "text-stream": "data/queries/{dataset}/text-stream-seed{draw}/{stream}.json"}
 GALLERY = "data/embeddings/{model}/{dataset}/gallery.pt"
 # one folder per adaptation seed (params `seeds`): the seeds of one grid coexist
 RESULT = "results/{dataset}/{model}/{direction}/{method}/seed{seed}/{corruption}-s{severity}.json"
@@ -48,6 +54,10 @@ LOGS = {
     "corrupt_images": "logs/corrupt_images/{dataset}/{corruption}-s{severity}.log",
     "corrupt_text": "logs/corrupt_text/{dataset}/{corruption}-s{severity}.log",
     "corrupt_stream": "logs/corrupt_stream/{dataset}/{side}/{stream}.log",
+    # the same stages drawing with another seed (seed_corruptions)
+    "corrupt_images_drawn": "logs/corrupt_images/{dataset}/seed{draw}/{corruption}-s{severity}.log",
+    "corrupt_text_drawn": "logs/corrupt_text/{dataset}/seed{draw}/{corruption}-s{severity}.log",
+    "corrupt_stream_drawn": "logs/corrupt_stream/{dataset}/{side}/seed{draw}/{stream}.log",
     "encode_gallery": "logs/encode_gallery/{model}/{dataset}.log",
     "adapt": "logs/adapt/{dataset}/{model}/{direction}/{method}/seed{seed}/{corruption}-s{severity}.log",
     "report": "logs/report/{dataset}.log",
@@ -291,6 +301,8 @@ def validate_run_params(cfg: dict) -> None:
     otherwise fail inside a job with a traceback)."""
     _int_param(cfg, "seed", 0)
     run_seeds(cfg)
+    if not isinstance(cfg.get("seed_corruptions", False), bool):
+        raise ConfigError(f"params: seed_corruptions must be true or false, got {cfg['seed_corruptions']!r}")
     _int_param(cfg, "adapt.batch_size", 1)
     _int_param(cfg, "adapt.steps", 1)
     _int_param(cfg, "model.batch_size", 1, required=False)
@@ -373,6 +385,13 @@ def validate(cfg: dict) -> None:
     from .tune import validate_tune
 
     validate_tune(cfg)
+    if cfg.get("seed_corruptions") and any(s != cfg["seed"] for s in run_seeds(cfg)):
+        from .data.prebuilt import prebuilt_dir
+
+        if prebuilt_dir(cfg) is not None:
+            raise ConfigError("params: seed_corruptions: true draws the corruptions anew for each run seed, but "
+                              "the benchmark's query sets are the authors' prebuilt ones (datasets.<name>.prebuilt), "
+                              "a single draw; set seed_corruptions: false")
 
 
 # hyperparameters that must be positive / non-negative whatever the method
@@ -578,6 +597,30 @@ def run_seeds(cfg: dict) -> list[int]:
     return list(seeds)
 
 
+def draw_seed(cfg: dict, seed: int | None) -> int | None:
+    """The seed a run's corrupted queries are drawn with, when not the project's: ``seed`` itself
+    under ``seed_corruptions: true`` (for every run seed but ``seed``), else None (the one
+    standard draw of every query set)."""
+    if seed is None or not cfg.get("seed_corruptions", False) or int(seed) == int(cfg["seed"]):
+        return None
+    return int(seed)
+
+
+def check_draw(cfg: dict, draw: int | None) -> int | None:
+    """A query stage's ``--draw-seed``: a run seed of ``seeds`` other than ``seed``, under
+    ``seed_corruptions: true`` (ConfigError otherwise, naming the valid values)."""
+    if draw is None:
+        return None
+    others = [s for s in run_seeds(cfg) if s != cfg["seed"]]
+    if not cfg.get("seed_corruptions", False):
+        raise ConfigError(f"--draw-seed {draw}: params seed_corruptions is false (every run seed reads the one "
+                          f"standard draw); set it to true to draw the corruptions per seed")
+    if draw not in others:
+        raise ConfigError(f"--draw-seed {draw} is not a run seed other than the project's seed {cfg['seed']}; "
+                          f"valid: {', '.join(map(str, others)) or '(none: seeds lists only the project seed)'}")
+    return int(draw)
+
+
 def primary_seed(cfg: dict) -> int:
     """The seed whose runs the report's main tables show (the first of ``seeds``)."""
     return run_seeds(cfg)[0]
@@ -641,20 +684,33 @@ def runs(cfg: dict, seeds: list[int] | None = None) -> Iterator[Run]:
                         yield Run(dataset, model, direction, method, name, 0, seed)
 
 
-def queries_path(cfg: dict, direction: str, corruption: str, severity: int) -> str:
+def query_set_path(cfg: dict, direction: str, corruption: str, severity: int, seed: int | None = None) -> str:
+    """The output of the stage that builds a corrupted query set (a folder for images, a
+    manifest for text), drawn for run seed ``seed`` (:func:`draw_seed`)."""
+    dataset, draw = cfg["benchmark"], draw_seed(cfg, seed)
+    if draw is not None:
+        return DRAWN["image" if direction == "i2t" else "text"].format(
+            dataset=dataset, draw=draw, corruption=corruption, severity=severity)
+    pattern = IMAGE_QUERIES if direction == "i2t" else TEXT_QUERIES
+    return pattern.format(dataset=dataset, corruption=corruption, severity=severity)
+
+
+def queries_path(cfg: dict, direction: str, corruption: str, severity: int, seed: int | None = None) -> str:
     """The manifest holding a run's queries (the clean test split for the reference run)."""
-    dataset = cfg["benchmark"]
     if corruption == CLEAN:
-        return MANIFEST.format(dataset=dataset)
+        return MANIFEST.format(dataset=cfg["benchmark"])
     if is_stream(cfg, direction, corruption):
-        return stream_path(cfg, direction, corruption) + ("/manifest.json" if direction == "i2t" else "")
-    if direction == "i2t":
-        return IMAGE_QUERIES.format(dataset=dataset, corruption=corruption, severity=severity) + "/manifest.json"
-    return TEXT_QUERIES.format(dataset=dataset, corruption=corruption, severity=severity)
+        return stream_path(cfg, direction, corruption, seed) + ("/manifest.json" if direction == "i2t" else "")
+    return query_set_path(cfg, direction, corruption, severity, seed) + ("/manifest.json" if direction == "i2t"
+                                                                         else "")
 
 
-def stream_path(cfg: dict, direction: str, stream: str) -> str:
+def stream_path(cfg: dict, direction: str, stream: str, seed: int | None = None) -> str:
     """A stream's output: a folder (image streams) or a manifest (text streams)."""
+    draw = draw_seed(cfg, seed)
+    if draw is not None:
+        return DRAWN["image-stream" if direction == "i2t" else "text-stream"].format(
+            dataset=cfg["benchmark"], draw=draw, stream=stream)
     pattern = STREAM_IMAGE_QUERIES if direction == "i2t" else STREAM_TEXT_QUERIES
     return pattern.format(dataset=cfg["benchmark"], stream=stream)
 

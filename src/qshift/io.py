@@ -245,3 +245,12 @@ def derive_seed(*parts: Any) -> int:
     """A 32-bit seed from any parts, stable across processes and PYTHONHASHSEED."""
     blob = "\x1f".join(map(str, parts)).encode()
     return int.from_bytes(hashlib.sha256(blob).digest()[:4], "little")
+
+
+def query_seed(dataset: str, query_id: Any, corruption: str, severity: int, draw: int | None = None) -> int:
+    """The seed of one query's corruption: (dataset, image id or sentid, corruption, severity) —
+    the same in a per-corruption set and in a stream — and, for a set drawn anew for another run
+    seed (``seed_corruptions``), that ``draw`` seed as well."""
+    if draw is None:
+        return derive_seed(dataset, query_id, corruption, severity)
+    return derive_seed(dataset, query_id, corruption, severity, "draw", int(draw))

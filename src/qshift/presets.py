@@ -123,6 +123,12 @@ def dvc_guard(raw: dict, resolved: dict, environ: dict | None = None) -> None:
         return
     from .corrupt.text import not_run_types
 
+    from .config import draw_seed, run_seeds
+
+    if resolved.get("seed_corruptions") and any(draw_seed(resolved, s) is not None for s in run_seeds(resolved)):
+        raise ConfigError("seed_corruptions: true needs query sets drawn per run seed, which dvc.yaml (a fixed "
+                          "stage list) has no stages for; run the pipeline with Snakemake (`snakemake --cores 2`), "
+                          "or set seed_corruptions: false under DVC")
     skipped = not_run_types(resolved)  # dvc.yaml's matrix runs every listed text type
     if skipped:
         raise ConfigError("dvc.yaml runs every name in corrupt.text.names, but these cannot run: "

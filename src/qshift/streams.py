@@ -32,7 +32,7 @@ from .progress import tqdm
 
 from .data.manifest import Split, image_root, read_manifest, write_manifest
 from .errors import ConfigError, InputError
-from .io import atomic_dir, derive_seed, read_json
+from .io import atomic_dir, derive_seed, query_seed, read_json
 
 KINDS = ("mixed", "sequential")
 NAME = re.compile(r"^[a-z0-9_]+$")
@@ -124,8 +124,9 @@ def _stream_meta(name: str, spec: dict, direction: str, seed: int, order: np.nda
 
 
 def build_image_stream(manifest: str | Path, out_dir: str | Path, name: str, spec: dict, seed: int,
-                       quality: int = 95, progress: bool = True) -> dict[str, int]:
-    """An image query stream (i2t): each test image corrupted by its domain; returns counts per domain."""
+                       quality: int = 95, progress: bool = True, draw: int | None = None) -> dict[str, int]:
+    """An image query stream (i2t): each test image corrupted by its domain; returns counts per domain.
+    ``draw``: the corruptions drawn for another run seed (seed_corruptions), as in that seed's sets."""
     from .corrupt import corrupt_image
 
     manifest = Path(manifest)
@@ -149,17 +150,19 @@ def build_image_stream(manifest: str | Path, out_dir: str | Path, name: str, spe
             except (OSError, UnidentifiedImageError) as e:
                 raise InputError(f"cannot read image {src}: {e}") from None
             # the per-corruption set's seed: the same query is bit-identical in both
-            out = corrupt_image(corruption, arr, severity, derive_seed(dataset, im["imgid"], corruption, severity))
+            out = corrupt_image(corruption, arr, severity, query_seed(dataset, im["imgid"], corruption, severity, draw))
             fname = f"{Path(im['filename']).stem}.jpg"
             Image.fromarray(out).save(tmp / fname, quality=quality)
             entries.append({**im, "filepath": "", "filename": fname, "domain": domain_label(corruption, severity)})
         meta = _stream_meta(name, spec, "i2t", seed, order, manifest, Path(out_dir))
+        if draw is not None:
+            meta["draw_seed"] = int(draw)
         write_manifest(tmp / "manifest.json", dataset, entries, image_root=".", meta={**meta, "jpeg_quality": quality})
     return dict(Counter(e["domain"] for e in entries))
 
 
 def build_text_stream(manifest: str | Path, out: str | Path, name: str, spec: dict, seed: int,
-                      progress: bool = True) -> dict[str, int]:
+                      progress: bool = True, draw: int | None = None) -> dict[str, int]:
     """A caption query stream (t2i): each test caption corrupted by its domain (images stay clean)."""
     from .corrupt import corrupt_text
 
@@ -178,14 +181,16 @@ def build_text_stream(manifest: str | Path, out: str | Path, name: str, spec: di
         for s in im["sentences"]:
             corruption, level = domains[dom[q]]
             q += 1
-            raw = corrupt_text(corruption, s["raw"], level, derive_seed(dataset, s["sentid"], corruption, level))
+            raw = corrupt_text(corruption, s["raw"], level, query_seed(dataset, s["sentid"], corruption, level, draw))
             label = domain_label(corruption, level)
             counts[label] += 1
             sents.append({**s, "raw": raw, "tokens": raw.split(), "clean": s["raw"], "domain": label})
         entries.append({**im, "sentences": sents})
     root = os.path.relpath(image_root(doc, manifest), out.parent)
-    write_manifest(out, dataset, entries, image_root=root,
-                   meta=_stream_meta(name, spec, "t2i", seed, order, manifest, out.parent))
+    meta = _stream_meta(name, spec, "t2i", seed, order, manifest, out.parent)
+    if draw is not None:
+        meta["draw_seed"] = int(draw)
+    write_manifest(out, dataset, entries, image_root=root, meta=meta)
     return dict(counts)
 
 

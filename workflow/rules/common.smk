@@ -2,14 +2,13 @@
 
 
 def adapt_queries(w):
-    """The run's query set: the clean dataset for the reference run, a stream's set, else the corrupted set."""
+    """The run's query set: the clean dataset for the reference run, a stream's set, else the
+    corrupted set (drawn for the run's seed under seed_corruptions: qshift.config.draw_seed)."""
     if w.corruption == "clean":
         return DATASET_DIR
     if qc.is_stream(config, w.direction, w.corruption):  # a multi-domain stream (corrupt_stream_*)
-        return qc.stream_path(config, w.direction, w.corruption)
-    if w.direction == "i2t":
-        return qc.IMAGE_QUERIES.format(dataset=DS, corruption=w.corruption, severity=w.severity)
-    return qc.TEXT_QUERIES.format(dataset=DS, corruption=w.corruption, severity=w.severity)
+        return qc.stream_path(config, w.direction, w.corruption, int(w.seed))
+    return qc.query_set_path(config, w.direction, w.corruption, int(w.severity), int(w.seed))
 
 
 def adapt_params(w):

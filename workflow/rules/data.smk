@@ -49,6 +49,7 @@ rule corrupt_images:
     params:
         cfg=stable_hash([config["seed"], config["corrupt"]["image"]["jpeg_quality"],
                          *implementation_params(config["corrupt"]["image"])] + prebuilt_params()),
+        draw="",  # corrupt_images_drawn: --draw-seed N
     # a process pool of corrupt.image.workers inside the job (0 = every core it is given)
     threads: config["corrupt"]["image"]["workers"] or workflow.cores
     resources:
@@ -60,7 +61,7 @@ rule corrupt_images:
     conda:
         ENV_FILE
     shell:
-        "python stages/corrupt_images.py --corruption {wildcards.corruption} --severity {wildcards.severity}"
+        "python stages/corrupt_images.py --corruption {wildcards.corruption} --severity {wildcards.severity}{params.draw}"
 
 
 rule corrupt_text:
@@ -72,6 +73,7 @@ rule corrupt_text:
         cfg=stable_hash([config["seed"], {k: v for k, v in config["corrupt"]["text"].items()
                                           if k not in ("names", "levels") and not (k == "filter" and v is None)}]
                         + prebuilt_params()),
+        draw="",
     threads: 1
     resources:
         mem_mb=2000,
@@ -82,7 +84,7 @@ rule corrupt_text:
     conda:
         ENV_FILE
     shell:
-        "python stages/corrupt_text.py --corruption {wildcards.corruption} --level {wildcards.severity}"
+        "python stages/corrupt_text.py --corruption {wildcards.corruption} --level {wildcards.severity}{params.draw}"
 
 
 # Multi-domain query streams (params `streams`): one job per stream, from the dataset alone.
@@ -93,6 +95,7 @@ rule corrupt_stream_image:
         directory(qc.STREAM_IMAGE_QUERIES.format(dataset=DS, stream="{stream}")),
     params:
         cfg=lambda w: stream_params(w, "image"),
+        draw="",
     threads: 1
     resources:
         mem_mb=2000,
@@ -103,7 +106,7 @@ rule corrupt_stream_image:
     conda:
         ENV_FILE
     shell:
-        "python stages/corrupt_stream.py --direction i2t --stream {wildcards.stream}"
+        "python stages/corrupt_stream.py --direction i2t --stream {wildcards.stream}{params.draw}"
 
 
 rule corrupt_stream_text:
@@ -113,6 +116,7 @@ rule corrupt_stream_text:
         qc.STREAM_TEXT_QUERIES.format(dataset=DS, stream="{stream}"),
     params:
         cfg=lambda w: stream_params(w, "text"),
+        draw="",
     threads: 1
     resources:
         mem_mb=2000,
@@ -123,7 +127,55 @@ rule corrupt_stream_text:
     conda:
         ENV_FILE
     shell:
-        "python stages/corrupt_stream.py --direction t2i --stream {wildcards.stream}"
+        "python stages/corrupt_stream.py --direction t2i --stream {wildcards.stream}{params.draw}"
+
+
+# `seed_corruptions: true`: the same query sets drawn for each run seed but the project's
+# (qshift.config.DRAWN, <kind>-seed<N>/), pulled in only by that seed's adapt jobs.
+use rule corrupt_images as corrupt_images_drawn with:
+    output:
+        directory(qc.DRAWN["image"].format(dataset=DS, draw="{draw}", corruption="{corruption}", severity="{severity}")),
+    params:
+        cfg=rules.corrupt_images.params.cfg,
+        draw=lambda w: f" --draw-seed {w.draw}",
+    benchmark: f"logs/benchmarks/corrupt_images/{DS}/seed{{draw}}/{{corruption}}-s{{severity}}.tsv"
+    log:
+        qc.LOGS["corrupt_images_drawn"].format(dataset=DS, draw="{draw}", corruption="{corruption}",
+                                               severity="{severity}"),
+
+
+use rule corrupt_text as corrupt_text_drawn with:
+    output:
+        qc.DRAWN["text"].format(dataset=DS, draw="{draw}", corruption="{corruption}", severity="{severity}"),
+    params:
+        cfg=rules.corrupt_text.params.cfg,
+        draw=lambda w: f" --draw-seed {w.draw}",
+    benchmark: f"logs/benchmarks/corrupt_text/{DS}/seed{{draw}}/{{corruption}}-s{{severity}}.tsv"
+    log:
+        qc.LOGS["corrupt_text_drawn"].format(dataset=DS, draw="{draw}", corruption="{corruption}",
+                                             severity="{severity}"),
+
+
+use rule corrupt_stream_image as corrupt_stream_image_drawn with:
+    output:
+        directory(qc.DRAWN["image-stream"].format(dataset=DS, draw="{draw}", stream="{stream}")),
+    params:
+        cfg=lambda w: stream_params(w, "image"),
+        draw=lambda w: f" --draw-seed {w.draw}",
+    benchmark: f"logs/benchmarks/corrupt_stream/{DS}/image/seed{{draw}}/{{stream}}.tsv"
+    log:
+        qc.LOGS["corrupt_stream_drawn"].format(dataset=DS, side="image", draw="{draw}", stream="{stream}"),
+
+
+use rule corrupt_stream_text as corrupt_stream_text_drawn with:
+    output:
+        qc.DRAWN["text-stream"].format(dataset=DS, draw="{draw}", stream="{stream}"),
+    params:
+        cfg=lambda w: stream_params(w, "text"),
+        draw=lambda w: f" --draw-seed {w.draw}",
+    benchmark: f"logs/benchmarks/corrupt_stream/{DS}/text/seed{{draw}}/{{stream}}.tsv"
+    log:
+        qc.LOGS["corrupt_stream_drawn"].format(dataset=DS, side="text", draw="{draw}", stream="{stream}"),
 
 
 # A corruption x severity contact sheet and a table of text corruptions by type and level.

@@ -27,7 +27,7 @@ from ..progress import tqdm
 from ..data.manifest import image_root, read_manifest, write_manifest
 from ..errors import ConfigError, InputError
 from ..faults import point as fault_point
-from ..io import atomic_dir, derive_seed
+from ..io import atomic_dir, query_seed
 from .image import corrupt_image
 from .text import TEXT_CORRUPTIONS
 
@@ -188,14 +188,15 @@ def run_image_tasks(tasks: Sequence[_ImageTask], workers: int = 1, desc: str = "
 def build_image_queries(manifest: str | Path, out_dir: str | Path, corruption: str, severity: int, seed: int,
                         quality: int = 95, progress: bool = True, workers: int = 1,
                         shard: tuple[int, int] | None = None, implementation: str = "imagecorruptions",
-                        mm_options: dict | None = None) -> int:
+                        mm_options: dict | None = None, draw: int | None = None) -> int:
     """Corrupt the test images of ``manifest`` into ``out_dir`` (JPEG ``quality`` + manifest.json).
 
     With ``shard=(i, n)`` only test images i, i+n, i+2n, ... are built (into ``out_dir``, which
     should be ``shard_dir(final, i, n)``); ``merge_image_shards`` then assembles the final
     folder, byte-identical to an unsharded build. ``seed`` is recorded as provenance; each
-    image is seeded from (dataset, image id, corruption, severity). ``implementation`` /
-    ``mm_options``: corrupt.image.implementation and corrupt.image.mm_robustness.
+    image is seeded from (dataset, image id, corruption, severity) and, for a set drawn for
+    another run seed (``draw``, params seed_corruptions), that seed (:func:`qshift.io.query_seed`).
+    ``implementation`` / ``mm_options``: corrupt.image.implementation and corrupt.image.mm_robustness.
     """
     from . import mm_robustness
     from .image import IMAGE_CORRUPTIONS, check_implementation
@@ -222,6 +223,8 @@ def build_image_queries(manifest: str | Path, out_dir: str | Path, corruption: s
         images, names = images[i::n], names[i::n]
     meta = {"source_manifest": os.path.relpath(manifest, out_dir), "corruption": corruption, "severity": severity,
             "seed": seed, "jpeg_quality": quality, "modality": "image"}
+    if draw is not None:
+        meta["draw_seed"] = int(draw)
     options: tuple = ()
     if implementation != "imagecorruptions":  # (the default's manifests stay as they were)
         resolved = mm_robustness.options({"mm_robustness": mm_options}, dataset)
@@ -235,7 +238,7 @@ def build_image_queries(manifest: str | Path, out_dir: str | Path, corruption: s
         for im, name in zip(images, names):
             src = root / im.get("filepath", "") / im["filename"]
             tasks.append(_ImageTask(str(src), str(tmp / name), corruption, int(severity),
-                                    derive_seed(dataset, im["imgid"], corruption, severity), quality,
+                                    query_seed(dataset, im["imgid"], corruption, severity, draw), quality,
                                     implementation, options))
             entries.append({**im, "filepath": "", "filename": name})
         shard_txt = f" shard {shard[0]}/{shard[1]}" if shard else ""
@@ -289,7 +292,7 @@ def merge_image_shards(shard_dirs: Iterable[str | Path], out_dir: str | Path) ->
     return len(entries)
 
 def build_text_queries(manifest: str | Path, out: str | Path, corruption: str, level: int, seed: int,
-                       progress: bool = True, cfg: dict | None = None) -> int:
+                       progress: bool = True, cfg: dict | None = None, draw: int | None = None) -> int:
     """Corrupt every test caption. ``cfg`` (params) supplies the models, generation settings and
     device of the model-based types, which are generated in batches over all captions at once;
     without a configured model they raise ``ModelNotConfigured`` before any work is done."""
@@ -314,7 +317,7 @@ def build_text_queries(manifest: str | Path, out: str | Path, corruption: str, l
     if not images:
         raise InputError(f"manifest {manifest} has no test split to corrupt")
     sentences = [s for im in images for s in im["sentences"]]
-    seeds = [derive_seed(dataset, s["sentid"], corruption, level) for s in sentences]
+    seeds = [query_seed(dataset, s["sentid"], corruption, level, draw) for s in sentences]
     try:
         texts, filt = corrupt_texts_info(corruption, [s["raw"] for s in sentences], level, seeds, cfg,
                                          progress=progress)
@@ -335,6 +338,8 @@ def build_text_queries(manifest: str | Path, out: str | Path, corruption: str, l
         entries.append({**im, "sentences": sents})
     meta = {"source_manifest": os.path.relpath(manifest, out.parent), "corruption": corruption,
             "level": level, "word_probability": 0.05 * level, "seed": seed, "modality": "text"}
+    if draw is not None:
+        meta["draw_seed"] = int(draw)
     if spec.group == "sentence":
         meta["seq2seq"] = seq2seq.provenance(cfg, corruption, level)
     if filt is not None:
