@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,42 @@ def test_variant_row_through_the_adapt_stage(stage_world, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     logtext = (cwd / config.LOGS["adapt"].format(**run.key)).read_text()
     assert "replaced MLflow run" in logtext and "hp.lr: 0.01 -> 0.02" in logtext
+
+
+NEW_METHOD = '''"""A method added as one file (the test's): Tent with a tenth of its lr."""
+
+from .base import register_method
+from .tent import Tent
+
+
+@register_method("tent_slow")
+class TentSlow(Tent):
+    defaults = {**Tent.defaults, "lr": Tent.defaults["lr"] / 10}
+'''
+
+
+def test_a_new_method_is_one_file_in_the_package(stage_world, tmp_path):
+    """No import list to edit: a module dropped into qshift/tta registers itself, and the adapt
+    stage runs it (its hyperparameters: the class's defaults, params only override)."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "src" / "qshift", src / "qshift", ignore=shutil.ignore_patterns("__pycache__"))
+    (src / "qshift" / "tta" / "tent_slow.py").write_text(NEW_METHOD)
+    params = _params(tmp_path, {"tent_slow": {}}, ["tent_slow"],
+                     mlflow={"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "n-{benchmark}"},
+                     threads=1, tune={**CFG["tune"], "enabled": False})
+    env = {"PYTHONPATH": str(src), "QSHIFT_PROGRESS": "0", "PATH": str(Path(sys.executable).parent)}
+    proc = subprocess.run([sys.executable, str(REPO / "stages/adapt.py"), "--params", str(params),
+                           "--method", "tent_slow", "--direction", "i2t", "--corruption", "clean", "--severity", "0"],
+                          cwd=stage_world, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = config.Run(CFG["benchmark"], CFG["model"]["name"], "i2t", "tent_slow", "clean", 0, 42)
+    doc = json.loads((stage_world / run.result_path).read_text())
+    from qshift.tta.tent import Tent
+
+    assert doc["key"]["method"] == "tent_slow" and doc["hparams"]["lr"] == pytest.approx(Tent.defaults["lr"] / 10)
+    # without the file the name is unknown, and the error lists the valid methods
+    proc = subprocess.run([sys.executable, str(REPO / "stages/adapt.py"), "--params", str(params),
+                           "--method", "tent_slow", "--direction", "i2t", "--corruption", "clean", "--severity", "0"],
+                          cwd=stage_world, capture_output=True, text=True, timeout=600,
+                          env={**env, "PYTHONPATH": str(REPO / "src")})
+    assert proc.returncode == 2 and "tent_slow" in proc.stderr and "tcr" in proc.stderr
