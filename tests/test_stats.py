@@ -312,6 +312,11 @@ def test_seeds_coexist_and_the_report_aggregates_them(tmp_path, monkeypatch):
     # the main tables are the first seed's
     assert summary["directions"]["i2t"]["tcr"]["avg_r1"] == pytest.approx(tcr["per_seed"][42]["avg"])
     assert "Seeds" in (tmp_path / "reports/report.html").read_text()
+    from qshift.report_export import export
+
+    m = export(cfg, tmp_path / "exported")  # DVC's metrics: the seeds' mean beside the first seed's numbers
+    assert m["i2t"]["tcr"]["n_seeds"] == 3 and m["i2t"]["tcr"]["avg_r1_seeds_mean"] == pytest.approx(tcr["mean"])
+    assert m["i2t"]["tcr"]["avg_r1"] == pytest.approx(tcr["per_seed"][42]["avg"])
 
 
 def test_one_seed_has_no_seeds_section_and_a_missing_seed_run_is_listed(tmp_path, monkeypatch):

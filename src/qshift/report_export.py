@@ -139,5 +139,27 @@ def export(cfg: dict, out_dir: str | Path = "reports") -> dict:
         write_json(out_dir / "plots" / "r1" / f"{d}.json", r1_plot_rows(r1_tables[d]))
         write_json(out_dir / "plots" / "online" / f"{d}.json", online_plot_rows(cfg, d, found))
     metrics = metrics_doc(r1_tables)
+    _add_seed_means(cfg, metrics)
     write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def _add_seed_means(cfg: dict, metrics: dict) -> None:
+    """With several adaptation seeds: each method's Avg R@1 averaged over the seeds whose row is
+    complete (``avg_r1_seeds_mean``, ``n_seeds``); the other numbers stay the first seed's."""
+    from .config import run_seeds
+    from .report import collect, direction_table
+
+    seeds = run_seeds(cfg)
+    if len(seeds) < 2:
+        return
+    per_seed = {s: collect(cfg, seeds=[s])[0] for s in seeds}
+    for d in cfg["adapt"]["directions"]:
+        avgs: dict[str, list[float]] = {}
+        for found in per_seed.values():
+            for method, row in direction_table(cfg, d, found)["rows"].items():
+                if _num(row.get("Avg")):
+                    avgs.setdefault(method, []).append(row["Avg"])
+        for method, v in avgs.items():
+            metrics.setdefault(d, {}).setdefault(method, {}).update(avg_r1_seeds_mean=sum(v) / len(v),
+                                                                   n_seeds=len(v))
