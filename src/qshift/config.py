@@ -411,10 +411,7 @@ def validate_method_hparams(cfg: dict) -> None:
         base = METHODS.get(base_method(cfg, m))
         for d in cfg["adapt"]["directions"]:
             hp = method_hparams(cfg, m, d)
-            unknown = sorted(set(hp) - set(base.defaults))
-            if unknown:
-                raise ConfigError(f"params: methods.{m} has unknown hyperparameter(s) {', '.join(unknown)} for "
-                                  f"method {base.name!r}; valid: {', '.join(sorted(base.defaults)) or '(none)'}")
+            check_known_hparams(cfg, m, base, hp)
             for k, v in hp.items():
                 try:
                     v = _coerce(base.name, k, v, base.defaults[k])
@@ -570,12 +567,21 @@ def validate_variants(cfg: dict) -> None:
             raise ConfigError(f"params: method variant name {name!r} must match {VARIANT_NAME.pattern} "
                               f"(lowercase letters, digits, '_' and '-')")
         base = METHODS.get(base_method(cfg, name))
-        for d in (None, *DIRECTIONS):
-            unknown = sorted(set(method_hparams(cfg, name, d)) - set(base.defaults))
-            if unknown:
-                raise ConfigError(f"params: methods.{name} (a variant of {base.name!r}) sets unknown "
-                                  f"hyperparameter(s) {', '.join(unknown)}; valid: "
-                                  f"{', '.join(sorted(base.defaults)) or '(none)'}")
+        for d in (None, *DIRECTIONS):  # every variant, listed in the grid or not
+            check_known_hparams(cfg, name, base, method_hparams(cfg, name, d))
+
+
+def check_known_hparams(cfg: dict, name: str, base, hp: dict) -> None:
+    """The one check that ``methods.<name>`` sets only hyperparameters its (base) method has."""
+    unknown = sorted(set(hp) - set(base.defaults))
+    if not unknown:
+        return
+    valid = ", ".join(sorted(base.defaults)) or "(none)"
+    if is_variant(cfg, name):
+        raise ConfigError(f"params: methods.{name} (a variant of {base.name!r}) sets unknown hyperparameter(s) "
+                          f"{', '.join(unknown)}; valid: {valid}")
+    raise ConfigError(f"params: methods.{name} has unknown hyperparameter(s) {', '.join(unknown)} for method "
+                      f"{base.name!r}; valid: {valid}")
 
 
 def run_seeds(cfg: dict) -> list[int]:
