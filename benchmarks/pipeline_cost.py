@@ -4,7 +4,8 @@ Prints:
 
 1. per stage (Snakemake rule): jobs, total / mean / max job wall time, peak RSS;
 2. the adapt stage: job wall time against the adaptation itself (``timing.seconds`` of
-   each results file) — the overhead (process start, imports, model/gallery/query loading,
+   each results file; an adapt job runs every cell of a (method, direction, seed), so its
+   folder's files are summed — run it on a fresh pipeline, where every cell ran in its job) — the overhead (process start, imports, model/gallery/query loading,
    MLflow) as a share of the stage's wall time (target <= 15 %);
 3. per method: adaptation seconds as a multiple of ``source`` on the same cells, and as a
    multiple of its floor (the query-tower passes it must make: source 1 forward; entropy
@@ -98,15 +99,27 @@ def collect(root: Path) -> list[dict]:
     return [{"stage": s, "key": k, **v} for (s, k), v in sorted(jobs.items())]
 
 
-def adapt_seconds(root: Path, key: str) -> tuple[float, str] | None:
-    """(timing.seconds, method) of the results file of adapt job ``key``
-    (<dataset>/<model>/<direction>/<method>/seed<seed>/<corruption>-s<severity>)."""
-    path = root / "results" / f"{key}.json"
+def _cell(path: Path) -> tuple[float, str] | None:
     try:
         doc = json.loads(path.read_text())
         return float(doc["timing"]["seconds"]), doc["key"]["method"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def adapt_cells(root: Path, key: str) -> list[tuple[str, float, str]] | None:
+    """(cell key, timing.seconds, method) of every results file adapt job ``key`` wrote: a job
+    (<dataset>/<model>/<direction>/<method>/seed<seed>, every cell in its folder) or a single cell
+    (.../seed<seed>/<corruption>-s<severity>); None when it has none."""
+    path = root / "results" / key
+    files = [path.with_name(path.name + ".json")] if path.with_name(path.name + ".json").is_file() else (
+        sorted(path.glob("*.json")) if path.is_dir() else [])
+    cells = []
+    for f in files:
+        got = _cell(f)
+        if got is not None:
+            cells.append((str(f.relative_to(root / "results").with_suffix("")), *got))
+    return cells or None
 
 
 def budget(root: Path, steps: int) -> dict:
@@ -122,21 +135,22 @@ def budget(root: Path, steps: int) -> dict:
         s["from"].add(j["from"])
         if j["rss"] is not None:
             s["rss"] = max(s["rss"] or 0.0, j["rss"])
-    adapt = {"jobs": 0, "wall": 0.0, "adapt": 0.0, "missing_results": 0}
+    adapt = {"jobs": 0, "cells": 0, "wall": 0.0, "adapt": 0.0, "missing_results": 0}
     by_cell: dict[str, dict[str, float]] = defaultdict(dict)  # method -> {cell: seconds}
     for j in jobs:
         if j["stage"] != "adapt":
             continue
-        got = adapt_seconds(root, j["key"])
+        got = adapt_cells(root, j["key"])
         if got is None:
             adapt["missing_results"] += 1
             continue
-        sec, method = got
         adapt["jobs"] += 1
         adapt["wall"] += j["wall"]
-        adapt["adapt"] += sec
-        parts = j["key"].split("/")
-        by_cell[method]["/".join(parts[:3] + parts[4:])] = sec  # the cell without the method
+        for cell, sec, method in got:
+            adapt["cells"] += 1
+            adapt["adapt"] += sec
+            parts = cell.split("/")
+            by_cell[method]["/".join(parts[:3] + parts[4:])] = sec  # the cell without the method
     adapt["overhead"] = (adapt["wall"] - adapt["adapt"]) / adapt["wall"] if adapt["wall"] else None
     methods = {}
     src = by_cell.get("source", {})
@@ -174,7 +188,7 @@ def show(b: dict, steps: int) -> None:
               f"{_f(s['rss'], '.0f', 14)}  {'+'.join(s['from'])}")
     print(f"{'all jobs':<22}{b['n_jobs']:>6}{b['job_wall_total']:>10.1f}")
     a = b["adapt"]
-    print(f"\n2. adapt stage: {a['jobs']} jobs, job wall {a['wall']:.1f} s, adaptation (timing.seconds) "
+    print(f"\n2. adapt stage: {a['jobs']} jobs ({a['cells']} cells), job wall {a['wall']:.1f} s, adaptation (timing.seconds) "
           f"{a['adapt']:.1f} s -> overhead {_f(a['overhead'] and 100 * a['overhead'], '.1f', 0)} % of the "
           f"stage's wall time (target <= 15 %)" + (f"; {a['missing_results']} jobs without a results file"
                                                    if a["missing_results"] else ""))

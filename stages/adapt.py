@@ -1,45 +1,42 @@
-"""Stage `adapt`: one (method, direction, corruption, severity, seed) over the online query stream.
+"""Stage `adapt`: one (method, direction, seed) job over its cells, or one cell alone.
 
-Reads the cached gallery embeddings and the run's query manifest, adapts the query tower
-batch by batch, writes results/<dataset>/<model>/<direction>/<method>/seed<seed>/<corruption>-s<severity>.json
-(R@1/5/10, the per-batch online curve, method statistics), then logs the run to MLflow.
-A run whose scores or adapted parameters go non-finite is recorded as ``status: diverged``
-(no R@K; MLflow marks it FAILED) and the stage still exits 0 with a WARNING: it is a
-finished result, listed by the report under failures.
-``--corruption clean --severity 0`` is the clean-query reference run; ``--corruption <stream>
---severity 0`` runs one of the direction's multi-domain streams (params ``streams``).
+    python stages/adapt.py --method tcr --direction i2t [--seed 42] [--force]
+    python stages/adapt.py --method tcr --direction i2t --corruption gaussian_noise --severity 3
+
+Without ``--corruption`` (what Snakemake and DVC run) the job loads the model and the cached
+gallery embeddings once and adapts every cell of (method, direction, seed) the grid has —
+the clean reference run for ``adapt.clean_methods``, each corruption and severity, each of the
+direction's streams for ``streams.methods`` — one after another, skipping the cells whose
+results file is up to date (same fingerprint: :mod:`qshift.cells`; ``--force`` runs them all).
+With ``--corruption``/``--severity`` it runs that one cell (``clean --severity 0`` is the
+clean-query reference run; ``<stream> --severity 0`` one of the direction's multi-domain
+streams), whatever its results file holds.
+
+Each cell writes results/<dataset>/<model>/<direction>/<method>/seed<seed>/<corruption>-s<severity>.json
+(R@1/5/10, the per-batch online curve, method statistics) and its per-query outcomes as it
+finishes, then logs its MLflow run. A run whose scores or adapted parameters go non-finite is
+recorded as ``status: diverged`` (no R@K; MLflow marks it FAILED) and the stage still exits 0
+with a WARNING: it is a finished result, listed by the report under failures.
 """
 
 from qshift import cli
 
 
 def main() -> None:
-    import time
-
-    from qshift.adapt import run_stream
-    from qshift.config import (GALLERY, LOGS, TUNED, Run, check_method, experiment_name, is_variant,
-                               probes_angle, queries_path, run_seeds, streams)
-    from qshift.tta.base import PROBE_KEY
-    from qshift.corrupt import IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS
-    from qshift.data.manifest import load_split
+    from qshift.config import LOGS, Run, check_method, run_seeds
     from qshift.errors import ConfigError, UnknownNameError
-    from qshift.gallery import load_gallery
-    from qshift.io import stable_hash, write_json
-    from qshift.models import load_model
-    from qshift.outcomes import empty_outcomes, write_outcomes
-    from qshift.stats import check_and_interval
-    from qshift.tune import tuned_hparams
-    from qshift.results import CLEAN, DIRECTIONS, SCHEMA, run_key
-    from qshift.runtime import pick_device, provenance, set_threads
-    from qshift.tracking import log_result, sweep_of, tracking_uri
+    from qshift.results import CLEAN, DIRECTIONS
+    from qshift.runtime import set_threads
 
     p = cli.parser(__doc__)
     p.add_argument("--method", required=True)
     p.add_argument("--direction", required=True)
-    p.add_argument("--corruption", required=True, help=f"a corruption name, a stream name, or {CLEAN!r}")
-    p.add_argument("--severity", required=True, type=int)
+    p.add_argument("--corruption", default=None,
+                   help=f"one cell: a corruption name, a stream name, or {CLEAN!r} (default: every cell of the job)")
+    p.add_argument("--severity", type=int, default=None, help="the cell's severity (0 for clean and streams)")
     p.add_argument("--seed", type=int, default=None,
                    help="the adaptation seed, one of params seeds (default: the first)")
+    p.add_argument("--force", action="store_true", help="run every cell of the job, up to date or not")
     args = p.parse_args()
     cfg = cli.load(args)
     seeds = run_seeds(cfg)
@@ -47,80 +44,37 @@ def main() -> None:
     if seed not in seeds:
         raise ConfigError(f"--seed {seed} is not one of params seeds {seeds} (add it to seeds to run it: "
                           f"its results then sit beside the others)")
-
     base = check_method(cfg, args.method)  # a variant (methods.<name>.method) builds its base
     if args.direction not in DIRECTIONS:
         raise UnknownNameError("direction", args.direction, DIRECTIONS)
-    registry = IMAGE_CORRUPTIONS if args.direction == "i2t" else TEXT_CORRUPTIONS
-    named = streams(cfg, args.direction)
-    if args.corruption in named or args.corruption == CLEAN:
-        if args.severity != 0:
-            what = "the clean reference run" if args.corruption == CLEAN else f"stream {args.corruption!r}"
-            raise ConfigError(f"{what} takes --severity 0, got {args.severity}")
-    elif args.corruption not in registry:
-        raise UnknownNameError(f"{registry.kind} or stream for {args.direction} queries", args.corruption,
-                               registry.names() + [CLEAN] + sorted(named))
+    if (args.corruption is None) != (args.severity is None):
+        raise ConfigError("--corruption and --severity go together (one cell), or neither (the whole job)")
 
-    run = Run(cfg["benchmark"], cfg["model"]["name"], args.direction, args.method, args.corruption, args.severity,
-              seed)
-    log = cli.start_log(LOGS["adapt"].format(**run.key))
-    set_threads(cfg.get("threads", 0))
-    device = pick_device(cfg["device"])
-    queries = load_split(queries_path(cfg, args.direction, args.corruption, args.severity, seed), "test")
-    gallery = load_gallery(GALLERY.format(model=run.model, dataset=run.dataset))
-    model = load_model(cfg["model"]["source"], device, cfg["model"].get("cache_dir"),
-                       preprocess=cfg["model"].get("preprocess", "native"))
-    if gallery["model"] != model.name:
-        raise ConfigError(f"gallery embeddings were made with model {gallery['model']!r}, not {model.name!r}; "
-                          f"rerun encode_gallery")
-    if gallery.get("preprocess", "native") != model.preprocess:
-        raise ConfigError(f"gallery embeddings were made with model.preprocess {gallery.get('preprocess', 'native')!r}, "
-                          f"not {model.preprocess!r}; rerun encode_gallery")
+    from qshift import cells
 
-    hparams, tuned = tuned_hparams(cfg, args.method, args.direction, TUNED.format(**run.key))  # stage tune
-    ad = cfg["adapt"]
-    if probes_angle(cfg, args.method):  # an observation (params observe.grad_angle), not a hyperparameter
-        hparams[PROBE_KEY] = True
-    if tuned:
-        log.info(f"adapt: tuned on the validation split (stage tune): {tuned}")
-    body = run_stream(model, base, hparams, args.direction, queries, gallery, batch_size=ad["batch_size"],
-                      steps=ad["steps"], seed=seed, num_workers=cfg["num_workers"], amp=cfg["amp"],
-                      progress=cli.progress_enabled(args), desc=run_key(run.key), order_kind=ad.get("order", "seeded"))
-    outcomes = body.pop("outcomes", None)  # none for a diverged run (no ranks to keep)
-    run_cfg = {"batch_size": ad["batch_size"], "steps": ad["steps"], "seed": seed, "amp": cfg["amp"],
-               "model_source": cfg["model"]["source"]}
-    if ad.get("order", "seeded") != "seeded":  # recorded only when not the default (params_hash unchanged)
-        run_cfg["order"] = ad["order"]
-    if is_variant(cfg, args.method):
-        log.info(f"adapt: {args.method} is a variant of {base}: {body['hparams']}")
-    if tuned:
-        run_cfg["tuned"] = tuned
-    result = {"schema": SCHEMA, "key": run.key, "run_key": run_key(run.key), **body, "run": run_cfg,
-              **({"variant_of": base} if base != args.method else {}),
-              "env": {**provenance(device), "params_hash": stable_hash({"hparams": body["hparams"], **run_cfg})},
-              "finished_at": time.time(),
-              "mlflow": {"logged": False, "run_id": None, "error": "not attempted yet"}}
-    out = run.result_path
-    if outcomes is not None:
-        result["metrics_ci"] = check_and_interval(outcomes, result["metrics"], cfg["seed"], run.key)
-    write_outcomes(run.outcomes_path, outcomes if outcomes is not None else empty_outcomes())  # before the JSON
-    write_json(out, result)  # the numbers are safe before tracking is attempted
-    result["mlflow"] = log_result(result, tracking_uri(cfg), experiment_name(cfg), artifact=out,
-                                  sweep=sweep_of(cfg))
-    write_json(out, result)
-    if result["mlflow"].get("replaced"):
-        log.info(f"adapt: {result['run_key']}: hyperparameters changed, replaced MLflow run "
-                 f"{result['mlflow']['replaced']['run_id']} ({result['mlflow']['replaced']['changed']})")
-    tracked = "ok" if result["mlflow"]["logged"] else f"NOT logged: {result['mlflow']['error']}"
-    if result["status"] == "diverged":
-        d = result["diverged"]
-        log.warning(f"adapt: {result['run_key']}: DIVERGED at batch {d['batch']} ({d['reason']}, "
-                    f"{d['queries_seen']} queries seen); no R@K reported ({body['timing']['seconds']:.1f}s, "
-                    f"mlflow {tracked})")
+    if args.corruption is not None:  # one cell
+        cells.check_cell(cfg, args.direction, args.corruption, args.severity)
+        run = Run(cfg["benchmark"], cfg["model"]["name"], args.direction, args.method, args.corruption,
+                  args.severity, seed)
+        cli.start_log(LOGS["adapt"].format(**run.key))
+        set_threads(cfg.get("threads", 0))
+        queries = cells.load_queries(cfg, run)  # a bad query set fails before the model is loaded
+        job = cells.Job(cfg, args.method, base, stage_file=__file__, progress=cli.progress_enabled(args))
+        job.run(run, queries=queries)
         return
-    m = result["metrics"]
-    log.info(f"adapt: {result['run_key']}: R@1 {m['R@1']:.2f} R@5 {m['R@5']:.2f} R@10 {m['R@10']:.2f} "
-          f"({body['timing']['seconds']:.1f}s, mlflow {tracked})")
+
+    todo = cells.job_cells(cfg, args.method, args.direction, seed)
+    if not todo:
+        raise ConfigError(f"method {args.method!r} has no cells in direction {args.direction} (adapt.methods, "
+                          f"adapt.directions, adapt.clean_methods, streams.methods)")
+    cells.require_inputs(cfg, todo)
+    log = cli.start_log(LOGS["adapt_job"].format(dataset=cfg["benchmark"], model=cfg["model"]["name"],
+                                                 direction=args.direction, method=args.method, seed=seed))
+    set_threads(cfg.get("threads", 0))
+    job = cells.Job(cfg, args.method, base, stage_file=__file__, progress=cli.progress_enabled(args))
+    done = cells.run_job(job, todo, force=args.force)
+    log.info(f"adapt: {args.method} {args.direction} seed {seed}: {done['run']} cells run "
+             f"({done['seconds']:.1f}s adapting), {done['up_to_date']} up to date")
 
 
 if __name__ == "__main__":

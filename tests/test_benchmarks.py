@@ -32,7 +32,8 @@ def _log(root: Path, rel: str, start: str, end: str) -> None:
 
 
 def _result(root: Path, rel: str, seconds: float) -> None:
-    ds, model, direction, method, cell = rel.split("/")
+    ds, model, direction, method = rel.split("/")[:4]
+    cell = rel.split("/")[-1]
     corruption, sev = cell.rsplit("-s", 1)
     p = root / "results" / f"{rel}.json"
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -88,6 +89,21 @@ def test_budget_cli_prints_the_tables(run):
     line = next(x for x in out.splitlines() if x.startswith("tcr "))
     assert line.split()[1:6] == ["2", "20.0", "10.00", "9", "1.11"]
     assert json.loads(out.strip().splitlines()[-1])["adapt"]["jobs"] == 4
+
+
+def test_budget_of_job_level_adapt_jobs(tmp_path):
+    """An adapt job per (method, direction, seed): its wall time against the sum of its cells."""
+    root = tmp_path
+    for method, wall, secs in (("source", 4.0, (1.0, 1.0)), ("tcr", 25.0, (10.0, 12.0))):
+        _bench(root, f"adapt/builtin/m/i2t/{method}/seed42", wall, 500.0)
+        for cell, sec in zip(("clean-s0", "gaussian_noise-s3"), secs):
+            _result(root, f"builtin/m/i2t/{method}/seed42/{cell}", sec)
+    b = pipeline_cost.budget(root, steps=3)
+    a = b["adapt"]
+    assert (a["jobs"], a["cells"], a["missing_results"]) == (2, 4, 0)
+    assert a["wall"] == pytest.approx(29.0) and a["adapt"] == pytest.approx(24.0)
+    assert a["overhead"] == pytest.approx(5 / 29)
+    assert b["methods"]["tcr"]["cells"] == 2 and b["methods"]["tcr"]["x_source"] == pytest.approx(11.0)
 
 
 def test_budget_of_an_empty_folder_and_of_single_line_logs(tmp_path, capsys):

@@ -32,8 +32,19 @@ def planned_jobs(repo: Path, *extra: str) -> dict[str, int]:
     if "Nothing to be done" in out:
         return {}
     table = out[out.index("Job stats:"):]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^([\w-]+)\s+(\d+)\s*$", table, re.M)
             if m.group(1) != "total"}
+
+
+def adapt_jobs(cfg: dict, method=None, direction=None, seed=None) -> dict[str, int]:
+    """{rule adapt_<direction>_<method>: jobs} — one job per (method, direction, seed) of the grid."""
+    from qshift.config import runs
+
+    out: dict[str, int] = {}
+    for m, d, s in sorted({(r.method, r.direction, r.seed) for r in runs(cfg)}):
+        if (method in (None, m)) and (direction in (None, d)) and (seed in (None, s)):
+            out[f"adapt_{d}_{m}"] = out.get(f"adapt_{d}_{m}", 0) + 1
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +117,26 @@ def test_rerun_does_nothing_and_is_fast(snake_repo):
     assert "Nothing to be done" in out or "Nothing to be done" in run(["snakemake", "-n"], snake_repo).stdout
 
 
-def test_deleting_a_result_reruns_only_its_job_and_the_report(snake_repo):
-    victim = snake_repo / "results/builtin/qshift-tiny-clip/i2t/tcr/seed42/gaussian_noise-s3.json"
-    other = snake_repo / "results/builtin/qshift-tiny-clip/i2t/source/seed42/gaussian_noise-s3.json"
-    before = other.stat().st_mtime_ns
+def test_deleting_a_result_reruns_only_that_cell_and_the_report(snake_repo):
+    root = snake_repo / "results/builtin/qshift-tiny-clip"
+    victim = root / "i2t/tcr/seed42/gaussian_noise-s3.json"
+    before_victim = json.loads(victim.read_text())
+    # the other cells of the victim's job (tcr, i2t, seed 42) and of another job
+    siblings = [p for p in (root / "i2t/tcr/seed42").iterdir() if p.name != victim.name] + \
+        [root / "i2t/source/seed42/gaussian_noise-s3.json"]
+    before = {p: p.read_bytes() for p in siblings}
+    other_mtime = siblings[-1].stat().st_mtime_ns
     victim.unlink()
-    assert planned_jobs(snake_repo) == {"adapt": 1, "observe": 1, "report": 1, "all": 1}
+    assert planned_jobs(snake_repo) == {"adapt_i2t_tcr": 1, "observe": 1, "report": 1, "all": 1}
     run(["snakemake", "--cores", "2"], snake_repo)
-    assert victim.is_file() and other.stat().st_mtime_ns == before
+    # the job ran its one missing cell: the others were up to date (qshift.cells) and kept as they
+    # were (byte for byte: Snakemake touches a finished job's outputs), the other job's not even touched
+    assert {p: p.read_bytes() for p in siblings} == before and siblings[-1].stat().st_mtime_ns == other_mtime
+    log = (snake_repo / "logs/adapt/builtin/qshift-tiny-clip/i2t/tcr/seed42.log").read_text()
+    assert "5 cells, 4 up to date, 1 to run" in log, log
+    after = json.loads(victim.read_text())
+    assert after["metrics"] == before_victim["metrics"] and after["fingerprint"] == before_victim["fingerprint"]
+    assert after["online"]["batch_r1"] == before_victim["online"]["batch_r1"]
     assert planned_jobs(snake_repo) == {}
 
 
@@ -130,15 +153,16 @@ def test_an_override_reruns_exactly_the_jobs_that_read_it(snake_repo):
     n_tcr = sum(r.method == "tcr" for r in runs(cfg))
     downstream = {"report": 1, "observe": 1, "all": 1}  # what reads every results file
     tune = {"tune": 1}  # tcr's own tune job (one per method)
-    assert planned_jobs(snake_repo, "--config", "set=methods.tcr.lr=1e-3") == {"adapt": n_tcr, **tune, **downstream}
+    assert n_tcr and planned_jobs(snake_repo, "--config", "set=methods.tcr.lr=1e-3") == {
+        **adapt_jobs(cfg, method="tcr"), **tune, **downstream}
     # the jobs read the resolved file (same typed values as the stage CLI would resolve)
     resolved = sorted((snake_repo / ".snakemake" / "qshift").glob("params-*.yaml"))
     assert any(load_params(p)["methods"]["tcr"]["lr"] == pytest.approx(1e-3) for p in resolved)
     # a new severity: only its corruption and adapt jobs (and the report)
-    n_methods = len(cfg["adapt"]["methods"])
+    # (each method's i2t job reruns; inside it only the new cells run: test_deleting_a_result_...)
     n_images = len(cfg["corrupt"]["image"]["names"])
     assert planned_jobs(snake_repo, "--config", "set=corrupt.image.severities=[3,5]") == {
-        "corrupt_images": n_images, "adapt": n_images * n_methods, **downstream}
+        "corrupt_images": n_images, **adapt_jobs(cfg, direction="i2t"), **downstream}
     # the YAML form keeps types (Snakemake reads nested values as strings)
     assert planned_jobs(snake_repo, "--config", "adapt={batch_size: 64}") == {}
 
@@ -152,7 +176,7 @@ def test_a_new_seed_runs_only_its_adapt_jobs_and_coexists(snake_repo):
     new = [r for r in runs(cfg) if r.seed == 7]
     assert new and len(new) == len(list(runs(cfg, [42])))
     # adding a seed: that seed's adapt jobs, the observations and the report; no data, model or tune job
-    assert planned_jobs(snake_repo, "--config", "seeds=[42, 7]") == {"adapt": len(new), "observe": 1,
+    assert planned_jobs(snake_repo, "--config", "seeds=[42, 7]") == {**adapt_jobs(cfg, seed=7), "observe": 1,
                                                                       "report": 1, "all": 1}
     # run one of them: it lands beside seed 42's file, which stays as it was
     target = next(r for r in new if r.method == "tcr" and r.direction == "i2t" and r.corruption == "gaussian_noise")
@@ -184,7 +208,7 @@ def test_seed_corruptions_draws_the_new_seeds_query_sets_only(snake_repo):
     assert planned == {"corrupt_images_drawn": n_img, "corrupt_text_drawn": n_txt,
                        "corrupt_stream_image_drawn": len(streams(cfg, "i2t")),
                        "corrupt_stream_text_drawn": len(streams(cfg, "t2i")),
-                       "adapt": sum(r.seed == 7 for r in runs(cfg)), "observe": 1, "report": 1, "all": 1}
+                       **adapt_jobs(cfg, seed=7), "observe": 1, "report": 1, "all": 1}
     target = next(r for r in runs(cfg) if r.seed == 7 and r.direction == "t2i" and r.method == "source"
                   and r.corruption == "ocr")
     run(["snakemake", "--cores", "1", "--config", *over, "--", target.result_path], snake_repo)
@@ -241,7 +265,10 @@ def snakemake_stages(repo: Path) -> set[tuple[str, frozenset]]:
         outputs = re.search(r"^\s+output: (.+)$", block, re.M)
         cmd = re.search(r"^Shell command: (.+)$", block, re.M)
         if outputs and cmd:
-            stages.add((" ".join(cmd.group(1).split()), frozenset(o.strip() for o in outputs.group(1).split(","))))
+            # an adapt job's results files: DVC's out is their folder (results/.../<method>/seed<N>)
+            outs = {re.sub(r"^(results/.+/seed\d+)/[^/]+\.(json|npz)$", r"\1", o.strip().removesuffix(" (update)"))
+                    for o in outputs.group(1).split(",")}
+            stages.add((" ".join(cmd.group(1).split()), frozenset(outs)))
     return stages
 
 
@@ -288,8 +315,8 @@ def test_both_orchestrators_run_method_variants_as_their_own_jobs(tmp_path):
     snake, dvc = snakemake_stages(repo), dvc_stages(repo)
     assert snake == dvc, f"only in Snakemake: {sorted(snake - dvc)}\nonly in DVC: {sorted(dvc - snake)}"
     cmds = {cmd for cmd, _ in snake}
-    assert any("--method rest_no-decouple --direction i2t --corruption gaussian_noise" in c for c in cmds)
-    assert any("--method rest_k3 --direction t2i" in c for c in cmds)
+    assert "python stages/adapt.py --method rest_no-decouple --direction i2t --seed 42" in cmds
+    assert "python stages/adapt.py --method rest_k3 --direction t2i --seed 42" in cmds
     assert ("python stages/observe.py", frozenset({"reports/observations.json"})) in snake
 
 

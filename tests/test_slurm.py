@@ -4,10 +4,10 @@ One cluster for the module (2 CPUs, 8 GB, 2 fake GPUs) and one throw-away reposi
 with a tiny config, driven by ``snakemake --profile slurm`` exactly as a user types it (plus
 a short first status-check delay, so the tests do not idle for the plugin's default 40 s):
 
-* the whole pipeline runs as SLURM jobs; adapt jobs are bundled by ``group: "adapt"``;
+* the whole pipeline runs as SLURM jobs, one adapt job per (method, direction, seed);
   every results file and MLflow run carries the SLURM job id, GPU jobs got their GPU;
 * an adapt job cancelled mid-run (``scancel``) leaves no partial output, and a rerun does
-  only the missing work;
+  only the missing work (the job's finished cells are kept: keep-incomplete, update() outputs);
 * an adapt job whose process is killed once (a crash, an OOM kill) succeeds on the retry
   the profile asks for — no test hook in the code under test;
 * DVC adopts the Snakemake-on-SLURM outputs (``dvc commit -f``): ``dvc status`` is clean
@@ -20,7 +20,6 @@ Skipped with the reason when the SLURM/munge binaries or root are missing
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import signal
@@ -125,7 +124,7 @@ def planned(repo: Path) -> dict[str, int]:
     if "Nothing to be done" in out:
         return {}
     table = out[out.index("Job stats:"):]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^([\w-]+)\s+(\d+)\s*$", table, re.M)
             if m.group(1) != "total"}
 
 
@@ -149,8 +148,8 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def slurm_repo(cluster, tmp_path_factory):
-    """The tiny config slimmed to one method, one image and one text corruption (so all adapt
-    jobs fit in one bundle), run once through `snakemake --profile slurm`."""
+    """The tiny config slimmed to one method, one image and one text corruption (two adapt jobs:
+    tcr on i2t, tcr on t2i), run once through `snakemake --profile slurm`."""
     repo = make_repo(tmp_path_factory.mktemp("slurm-repo"))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["corrupt"]["image"]["names"] = ["gaussian_noise"]
@@ -175,7 +174,9 @@ def test_profile_is_where_snakemake_looks_and_names_the_site_block():
     assert prof["executor"] == "slurm"
     assert prof["default-resources"]["slurm_partition"]
     assert prof["slurm-status-command"] == "squeue" and prof["slurm-no-account"] is True
-    assert any(g.startswith("adapt=") for g in prof["group-components"])
+    # adapt jobs are not bundled (each runs all cells of its method x direction x seed), and a
+    # failed job keeps the cells it finished
+    assert "group-components" not in prof and prof["keep-incomplete"] is True
 
 
 def test_profile_retries_survive_the_workflow_profile():
@@ -202,9 +203,11 @@ def test_pipeline_runs_as_slurm_jobs(slurm_repo, cluster):
         assert doc["env"]["cuda_visible_devices"] not in (None, ""), path
         assert doc["mlflow"]["logged"], doc["mlflow"]
         adapt_jobs.add(int(job))
-    # bundled: group-components adapt=N puts N adapt jobs into one SLURM job, one GPU each
-    per_group = int(next(g for g in merged_profile()["group-components"] if g.startswith("adapt=")).split("=")[1])
-    assert len(adapt_jobs) == math.ceil(len(files) / per_group), adapt_jobs
+    # one SLURM job per (method, direction, seed), its cells inside, one GPU each
+    from qshift.config import load_params, runs
+
+    grid = {(r.method, r.direction, r.seed) for r in runs(load_params(repo / "params.yaml"))}
+    assert len(adapt_jobs) == len(grid) == 2, adapt_jobs
     for j in adapt_jobs:
         assert jobs[j]["tres-per-job"] == "gres:gpu:1", jobs[j]
     encode = next(j for j in jobs.values() if j["Comment"].startswith("rule_encode_gallery"))
@@ -230,8 +233,8 @@ def test_pipeline_runs_as_slurm_jobs(slurm_repo, cluster):
 # The fault tests share one victim: the first cancels its job mid-run; the second reruns the
 # whole pipeline, kills the victim's stage process once and expects the retry to finish it.
 VICTIM = "results/builtin/qshift-tiny-clip/t2i/tcr/seed42/ocr-s2.json"
-VICTIM_LOG = "logs/adapt/builtin/qshift-tiny-clip/t2i/tcr/seed42/ocr-s2.log"
-VICTIM_ARGS = ("--method", "tcr", "--direction", "t2i", "--corruption", "ocr")
+VICTIM_LOG = "logs/adapt/builtin/qshift-tiny-clip/t2i/tcr/seed42.log"  # the job's log (tcr, t2i, seed 42)
+VICTIM_ARGS = ("--method", "tcr", "--direction", "t2i")
 _state: dict = {}
 
 
@@ -259,7 +262,7 @@ def test_scancel_mid_run_leaves_no_partial_output(slurm_repo, cluster):
     assert not victim.exists()
     assert no_partial_files(repo) == []
     # what a rerun would do: exactly the cancelled run and the observe + report jobs that read it
-    assert planned(repo) == {"adapt": 1, "observe": 1, "report": 1, "all": 1}
+    assert planned(repo) == {"adapt_t2i_tcr": 1, "observe": 1, "report": 1, "all": 1}
     _state["cancelled"] = job
 
 

@@ -60,6 +60,8 @@ LOGS = {
     "corrupt_stream_drawn": "logs/corrupt_stream/{dataset}/{side}/seed{draw}/{stream}.log",
     "encode_gallery": "logs/encode_gallery/{model}/{dataset}.log",
     "adapt": "logs/adapt/{dataset}/{model}/{direction}/{method}/seed{seed}/{corruption}-s{severity}.log",
+    # one adapt job: every cell of (method, direction, seed) in one process (qshift.cells)
+    "adapt_job": "logs/adapt/{dataset}/{model}/{direction}/{method}/seed{seed}.log",
     "report": "logs/report/{dataset}.log",
     "observe": "logs/observe/{dataset}.log",
     "tune": "logs/tune/{dataset}/{model}/{method}.log",

@@ -1,41 +1,60 @@
-# Online test-time adaptation: one job per (method, direction, corruption, severity, seed);
+# Online test-time adaptation: one job per (method, direction, seed) — a rule per (method,
+# direction), named adapt_<direction>_<method>, with the seed as its wildcard. A job loads the
+# model and gallery once and runs its cells (clean, every corruption x severity, the direction's
+# streams) one after another; every cell is its own results file, written as it finishes.
+# The outputs are update()-flagged: Snakemake keeps the job's existing results files when it
+# reruns the job, and the stage skips the cells that are up to date (qshift.cells: same
+# fingerprint), so deleting one results file or adding one severity runs just those cells.
 # `seeds` in params.yaml lists the adaptation seeds (each its own results folder seed<N>/).
 
 
-rule adapt:
-    input:
-        queries=adapt_queries,
-        gallery=GALLERY,
-        model=MODEL_DIR,
-        # stage tune, one job per method (a "not tuned" file when tuning is off or the method is
-        # not in tune.methods): a changed entry of one method reruns its own tune and adapt jobs only
-        tuned=qc.TUNED.format(dataset=DS, model=MODEL, method="{method}"),
-    output:
-        qc.RESULT.format(dataset=DS, model=MODEL, direction="{direction}", method="{method}",
-                         corruption="{corruption}", severity="{severity}", seed="{seed}"),
-        # per-query outcomes (qshift.outcomes), written before the results file
-        qc.OUTCOMES.format(dataset=DS, model=MODEL, direction="{direction}", method="{method}",
-                           corruption="{corruption}", severity="{severity}", seed="{seed}"),
-    params:
-        cfg=adapt_params,
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=1,  # one GPU per job under SLURM (--gpus=1); ignored by local runs
-        gpu_model="",  # "" = any GPU; sites pin a model in slurm/config.yaml
-    # short jobs: `--group-components adapt=N` (slurm/config.yaml) bundles N per SLURM job
-    group:
-        "adapt"
-    benchmark: f"logs/benchmarks/adapt/{DS}/{MODEL}/{{direction}}/{{method}}/seed{{seed}}/{{corruption}}-s{{severity}}.tsv"
-    log:
-        qc.LOGS["adapt"].format(dataset=DS, model=MODEL, direction="{direction}", method="{method}",
-                       corruption="{corruption}", severity="{severity}", seed="{seed}"),
-    conda:
-        ENV_FILE
-    shell:
-        "python stages/adapt.py --method {wildcards.method} --direction {wildcards.direction}"
-        " --corruption {wildcards.corruption} --severity {wildcards.severity} --seed {wildcards.seed}"
+# the site's GPU model for every adapt rule, from the profile's `set-resources: adapt:` block
+ADAPT_GPU_MODEL = str(((workflow.resource_settings.overwrite_resources or {}).get("adapt") or {})
+                      .get("gpu_model", ""))
+
+
+def _adapt_rule(method, direction):
+    cells = qcells.job_cells(config, method, direction, qc.primary_seed(config))
+    if not cells:
+        return
+    outputs = [update(p) for r in cells for p in (
+        qc.RESULT.format(**{**r.key, "seed": "{seed}"}),
+        qc.OUTCOMES.format(**{**r.key, "seed": "{seed}"}))]  # per-query outcomes, written before the JSON
+    job = dict(dataset=DS, model=MODEL, direction=direction, method=method)
+
+    rule:
+        name:
+            f"adapt_{direction}_{method}"
+        input:
+            queries=adapt_job_queries(cells),
+            gallery=GALLERY,
+            model=MODEL_DIR,
+            # stage tune, one job per method (a "not tuned" file when tuning is off or the method is
+            # not in tune.methods): a changed entry of one method reruns its own tune and adapt jobs only
+            tuned=qc.TUNED.format(dataset=DS, model=MODEL, method=method),
+        output:
+            outputs,
+        params:
+            cfg=adapt_params(method),
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=240,  # minutes: every cell of the job
+            gpu=1,  # one GPU per job under SLURM (--gpus=1); ignored by local runs
+            gpu_model=ADAPT_GPU_MODEL,  # "" = any GPU; slurm/config.yaml's set-resources: adapt: gpu_model
+        benchmark:
+            f"logs/benchmarks/adapt/{DS}/{MODEL}/{direction}/{method}/seed{{seed}}.tsv"
+        log:
+            qc.LOGS["adapt_job"].format(**job, seed="{seed}"),
+        conda:
+            ENV_FILE
+        shell:
+            f"python stages/adapt.py --method {method} --direction {direction} --seed {{wildcards.seed}}"
+
+
+for _method in config["adapt"]["methods"]:
+    for _direction in config["adapt"]["directions"]:
+        _adapt_rule(_method, _direction)
 
 
 # Hyperparameter selection on the validation split (src/qshift/tune.py): one job, every grid point.

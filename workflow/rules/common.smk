@@ -1,20 +1,32 @@
 # Input functions shared by the rules.
 
 
-def adapt_queries(w):
-    """The run's query set: the clean dataset for the reference run, a stream's set, else the
-    corrupted set (drawn for the run's seed under seed_corruptions: qshift.config.draw_seed)."""
-    if w.corruption == "clean":
-        return DATASET_DIR
-    if qc.is_stream(config, w.direction, w.corruption):  # a multi-domain stream (corrupt_stream_*)
-        return qc.stream_path(config, w.direction, w.corruption, int(w.seed))
-    return qc.query_set_path(config, w.direction, w.corruption, int(w.severity), int(w.seed))
+def adapt_job_queries(cells):
+    """An input function: the query sets of a job's cells for the job's seed — the clean dataset
+    for the reference run, a stream's set, else the corrupted set (drawn for the run's seed under
+    seed_corruptions: qshift.config.draw_seed)."""
+
+    def queries(w):
+        out = []
+        for r in cells:
+            if r.corruption == "clean":
+                out.append(DATASET_DIR)
+            elif qc.is_stream(config, r.direction, r.corruption):  # a multi-domain stream (corrupt_stream_*)
+                out.append(qc.stream_path(config, r.direction, r.corruption, int(w.seed)))
+            else:
+                out.append(qc.query_set_path(config, r.direction, r.corruption, r.severity, int(w.seed)))
+        return list(dict.fromkeys(out))
+
+    return queries
 
 
-def adapt_params(w):
+def adapt_params(method):
+    """Hash of what every cell of a method's adapt jobs reads from the params (the cells themselves
+    are the rule's outputs; qshift.cells fingerprints each cell)."""
     order = config["adapt"].get("order", "seeded")  # in the hash only when not the default
     return stable_hash([config["seed"], config["adapt"]["batch_size"], config["adapt"]["steps"], config["amp"],
-                        _method_entry(w.method)] + ([order] if order != "seeded" else []))
+                        _method_entry(method)] + ([order] if order != "seeded" else [])
+                       + (["grad_angle"] if qc.probes_angle(config, method) else []))
 
 
 def _method_entry(method):
