@@ -305,6 +305,18 @@ def test_snakemake_config_override_reaches_the_stages(tmp_path):
     assert bad.returncode == 2 and "error: params: adapt.batch_size must be an integer >= 1, got 0" in bad.stderr
 
 
+def test_the_sites_adapt_resources_reach_every_adapt_rule(tmp_path):
+    """`set-resources: adapt: gpu_model: X` (slurm/config.yaml's site block) applies to every
+    adapt_<direction>_<method> rule; other GPU rules keep their own."""
+    repo = make_repo(tmp_path)
+    out = run(["snakemake", "--dry-run", "--forceall", "--cores", "1", "--set-resources", "adapt:gpu_model='a100'"],
+              repo).stdout
+    blocks = [b for b in re.split(r"\n\s*\n", out) if re.search(r"^rule adapt_", b, re.M)]
+    assert len(blocks) == 4 and all("gpu_model=a100" in b for b in blocks), blocks
+    enc = next(b for b in re.split(r"\n\s*\n", out) if re.search(r"^rule encode_gallery", b, re.M))
+    assert "gpu_model=a100" not in enc
+
+
 def test_both_orchestrators_run_method_variants_as_their_own_jobs(tmp_path):
     """Variants (methods.<name>: {method: BASE, ...}) are grid rows with '-' in their names: the
     Snakemake wildcards and DVC's matrix both take them, and the observe stage feeds the report."""

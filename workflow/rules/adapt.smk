@@ -8,9 +8,13 @@
 # `seeds` in params.yaml lists the adaptation seeds (each its own results folder seed<N>/).
 
 
-# the site's GPU model for every adapt rule, from the profile's `set-resources: adapt:` block
-ADAPT_GPU_MODEL = str(((workflow.resource_settings.overwrite_resources or {}).get("adapt") or {})
-                      .get("gpu_model", ""))
+def _site_resources(name):
+    """The profile's `set-resources: adapt:` block (e.g. the GPU model) applies to every adapt rule:
+    Snakemake looks set-resources up by rule name, so the block is entered under this rule's name."""
+    # (Snakemake 9 reads the parsed block, by rule name, when it creates a rule)
+    site = getattr(workflow.resource_settings, "_parsed_overwrite_resources", None)
+    if site is not None and "adapt" in site and name not in site:
+        site[name] = site["adapt"]
 
 
 def _adapt_rule(method, direction):
@@ -21,6 +25,7 @@ def _adapt_rule(method, direction):
         qc.RESULT.format(**{**r.key, "seed": "{seed}"}),
         qc.OUTCOMES.format(**{**r.key, "seed": "{seed}"}))]  # per-query outcomes, written before the JSON
     job = dict(dataset=DS, model=MODEL, direction=direction, method=method)
+    _site_resources(f"adapt_{direction}_{method}")
 
     rule:
         name:
@@ -41,7 +46,7 @@ def _adapt_rule(method, direction):
             mem_mb=4000,
             runtime=240,  # minutes: every cell of the job
             gpu=1,  # one GPU per job under SLURM (--gpus=1); ignored by local runs
-            gpu_model=ADAPT_GPU_MODEL,  # "" = any GPU; slurm/config.yaml's set-resources: adapt: gpu_model
+            gpu_model="",  # "" = any GPU; slurm/config.yaml's `set-resources: adapt: gpu_model` pins one
         benchmark:
             f"logs/benchmarks/adapt/{DS}/{MODEL}/{direction}/{method}/seed{{seed}}.tsv"
         log:
