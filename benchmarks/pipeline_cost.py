@@ -4,9 +4,10 @@ Prints:
 
 1. per stage (Snakemake rule): jobs, total / mean / max job wall time, peak RSS;
 2. the adapt stage: job wall time against the adaptation itself (``timing.seconds`` of
-   each results file; an adapt job runs every cell of a (method, direction, seed), so its
-   folder's files are summed — run it on a fresh pipeline, where every cell ran in its job) — the overhead (process start, imports, model/gallery/query loading,
-   MLflow) as a share of the stage's wall time (target <= 15 %);
+   each results file; an adapt job runs every cell of a (method, direction, seed), so the
+   files of its folder are summed: run it on a fresh pipeline, where every cell ran in its
+   job) — the overhead (process start, imports, model/gallery/query loading, MLflow) as a
+   share of the stage's wall time (target <= 15 %);
 3. per method: adaptation seconds as a multiple of ``source`` on the same cells, and as a
    multiple of its floor (the query-tower passes it must make: source 1 forward; entropy
    methods and TCR ``steps`` x (forward + backward) ~ 3 x steps forwards; SAR twice that;

@@ -59,7 +59,7 @@ def main() -> None:
         cli.start_log(LOGS["adapt"].format(**run.key))
         set_threads(cfg.get("threads", 0))
         queries = cells.load_queries(cfg, run)  # a bad query set fails before the model is loaded
-        job = cells.Job(cfg, args.method, base, stage_file=__file__, progress=cli.progress_enabled(args))
+        job = cells.Job(cfg, base, stage_file=__file__, progress=cli.progress_enabled(args))
         job.run(run, queries=queries)
         return
 
@@ -71,7 +71,7 @@ def main() -> None:
     log = cli.start_log(LOGS["adapt_job"].format(dataset=cfg["benchmark"], model=cfg["model"]["name"],
                                                  direction=args.direction, method=args.method, seed=seed))
     set_threads(cfg.get("threads", 0))
-    job = cells.Job(cfg, args.method, base, stage_file=__file__, progress=cli.progress_enabled(args))
+    job = cells.Job(cfg, base, stage_file=__file__, progress=cli.progress_enabled(args))
     done = cells.run_job(job, todo, force=args.force)
     log.info(f"adapt: {args.method} {args.direction} seed {seed}: {done['run']} cells run "
              f"({done['seconds']:.1f}s adapting), {done['up_to_date']} up to date")

@@ -145,13 +145,12 @@ def check_cell(cfg: dict, direction: str, corruption: str, severity: int) -> Non
 class Job:
     """The model and gallery of one adapt job, loaded once; :meth:`run` adapts one cell with them."""
 
-    def __init__(self, cfg: dict, method: str, base: str, stage_file: str | Path | None = None,
-                 progress: bool = True):
+    def __init__(self, cfg: dict, base: str, stage_file: str | Path | None = None, progress: bool = True):
         from .gallery import load_gallery
         from .models import load_model
         from .runtime import pick_device
 
-        self.cfg, self.method, self.base, self.progress = cfg, method, base, progress
+        self.cfg, self.base, self.progress = cfg, base, progress
         self.device = pick_device(cfg["device"])
         dataset, model_name = cfg["benchmark"], cfg["model"]["name"]
         self.gallery = load_gallery(GALLERY.format(model=model_name, dataset=dataset))

@@ -2,20 +2,14 @@
 
 
 def adapt_job_queries(cells):
-    """An input function: the query sets of a job's cells for the job's seed — the clean dataset
-    for the reference run, a stream's set, else the corrupted set (drawn for the run's seed under
-    seed_corruptions: qshift.config.draw_seed)."""
+    """An input function: the query sets of a job's cells for the job's seed (qshift.cells.query_input:
+    a stream's set, else the corrupted set, drawn for the run's seed under seed_corruptions) — for the
+    clean reference run the dataset folder, the prepare rule's output."""
 
     def queries(w):
-        out = []
-        for r in cells:
-            if r.corruption == "clean":
-                out.append(DATASET_DIR)
-            elif qc.is_stream(config, r.direction, r.corruption):  # a multi-domain stream (corrupt_stream_*)
-                out.append(qc.stream_path(config, r.direction, r.corruption, int(w.seed)))
-            else:
-                out.append(qc.query_set_path(config, r.direction, r.corruption, r.severity, int(w.seed)))
-        return list(dict.fromkeys(out))
+        return list(dict.fromkeys(DATASET_DIR if r.corruption == "clean" else
+                                  qcells.query_input(config, dataclasses.replace(r, seed=int(w.seed)))
+                                  for r in cells))
 
     return queries
 
