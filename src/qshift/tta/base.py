@@ -2,10 +2,18 @@
 
 A method owns: the trainable parameters of the query tower (the affine weight and bias of
 its normalisation layers — everything else frozen, model in eval mode), an optimiser, and
-whatever state it keeps across the online stream (queues, EMAs). ``adapt_batch`` performs
-its optimisation steps on one batch and returns the retrieval scores of the batch, which by
-protocol come from the forward pass of the *last* step (docs/methods.md). The gallery embeddings
-are fixed; scoring is one matrix product per step.
+whatever state it keeps across the online stream (queues, EMAs). The gallery embeddings are
+fixed; scoring is one matrix product per step.
+
+The per-batch loop lives here, once (:meth:`TTAMethod.adapt_batch`): ``steps`` times, a
+forward pass (:meth:`~TTAMethod.forward_step`: scores, the step's loss or whatever the update
+needs, diagnostics) then an update (:meth:`~TTAMethod.update_step`: by default one guarded
+optimiser step). By protocol the batch's scores come from the forward pass of the *last* step
+and its statistics from the *first* (docs/methods.md). A method implements ``forward_step``;
+SAR (a SAM step) and REST (decoupled gradients) also override ``update_step``; per-batch state
+lives in the dict :meth:`~TTAMethod.begin_batch` returns, per-batch statistics are added by
+:meth:`~TTAMethod.batch_stats`. Training-free methods (source, tcr_untrain) take one pass and
+override ``adapt_batch`` itself.
 """
 
 from __future__ import annotations
@@ -50,7 +58,8 @@ class BatchOutput:
 
 
 class TTAMethod:
-    """Base class. Subclasses set ``defaults`` and implement ``adapt_batch``."""
+    """Base class. Subclasses set ``defaults`` and implement :meth:`forward_step` (and, for a
+    custom update, :meth:`update_step`)."""
 
     name: ClassVar[str] = "base"
     defaults: ClassVar[dict[str, Any]] = {}
@@ -171,8 +180,38 @@ class TTAMethod:
         return True
 
     # -- the per-batch contract ----------------------------------------------------------------
-    def adapt_batch(self, x: torch.Tensor) -> BatchOutput:
+    def begin_batch(self, x: torch.Tensor) -> dict[str, Any]:
+        """Per-batch state shared by this batch's steps (e.g. source embeddings, step records)."""
+        return {}
+
+    def forward_step(self, x: torch.Tensor, step: int, batch: dict[str, Any]) -> tuple[torch.Tensor, Any, dict[str, float]]:
+        """One forward pass: (full-gallery similarities, what :meth:`update_step` needs — by
+        default the loss, ``None`` for an empty selection —, this step's diagnostics)."""
         raise NotImplementedError
+
+    def update_step(self, x: torch.Tensor, objective: Any, batch: dict[str, Any]) -> dict[str, float]:
+        """The update after a forward pass; returns diagnostics known only after it."""
+        self.update(objective)
+        return {}
+
+    def batch_stats(self, stats: dict[str, float], batch: dict[str, Any]) -> dict[str, float]:
+        """The batch's statistics: the first step's, plus whatever the batch accumulated."""
+        return stats
+
+    def adapt_batch(self, x: torch.Tensor) -> BatchOutput:
+        """``steps`` forward passes and updates on one batch; scores from the last forward
+        pass, statistics from the first step."""
+        batch = self.begin_batch(x)
+        stats: dict[str, float] = {}
+        scores = None
+        for step in range(self.steps):
+            sims, objective, step_stats = self.forward_step(x, step, batch)
+            if step == self.steps - 1:
+                scores = sims.detach()
+            after = self.update_step(x, objective, batch)
+            if step == 0:
+                stats = {**step_stats, **after}
+        return BatchOutput(scores, self.batch_stats(stats, batch))
 
     def __call__(self, x: torch.Tensor) -> BatchOutput:
         from .probe import embedding_stats
@@ -191,25 +230,17 @@ class TTAMethod:
 
 class GalleryEntropyMethod(TTAMethod):
     """The entropy-style baselines (Tent, EATA, READ, DeYO): each step encodes the batch and
-    takes logits ``q G^T / tau`` over the *whole* gallery; subclasses turn them into a loss.
-    The batch's scores come from the last step's forward pass; the stats from the first."""
+    takes logits ``q G^T / tau`` over the *whole* gallery; subclasses turn them into a loss
+    (:meth:`objective`); the loop and the update are the base class's."""
 
     def objective(self, x: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, float]]:
         """(loss or ``None`` for an empty selection, per-step diagnostics) for one forward pass."""
         raise NotImplementedError
 
-    def adapt_batch(self, x: torch.Tensor) -> BatchOutput:
-        stats: dict[str, float] = {}
-        scores = None
-        for step in range(self.steps):
-            sims = self.similarities(self.encode(x))
-            if step == self.steps - 1:
-                scores = sims.detach()
-            loss, step_stats = self.objective(x, sims / self.hp["tau"])
-            if step == 0:
-                stats = {"loss": float("nan") if loss is None else loss.item(), **step_stats}
-            self.update(loss)
-        return BatchOutput(scores, stats)
+    def forward_step(self, x: torch.Tensor, step: int, batch: dict[str, Any]):
+        sims = self.similarities(self.encode(x))
+        loss, step_stats = self.objective(x, sims / self.hp["tau"])
+        return sims, loss, {"loss": float("nan") if loss is None else loss.item(), **step_stats}
 
 
 def ema(old, new, momentum: float):

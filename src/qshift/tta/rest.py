@@ -90,7 +90,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .base import BatchOutput, entropy, register_method
+from .base import entropy, register_method
 from .tcr import TCR, SourceLikeQueue, gap_loss, noise_robust_loss, source_likeness, uniformity_loss
 
 
@@ -196,35 +196,36 @@ class RESTv1(TCR):
         self.step_with_flat_grad(g)
         return before, after, float(g_t.norm()), float(g.norm())
 
-    def adapt_batch(self, x: torch.Tensor) -> BatchOutput:
+    def begin_batch(self, x: torch.Tensor) -> dict:
+        # the source embeddings before any forward whose graph the weight swap would invalidate
+        return {"z_src": self.source_embeddings(x), "angles": []}
+
+    def forward_step(self, x: torch.Tensor, step: int, batch: dict):
         hp = self.hp
-        stats: dict[str, float] = {}
-        scores = None
-        angles = []
-        z_src = self.source_embeddings(x)  # before any forward whose graph the swap would invalidate
-        for step in range(self.steps):
-            zq, sims, candidates, positives, ent = self.refined_forward(x, step)
-            if step == self.steps - 1:
-                scores = sims.detach()
-            if len(self.queue) == 0:  # nothing source-like yet (a batch smaller than 1/con_ratio)
-                self.check_step(None)
-                continue
-            con = consistency_loss(zq, positives, ent, self.queue.e_max)
-            mu = uniformity_loss(zq, hp["uniformity_t"])
-            mg = gap_loss(zq, candidates, self.queue.delta_s)
-            loss_t = None if con is None else hp["w_con"] * con + hp["w_mu"] * mu + hp["w_mg"] * mg
-            loss_s = distillation_loss(zq, z_src)
-            if step == 0:
-                nan = float("nan")
-                stats = {"loss": nan if loss_t is None else loss_t.item(),
-                         "loss_con": nan if con is None else con.item(), "loss_mu": mu.item(),
-                         "loss_mg": mg.item(), "loss_src": loss_s.item(), "entropy": ent.detach().mean().item(),
-                         "n_selected": int((ent.detach() <= self.queue.e_max).sum()),
-                         "delta_s": float(self.queue.delta_s), "e_max": float(self.queue.e_max)}
-            if self.check_step(loss_t):
-                angles.append(self.decoupled_step(loss_t, loss_s))
-        stats.update(_mean_angles(angles))
-        return BatchOutput(scores, stats)
+        zq, sims, candidates, positives, ent = self.refined_forward(x, step)
+        if len(self.queue) == 0:  # nothing source-like yet (a batch smaller than 1/con_ratio)
+            return sims, None, {}
+        con = consistency_loss(zq, positives, ent, self.queue.e_max)
+        mu = uniformity_loss(zq, hp["uniformity_t"])
+        mg = gap_loss(zq, candidates, self.queue.delta_s)
+        loss_t = None if con is None else hp["w_con"] * con + hp["w_mu"] * mu + hp["w_mg"] * mg
+        loss_s = distillation_loss(zq, batch["z_src"])
+        nan = float("nan")
+        return sims, (loss_t, loss_s), {
+            "loss": nan if loss_t is None else loss_t.item(), "loss_con": nan if con is None else con.item(),
+            "loss_mu": mu.item(), "loss_mg": mg.item(), "loss_src": loss_s.item(),
+            "entropy": ent.detach().mean().item(), "n_selected": int((ent.detach() <= self.queue.e_max).sum()),
+            "delta_s": float(self.queue.delta_s), "e_max": float(self.queue.e_max)}
+
+    def update_step(self, x: torch.Tensor, objective, batch: dict) -> dict[str, float]:
+        """The decoupled step (no step, counted, on an empty queue or selection)."""
+        loss_t, loss_s = objective if objective is not None else (None, None)
+        if self.check_step(loss_t):
+            batch["angles"].append(self.decoupled_step(loss_t, loss_s))
+        return {}
+
+    def batch_stats(self, stats: dict[str, float], batch: dict) -> dict[str, float]:
+        return {**stats, **_mean_angles(batch["angles"])}
 
 
 
@@ -409,39 +410,35 @@ class REST(RESTv1):
             self._set_params(theta0 + scale * delta)
         return {"before": before, "after": after, "scale": scale, "projected": float(projected)}
 
-    def adapt_batch(self, x: torch.Tensor) -> BatchOutput:
-        hp = self.hp
-        stats: dict[str, float] = {}
-        scores = None
-        steps = []
-        z_src = self.source_embeddings(x) if hp["general"] == "distill" else None
-        for step in range(self.steps):
-            self._step_z = None  # the angle probe (qshift.tta.probe) reads this step's embeddings
-            zq, sims, logits, positives, centroid, ent = self.refined_forward(x, step)
-            if step == self.steps - 1:
-                scores = sims.detach()
-            if len(self.queue) == 0:  # nothing source-like yet (a batch smaller than 1/con_ratio)
-                self.check_step(None)
-                continue
-            parts = self.objective(zq, positives, centroid, ent)
-            if step == 0:
-                nan = float("nan")
-                stats = {**{f"loss_{k}" if k != "total" else "loss": nan if v is None else v.item()
-                            for k, v in parts.items()},
-                         "entropy": ent.detach().mean().item(),
-                         "n_selected": int((ent.detach() <= self.queue.e_max).sum()),
-                         "delta_s": float(self.queue.delta_s), "e_max": float(self.queue.e_max)}
-            if not self.check_step(parts["total"]):
-                continue
-            g_t = self.flat_grad(parts["total"], retain_graph=True)
-            self.probe(g_t)
-            loss_s = self.general_loss(zq, z_src)
-            if step == 0:
-                stats["loss_general"] = loss_s.item()
-            g_s = self.flat_grad(loss_s)
-            steps.append(self.rest_step(g_t, g_s))
-        stats.update(_step_stats(steps))
-        return BatchOutput(scores, stats)
+    def begin_batch(self, x: torch.Tensor) -> dict:
+        return {"z_src": self.source_embeddings(x) if self.hp["general"] == "distill" else None, "steps": []}
+
+    def forward_step(self, x: torch.Tensor, step: int, batch: dict):
+        self._step_z = None  # the angle probe (qshift.tta.probe) reads this step's embeddings
+        zq, sims, logits, positives, centroid, ent = self.refined_forward(x, step)
+        if len(self.queue) == 0:  # nothing source-like yet (a batch smaller than 1/con_ratio)
+            return sims, None, {}
+        parts = self.objective(zq, positives, centroid, ent)
+        nan = float("nan")
+        return sims, (zq, parts["total"]), {
+            **{f"loss_{k}" if k != "total" else "loss": nan if v is None else v.item() for k, v in parts.items()},
+            "entropy": ent.detach().mean().item(), "n_selected": int((ent.detach() <= self.queue.e_max).sum()),
+            "delta_s": float(self.queue.delta_s), "e_max": float(self.queue.e_max)}
+
+    def update_step(self, x: torch.Tensor, objective, batch: dict) -> dict[str, float]:
+        """g_t from the QS-robust loss, g_s from the general loss, one REST step."""
+        zq, total = objective if objective is not None else (None, None)
+        if not self.check_step(total):
+            return {}
+        g_t = self.flat_grad(total, retain_graph=True)
+        self.probe(g_t)
+        loss_s = self.general_loss(zq, batch["z_src"])
+        g_s = self.flat_grad(loss_s)
+        batch["steps"].append(self.rest_step(g_t, g_s))
+        return {"loss_general": loss_s.item()}
+
+    def batch_stats(self, stats: dict[str, float], batch: dict) -> dict[str, float]:
+        return {**stats, **_step_stats(batch["steps"])}
 
 
 def _step_stats(steps: list[dict[str, float]]) -> dict[str, float]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import BatchOutput, TTAMethod, ema, entropy, register_method
+from .base import TTAMethod, ema, entropy, register_method
 
 
 def sar_select(ent: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,26 +89,25 @@ class SAR(TTAMethod):
         self.counters["steps"] += 1
         return loss.item(), loss2.item()
 
-    def adapt_batch(self, x: torch.Tensor) -> BatchOutput:
+    def begin_batch(self, x: torch.Tensor) -> dict:
+        return {"resets": 0}
+
+    def forward_step(self, x: torch.Tensor, step: int, batch: dict):
+        sims, ent = self.entropies(x)
+        keep, thr = sar_select(ent.detach(), self.hp["select_ratio"])
+        return sims, (ent, keep, thr), {"entropy": ent.detach().mean().item(), "n_selected": int(keep.sum())}
+
+    def update_step(self, x: torch.Tensor, objective, batch: dict) -> dict[str, float]:
+        """A SAM step, then the loss EMA and (below ``reset_threshold``) a model reset."""
         hp = self.hp
-        stats: dict[str, float] = {}
-        scores = None
-        resets = 0
-        for step in range(self.steps):
-            sims, ent = self.entropies(x)
-            if step == self.steps - 1:
-                scores = sims.detach()
-            keep, thr = sar_select(ent.detach(), hp["select_ratio"])
-            loss, loss2 = self.sam_step(x, ent, keep, thr)
-            if step == 0:
-                nan = float("nan")
-                stats = {"entropy": ent.detach().mean().item(), "n_selected": int(keep.sum()),
-                         "loss": nan if loss is None else loss, "loss_second": nan if loss2 is None else loss2}
-            if loss2 is None:
-                continue
+        loss, loss2 = self.sam_step(x, *objective)
+        if loss2 is not None:
             self.loss_ema = ema(self.loss_ema, loss2, hp["ema_momentum"])
             if self.loss_ema < hp["reset_threshold"]:
                 self.reset()
-                resets += 1
-        stats.update(resets=resets, loss_ema=float("nan") if self.loss_ema is None else self.loss_ema)
-        return BatchOutput(scores, stats)
+                batch["resets"] += 1
+        nan = float("nan")
+        return {"loss": nan if loss is None else loss, "loss_second": nan if loss2 is None else loss2}
+
+    def batch_stats(self, stats: dict[str, float], batch: dict) -> dict[str, float]:
+        return {**stats, "resets": batch["resets"], "loss_ema": float("nan") if self.loss_ema is None else self.loss_ema}

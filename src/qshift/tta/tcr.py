@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import BatchOutput, TTAMethod, entropy, register_method
+from .base import TTAMethod, entropy, register_method
 
 
 def refine(similarities: torch.Tensor, gallery: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,27 +127,18 @@ class TCR(TTAMethod):
                 "mu": uniformity_loss(zq, hp["uniformity_t"]),
                 "mg": gap_loss(zq, candidates, self.queue.delta_s)}
 
-    def adapt_batch(self, x: torch.Tensor) -> BatchOutput:
+    def forward_step(self, x: torch.Tensor, step: int, batch: dict):
         hp = self.hp
-        stats: dict[str, float] = {}
-        scores = None
-        for step in range(self.steps):
-            zq, sims, candidates, positives, ent = self.refined_forward(x, step)
-            if step == self.steps - 1:
-                scores = sims.detach()
-            if len(self.queue) == 0:  # nothing source-like yet (a batch smaller than 1/con_ratio)
-                self.update(None)
-                continue
-            parts = self.losses(zq, candidates, ent)
-            if parts["na"] is None:
-                loss = None
-            else:
-                loss = hp["w_na"] * parts["na"] + hp["w_mu"] * parts["mu"] + hp["w_mg"] * parts["mg"]
-            if step == 0:
-                stats = {"loss": _item(loss), "loss_na": _item(parts["na"]),
-                         "loss_mu": _item(parts["mu"]), "loss_mg": _item(parts["mg"]),
-                         "entropy": ent.detach().mean().item(), "n_selected": int((ent <= self.queue.e_max).sum()),
-                         "delta_s": float(self.queue.delta_s), "e_max": float(self.queue.e_max),
-                         "delta_t": (zq.detach().mean(0) - candidates.mean(0)).norm().item()}
-            self.update(loss)
-        return BatchOutput(scores, stats)
+        zq, sims, candidates, positives, ent = self.refined_forward(x, step)
+        if len(self.queue) == 0:  # nothing source-like yet (a batch smaller than 1/con_ratio)
+            return sims, None, {}
+        parts = self.losses(zq, candidates, ent)
+        if parts["na"] is None:
+            loss = None
+        else:
+            loss = hp["w_na"] * parts["na"] + hp["w_mu"] * parts["mu"] + hp["w_mg"] * parts["mg"]
+        return sims, loss, {"loss": _item(loss), "loss_na": _item(parts["na"]),
+                            "loss_mu": _item(parts["mu"]), "loss_mg": _item(parts["mg"]),
+                            "entropy": ent.detach().mean().item(), "n_selected": int((ent <= self.queue.e_max).sum()),
+                            "delta_s": float(self.queue.delta_s), "e_max": float(self.queue.e_max),
+                            "delta_t": (zq.detach().mean(0) - candidates.mean(0)).norm().item()}
