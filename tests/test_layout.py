@@ -3,6 +3,9 @@ workflow/report, LICENSE."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +53,56 @@ def test_snakefile_stops_on_a_schema_error_with_one_line(tmp_path):
     assert len(line) == 1 and "amp" in line[0] and "'maybe'" in line[0], proc.stderr[-2000:]
     # nested values arrive as strings from Snakemake: checked after they are typed (no false alarm)
     assert run(["snakemake", "--dry-run", "--config", "adapt={batch_size: 64}"], repo).returncode == 0
+
+
+# -- the stage table (src/qshift/pipeline.py): one definition for both orchestrators -------------
+
+def test_dvc_yaml_is_generated_from_the_stage_table():
+    """dvc.yaml is the stage table rendered; a hand edit (or a table change without regenerating)
+    fails here with the command that fixes it."""
+    from qshift import pipeline
+
+    assert (REPO / "dvc.yaml").read_text() == pipeline.render_dvc(), \
+        "dvc.yaml is stale: regenerate it with `python -m qshift.pipeline dvc`"
+    proc = subprocess.run([sys.executable, "-m", "qshift.pipeline", "dvc", "--check"], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_dvc_check_fails_on_a_stale_file(tmp_path):
+    stale = tmp_path / "dvc.yaml"
+    stale.write_text((REPO / "dvc.yaml").read_text().replace("- adapt.steps\n", "", 1))
+    proc = subprocess.run([sys.executable, "-m", "qshift.pipeline", "dvc", "--check", "--file", str(stale)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert proc.returncode == 1 and "stale" in proc.stderr and "python -m qshift.pipeline dvc" in proc.stderr
+
+
+def test_every_parameter_key_of_the_stage_table_exists_in_params_yaml():
+    """A typo in a stage's key list would silently drop a rerun trigger from both orchestrators."""
+    from qshift import pipeline
+    from qshift.config import load_params
+
+    cfg = load_params(REPO / "params.yaml")
+    for stage in pipeline.STAGES.values():
+        for key in (*stage.params, *stage.grid):
+            if key in pipeline.DERIVED:
+                continue
+            node = cfg
+            for part in pipeline._fill(key, stage.context).split("."):
+                assert isinstance(node, dict) and part in node, (stage.name, key)
+                node = node[part]
+        values = pipeline.param_values(cfg, stage.name, method="tcr", stream="mix")
+        assert set(values) == set(stage.params)
+
+
+def test_a_method_variant_reruns_when_its_base_entry_changes():
+    from qshift import pipeline
+    from qshift.config import load_params
+
+    cfg = load_params(REPO / "params.yaml")
+    cfg["methods"]["tcr_fast"] = {"method": "tcr", "lr": 1e-3}
+    before = pipeline.param_hash(cfg, "adapt_i2t", method="tcr_fast")
+    cfg["methods"]["tcr"]["w_mu"] = 0.5
+    assert pipeline.param_hash(cfg, "adapt_i2t", method="tcr_fast") != before
+    assert pipeline.param_hash(cfg, "adapt_i2t", method="tent") == pipeline.param_hash(
+        load_params(REPO / "params.yaml"), "adapt_i2t", method="tent")

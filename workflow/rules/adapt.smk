@@ -40,7 +40,8 @@ def _adapt_rule(method, direction):
         output:
             outputs,
         params:
-            cfg=adapt_params(method),
+            # what every cell reads from the params (the cells themselves are the rule's outputs)
+            cfg=qpipe.param_hash(config, f"adapt_{direction}", method=method),
         threads: 1
         resources:
             mem_mb=4000,
@@ -70,8 +71,7 @@ rule tune:
     output:
         qc.TUNED.format(dataset=DS, model=MODEL, method="{method}"),
     params:
-        cfg=lambda w: stable_hash([config["seed"], config["amp"], config["adapt"], config.get("tune"),
-                                   _method_entry(w.method)]),
+        cfg=lambda w: qpipe.param_hash(config, "tune", method=w.method),
     threads: 1
     resources:
         mem_mb=4000,

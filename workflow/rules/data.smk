@@ -1,5 +1,6 @@
 # Data: the benchmark's images + manifest, and the corrupted query sets (queries only).
-# `params.cfg` is a hash of the parameters a rule reads, so changing them reruns the rule.
+# `params.cfg` is a hash of the parameters a rule reads (the stage table's, qshift.pipeline), so
+# changing them reruns the rule.
 
 
 rule download:
@@ -7,7 +8,7 @@ rule download:
         directory(RAW_DIR),
     params:
         # download.* (mirror, retries) changes how, not what: it does not rerun the download
-        cfg=stable_hash(qc.dataset_params(config)),
+        cfg=qpipe.param_hash(config, "download"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -27,7 +28,7 @@ rule prepare:
     output:
         directory(DATASET_DIR),
     params:
-        cfg=stable_hash([config["seed"], qc.dataset_params(config)]),
+        cfg=qpipe.param_hash(config, "prepare"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -47,8 +48,7 @@ rule corrupt_images:
     output:
         directory(qc.IMAGE_QUERIES.format(dataset=DS, corruption="{corruption}", severity="{severity}")),
     params:
-        cfg=stable_hash([config["seed"], config["corrupt"]["image"]["jpeg_quality"],
-                         *implementation_params(config["corrupt"]["image"])] + prebuilt_params()),
+        cfg=qpipe.param_hash(config, "corrupt_images"),
         draw="",  # corrupt_images_drawn: --draw-seed N
     # a process pool of corrupt.image.workers inside the job (0 = every core it is given)
     threads: config["corrupt"]["image"]["workers"] or workflow.cores
@@ -70,9 +70,7 @@ rule corrupt_text:
     output:
         qc.TEXT_QUERIES.format(dataset=DS, corruption="{corruption}", severity="{severity}"),
     params:
-        cfg=stable_hash([config["seed"], {k: v for k, v in config["corrupt"]["text"].items()
-                                          if k not in ("names", "levels") and not (k == "filter" and v is None)}]
-                        + prebuilt_params()),
+        cfg=qpipe.param_hash(config, "corrupt_text"),
         draw="",
     threads: 1
     resources:
@@ -94,7 +92,7 @@ rule corrupt_stream_image:
     output:
         directory(qc.STREAM_IMAGE_QUERIES.format(dataset=DS, stream="{stream}")),
     params:
-        cfg=lambda w: stream_params(w, "image"),
+        cfg=lambda w: qpipe.param_hash(config, "corrupt_stream_image", stream=w.stream),
         draw="",
     threads: 1
     resources:
@@ -115,7 +113,7 @@ rule corrupt_stream_text:
     output:
         qc.STREAM_TEXT_QUERIES.format(dataset=DS, stream="{stream}"),
     params:
-        cfg=lambda w: stream_params(w, "text"),
+        cfg=lambda w: qpipe.param_hash(config, "corrupt_stream_text", stream=w.stream),
         draw="",
     threads: 1
     resources:
@@ -160,7 +158,7 @@ use rule corrupt_stream_image as corrupt_stream_image_drawn with:
     output:
         directory(qc.DRAWN["image-stream"].format(dataset=DS, draw="{draw}", stream="{stream}")),
     params:
-        cfg=lambda w: stream_params(w, "image"),
+        cfg=lambda w: qpipe.param_hash(config, "corrupt_stream_image", stream=w.stream),
         draw=lambda w: f" --draw-seed {w.draw}",
     benchmark: f"logs/benchmarks/corrupt_stream/{DS}/image/seed{{draw}}/{{stream}}.tsv"
     log:
@@ -171,7 +169,7 @@ use rule corrupt_stream_text as corrupt_stream_text_drawn with:
     output:
         qc.DRAWN["text-stream"].format(dataset=DS, draw="{draw}", stream="{stream}"),
     params:
-        cfg=lambda w: stream_params(w, "text"),
+        cfg=lambda w: qpipe.param_hash(config, "corrupt_stream_text", stream=w.stream),
         draw=lambda w: f" --draw-seed {w.draw}",
     benchmark: f"logs/benchmarks/corrupt_stream/{DS}/text/seed{{draw}}/{{stream}}.tsv"
     log:
@@ -187,8 +185,7 @@ rule examples:
         f"{EXAMPLES_DIR}/text_examples.md",
         f"{EXAMPLES_DIR}/examples.json",
     params:
-        cfg=stable_hash([config["seed"], config["corrupt"]["text"],
-                         *implementation_params(config["corrupt"]["image"])]),
+        cfg=qpipe.param_hash(config, "examples"),
     threads: 1
     resources:
         mem_mb=2000,

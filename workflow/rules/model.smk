@@ -10,7 +10,7 @@ if qc.trains_model(config):
             directory(MODEL_DIR),
             "reports/pretrain.json",
         params:
-                cfg=stable_hash([config["seed"], config["pretrain"], config["amp"], config["model"]["source"]]),
+            cfg=qpipe.param_hash(config, "pretrain"),
         threads: 2
         resources:
             mem_mb=4000,
@@ -53,7 +53,7 @@ rule encode_gallery:
     output:
         GALLERY,
     params:
-        cfg=stable_hash({k: v for k, v in config["model"].items() if not (k == "preprocess" and v == "native")}),
+        cfg=qpipe.param_hash(config, "encode_gallery"),
     threads: 1
     resources:
         mem_mb=4000,

@@ -8,7 +8,7 @@ rule observe:
     output:
         "reports/observations.json",
     params:
-        cfg=stable_hash([config["adapt"], config.get("streams"), config.get("observe")]),  # as dvc.yaml
+        cfg=qpipe.param_hash(config, "observe"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -38,9 +38,8 @@ rule report:
         report(directory("reports/tables"), patterns=["{name}.csv"], caption="../report/tables.rst",
                category="Tables"),
     params:
-        # what the report reads besides the results (the grid, the report settings), as DVC's report stage
-        cfg=stable_hash([config["adapt"], config["corrupt"], config.get("streams"), config["report"]]
-                        + ([config["seeds"]] if config.get("seeds", [config["seed"]]) != [config["seed"]] else [])),
+        # what the report reads besides the results (the grid, the report settings)
+        cfg=qpipe.param_hash(config, "report"),
     threads: 1
     resources:
         mem_mb=2000,
