@@ -106,3 +106,22 @@ def test_a_method_variant_reruns_when_its_base_entry_changes():
     assert pipeline.param_hash(cfg, "adapt_i2t", method="tcr_fast") != before
     assert pipeline.param_hash(cfg, "adapt_i2t", method="tent") == pipeline.param_hash(
         load_params(REPO / "params.yaml"), "adapt_i2t", method="tent")
+
+
+def test_every_rule_takes_its_resources_from_the_stage_table(tmp_path):
+    import re
+
+    from qshift import pipeline
+
+    repo = make_repo(tmp_path)
+    out = run(["snakemake", "--dry-run", "--forceall", "--cores", "2"], repo).stdout
+    seen = {}
+    for block in re.split(r"\n\s*\n", out):
+        rule, res = re.search(r"^(?:local)?rule (\w+):", block, re.M), re.search(r"resources: (.*)", block)
+        if rule and res and rule[1] != "all":
+            seen[rule[1]] = dict(kv.split("=", 1) for kv in res[1].split(", "))
+    assert {"pretrain", "encode_gallery", "tune", "report", "adapt_i2t_tcr"} <= set(seen)
+    for rule, res in seen.items():
+        stage = re.sub(r"^(adapt_(?:i2t|t2i))_.*", r"\1", rule)
+        for key, value in pipeline.resources(stage).items():
+            assert res[key] == str(value), (rule, key, res)

@@ -93,6 +93,10 @@ class Stage:
     matrix: dict[str, str] = field(default_factory=dict)
     comment: str = ""
     context: dict[str, str] = field(default_factory=dict)  # fixed wildcards (e.g. side=image)
+    # a job's resources (Snakemake `resources:`; the SLURM profile turns them into sbatch flags):
+    # mem_mb, runtime (minutes), gpu (one GPU per job under SLURM, --gpus=1; ignored by local runs),
+    # gpu_model ("" = any GPU; slurm/config.yaml's `set-resources` pins one per site)
+    resources: dict[str, Any] = field(default_factory=lambda: {"mem_mb": 2000, "runtime": 30})
 
 
 def _fill(text: str, values: dict[str, Any]) -> str:
@@ -113,6 +117,7 @@ def _query_stages() -> list[Stage]:
               ("seed", "corrupt.image.jpeg_quality", "corrupt.image.implementation", "corrupt.image.mm_robustness",
                "prebuilt"),
               matrix={"corruption": "${corrupt.image.names}", "severity": "${corrupt.image.severities}"},
+              resources={"mem_mb": 2000, "runtime": 60},
               outs=(Out(_dvc_path(qc.IMAGE_QUERIES, corruption="${item.corruption}", severity="${item.severity}")),)),
         Stage("corrupt_text", "stages/corrupt_text.py", "--corruption ${item.corruption} --level ${item.level}",
               corrupt_code, dataset,
@@ -127,6 +132,7 @@ def _query_stages() -> list[Stage]:
             f"corrupt_stream_{side}", "stages/corrupt_stream.py", f"--direction {direction} --stream ${{item.stream}}",
             corrupt_code + ("src/qshift/streams.py",), dataset, ("seed", *extra, "stream"),
             matrix={"stream": f"${{streams.{side}}}"}, context={"side": side},
+            resources={"mem_mb": 2000, "runtime": 60 if side == "image" else 30},
             outs=(Out(_dvc_path(pattern, stream="${item.stream}")),),
             comment="multi-domain query streams (params `streams`), one stage per stream" if side == "image" else ""))
     return stages
@@ -150,9 +156,20 @@ def _adapt_stage(direction: str) -> Stage:
         grid=("adapt.clean_methods", f"corrupt.{side}.names", f"corrupt.{side}.{levels}", "streams.methods",
               f"streams.{side}"),
         matrix={"method": "${adapt.methods}", "seed": "${seeds}"},
+        resources={"mem_mb": 4000, "runtime": 240, **GPU},  # runtime: every cell of the job
         outs=(Out(_dvc_path(folder, direction=direction, method="${item.method}", seed="${item.seed}"),
                   cache=False, persist=True),),
         comment=comment)
+
+
+GPU = {"gpu": 1, "gpu_model": ""}
+# fetching a pretrained source (no training): the pretrain job's resources then
+FETCH_RESOURCES = {"mem_mb": 8000, "runtime": 120}
+
+
+def resources(stage: str) -> dict[str, Any]:
+    """A stage's job resources (the rules' ``resources: **qpipe.resources(...)``)."""
+    return dict(STAGES[stage].resources)
 
 
 REPORT_OUTS = ("reports/report.md", "reports/report.html", "reports/figures", "reports/summary.json",
@@ -163,30 +180,36 @@ def _stages() -> list[Stage]:
     nocache = dict(cache=False)
     return [
         Stage("download", "stages/download.py", code=("src/qshift/data/download.py", "src/qshift/data/karpathy.py"),
+              resources={"mem_mb": 2000, "runtime": 240},
               params=("dataset",), outs=(Out(qc.RAW_DIR),)),
         Stage("prepare", "stages/prepare.py", code=("src/qshift/data",), inputs=(qc.RAW_DIR,),
+              resources={"mem_mb": 2000, "runtime": 60},
               params=("seed", "dataset"), outs=(Out(qc.DATASET_DIR),)),
         Stage("examples", "stages/examples.py", "--no-progress", ("src/qshift/corrupt",), (qc.DATASET_DIR,),
               ("seed", "corrupt.text", "corrupt.image.implementation", "corrupt.image.mm_robustness", "report.dir"),
               outs=tuple(Out(f"{qc.EXAMPLES_DIR}/{f}", **nocache)
                          for f in ("contact_sheet.png", "text_examples.md", "examples.json"))),
         Stage("pretrain", "stages/pretrain.py", code=("src/qshift/models",), inputs=(qc.DATASET_DIR,),
+              resources={"mem_mb": 4000, "runtime": 60, "cpus_per_task": 2},
               params=("seed", "amp", "pretrain", "model.source"),
               outs=(Out(qc.MODEL_DIR), Out("reports/pretrain.json", comment=(
                   "the training figures (strings and numbers): an output, not a DVC metric, so\n"
                   "`dvc metrics show` lists only the numeric reports/metrics.json"), **nocache))),
         *_query_stages(),
         Stage("encode_gallery", "stages/encode_gallery.py", code=("src/qshift/gallery.py",),
+              resources={"mem_mb": 4000, "runtime": 60, **GPU},
               inputs=(qc.DATASET_DIR, qc.MODEL_DIR), params=("model",), outs=(Out(qc.GALLERY),)),
         Stage("tune", "stages/tune.py", "--method ${item.method}",
               ("src/qshift/tune.py", "src/qshift/tta", "src/qshift/adapt.py"), (qc.DATASET_DIR, qc.MODEL_DIR),
               ("seed", "amp", "adapt", "tune", "method"), matrix={"method": "${adapt.methods}"},
+              resources={"mem_mb": 4000, "runtime": 60, **GPU},
               outs=(Out(qc.TUNED.replace("{method}", "${item.method}"), **nocache),),
               comment="hyperparameter selection on the validation split (src/qshift/tune.py), one stage per method;\n"
                       "its adapt stages read tuned/<method>.json"),
         _adapt_stage("i2t"),
         _adapt_stage("t2i"),
         Stage("observe", "stages/observe.py", code=("src/qshift/observations.py",),
+              resources={"mem_mb": 2000, "runtime": 15},
               inputs=("results/{dataset}/{model}",), params=("adapt", "streams", "observe"),
               outs=(Out("reports/observations.json", **nocache),),
               comment="the papers' observations from the results files (cheap), feeding the report"),

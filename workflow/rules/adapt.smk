@@ -44,10 +44,8 @@ def _adapt_rule(method, direction):
             cfg=qpipe.param_hash(config, f"adapt_{direction}", method=method),
         threads: 1
         resources:
-            mem_mb=4000,
-            runtime=240,  # minutes: every cell of the job
-            gpu=1,  # one GPU per job under SLURM (--gpus=1); ignored by local runs
-            gpu_model="",  # "" = any GPU; slurm/config.yaml's `set-resources: adapt: gpu_model` pins one
+            # slurm/config.yaml's `set-resources: adapt:` block (e.g. gpu_model) applies to every adapt rule
+            **qpipe.resources(f"adapt_{direction}"),
         benchmark:
             f"logs/benchmarks/adapt/{DS}/{MODEL}/{direction}/{method}/seed{{seed}}.tsv"
         log:
@@ -74,10 +72,7 @@ rule tune:
         cfg=lambda w: qpipe.param_hash(config, "tune", method=w.method),
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=1,
-        gpu_model="",
+        **qpipe.resources("tune"),
     log:
         qc.LOGS["tune"].format(dataset=DS, model=MODEL, method="{method}"),
     conda:

@@ -11,8 +11,7 @@ rule download:
         cfg=qpipe.param_hash(config, "download"),
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=240,
+        **qpipe.resources("download"),
     benchmark: f"logs/benchmarks/download/{DS}.tsv"
     log:
         qc.LOGS["download"].format(dataset=DS),
@@ -31,8 +30,7 @@ rule prepare:
         cfg=qpipe.param_hash(config, "prepare"),
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=60,
+        **qpipe.resources("prepare"),
     benchmark: f"logs/benchmarks/prepare/{DS}.tsv"
     log:
         qc.LOGS["prepare"].format(dataset=DS),
@@ -53,8 +51,7 @@ rule corrupt_images:
     # a process pool of corrupt.image.workers inside the job (0 = every core it is given)
     threads: config["corrupt"]["image"]["workers"] or workflow.cores
     resources:
-        mem_mb=2000,
-        runtime=60,
+        **qpipe.resources("corrupt_images"),
     benchmark: f"logs/benchmarks/corrupt_images/{DS}/{{corruption}}-s{{severity}}.tsv"
     log:
         qc.LOGS["corrupt_images"].format(dataset=DS, corruption="{corruption}", severity="{severity}"),
@@ -74,8 +71,7 @@ rule corrupt_text:
         draw="",
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        **qpipe.resources("corrupt_text"),
     benchmark: f"logs/benchmarks/corrupt_text/{DS}/{{corruption}}-s{{severity}}.tsv"
     log:
         qc.LOGS["corrupt_text"].format(dataset=DS, corruption="{corruption}", severity="{severity}"),
@@ -96,8 +92,7 @@ rule corrupt_stream_image:
         draw="",
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=60,
+        **qpipe.resources("corrupt_stream_image"),
     benchmark: f"logs/benchmarks/corrupt_stream/{DS}/image/{{stream}}.tsv"
     log:
         qc.LOGS["corrupt_stream"].format(dataset=DS, side="image", stream="{stream}"),
@@ -117,8 +112,7 @@ rule corrupt_stream_text:
         draw="",
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        **qpipe.resources("corrupt_stream_text"),
     benchmark: f"logs/benchmarks/corrupt_stream/{DS}/text/{{stream}}.tsv"
     log:
         qc.LOGS["corrupt_stream"].format(dataset=DS, side="text", stream="{stream}"),
@@ -188,8 +182,7 @@ rule examples:
         cfg=qpipe.param_hash(config, "examples"),
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        **qpipe.resources("examples"),
     benchmark: f"logs/benchmarks/examples/{DS}.tsv"
     log:
         qc.LOGS["examples"].format(dataset=DS),

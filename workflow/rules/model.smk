@@ -13,9 +13,7 @@ if qc.trains_model(config):
             cfg=qpipe.param_hash(config, "pretrain"),
         threads: 2
         resources:
-            mem_mb=4000,
-            runtime=60,
-            cpus_per_task=2,  # SLURM CPUs (the slurm profile caps threads at its `cores`)
+            **qpipe.resources("pretrain"),  # cpus_per_task: SLURM CPUs (the profile caps threads at its `cores`)
         benchmark: f"logs/benchmarks/pretrain/{MODEL}.tsv"
         log:
             qc.LOGS["pretrain"].format(model=MODEL),
@@ -35,8 +33,7 @@ else:
             model=qc.model_overrides(config),
         threads: 1
         resources:
-            mem_mb=8000,
-            runtime=120,
+            **qpipe.FETCH_RESOURCES,
         benchmark: f"logs/benchmarks/pretrain/{MODEL}.tsv"
         log:
             qc.LOGS["pretrain"].format(model=MODEL),
@@ -56,10 +53,7 @@ rule encode_gallery:
         cfg=qpipe.param_hash(config, "encode_gallery"),
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=1,  # one GPU per job under SLURM (--gpus=1); ignored by local runs
-        gpu_model="",  # "" = any GPU; sites pin a model in slurm/config.yaml
+        **qpipe.resources("encode_gallery"),
     benchmark: f"logs/benchmarks/encode_gallery/{MODEL}/{DS}.tsv"
     log:
         qc.LOGS["encode_gallery"].format(model=MODEL, dataset=DS),

@@ -11,8 +11,7 @@ rule observe:
         cfg=qpipe.param_hash(config, "observe"),
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=15,
+        **qpipe.resources("observe"),
     log:
         qc.LOGS["observe"].format(dataset=DS),
     conda:
@@ -42,8 +41,7 @@ rule report:
         cfg=qpipe.param_hash(config, "report"),
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        **qpipe.resources("report"),
     benchmark: f"logs/benchmarks/report/{DS}.tsv"
     log:
         qc.LOGS["report"].format(dataset=DS),
