@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from _tiny import EMB_DIM, IN_DIM, TinyDual, one_torch_thread
 from qshift import observations as ob
 from qshift.config import Run
+from qshift.report.blocks import html, markdown
 from qshift.tta import build_method
 from qshift.tta.base import PROBE_KEY
 from qshift.tta.probe import embedding_stats, general_angle
@@ -118,14 +119,18 @@ def test_observe_and_report_section(tmp_path):
     path = tmp_path / "observations.json"
     path.write_text(json.dumps(doc))
     cfg = {"adapt": {"directions": ["i2t"], "methods": ["source", "tcr"]}, "methods": {"source": {}, "tcr": {}}}
-    md, html, summary = ob.report_section(cfg, {}, tmp_path, path)
-    text = "\n".join(md)
+    blocks, summary = ob.report_section(cfg, {}, tmp_path, path)
+    text, page = markdown(blocks), html(blocks)
     assert "QShift's definitions" in text and "| fog-s3 | 0.600 | 0.700 | 0.200 |" in text
     assert "110° [95–125]" in text and "1 results file(s) carry no observation statistics" in text
+    assert "| `tcr` | — | 110° [95–125] |" in text  # method names are code cells
+    assert "<b>QShift&#x27;s definitions</b>" in page and "<td class='m'><code>tcr</code></td>" in page
+    assert page.count("<table>") == 3 and page.count("<img ") == 2 and "`" not in page
     assert (tmp_path / "i2t_observations.png").is_file() and (tmp_path / "i2t_angles.png").is_file()
     assert summary["observations"]["i2t"]["source"]["clean"]["uniformity"] == 0.7
-    md, _, _ = ob.report_section(cfg, {}, tmp_path, tmp_path / "absent.json")
-    assert any("is missing (stage `observe`)" in line for line in md)
+    blocks, _ = ob.report_section(cfg, {}, tmp_path, tmp_path / "absent.json")
+    assert "is missing (stage `observe`)" in markdown(blocks)
+    assert "is missing (stage <code>observe</code>)" in html(blocks)
 
 
 def test_variant_table_lists_each_variant_with_its_overrides(monkeypatch):

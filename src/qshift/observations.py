@@ -130,11 +130,6 @@ def _f(v, digits: int = 3) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
-def _plain(rows: list[list[str]]) -> list[list[str]]:
-    """Cells for the HTML grid (which escapes): without the Markdown code marks."""
-    return [[c.replace("`", "") for c in r] for r in rows]
-
-
 def _angle_cell(a: dict | None) -> str:
     return "—" if not a else f"{a['median']:.0f}° [{a['min']:.0f}–{a['max']:.0f}]"
 
@@ -215,70 +210,83 @@ def variant_tables(cfg: dict, direction: str, found: dict[Run, dict]) -> list[tu
     return out
 
 
-def report_section(cfg: dict, found: dict[Run, dict], fig_dir: Path, path: str | Path = OBSERVATIONS) -> tuple[list, list, dict]:
-    """(markdown lines, html parts, summary entry) of the Variants/ablations and Observations sections."""
-    import json
+def _cell(text: str):
+    """A table cell; a ```name``` (a method) becomes a code cell."""
+    from .report.blocks import Cell
 
-    from .report import _e, _html_grid, _img, _md_grid, _md_inline
+    code = len(text) > 1 and text.startswith("`") and text.endswith("`")
+    return Cell(text[1:-1], code=True) if code else Cell(text)
 
-    md: list[str] = []
-    h: list[str] = []
-    summary: dict = {}
+
+def _variant_blocks(cfg: dict, found: dict[Run, dict], summary: dict) -> list:
+    from .report.blocks import Heading, Table
+
+    out: list = []
     for direction in cfg["adapt"]["directions"]:
         for title, header, rows in variant_tables(cfg, direction, found):
-            md += [f"## {title}", "", _md_grid(header, rows), ""]
-            h += [f"<h2>{_md_inline(title)}</h2>", _html_grid(header, _plain(rows))]
+            out += [Heading(2, title), Table.grid(header, [[_cell(c) for c in r] for r in rows])]
             summary.setdefault("variants", {}).setdefault(direction, []).append(
                 {"title": title, "rows": [r[:2] + r[2:] for r in rows]})
-    path = Path(path)
-    md += ["## Observations (TCR / REST)", ""]
-    h += ["<h2>Observations (TCR / REST)</h2>"]
-    if not path.is_file():
-        line = f"No observations: `{path}` is missing (stage `observe`)."
-        return md + [line, ""], h + [f"<p class='missing'>{_e(line)}</p>"], summary
-    obs = json.loads(path.read_text())
+    return out
+
+
+def _intro_blocks(obs: dict) -> list:
+    from .report.blocks import Para
+
     intro = ("The papers' observation statistics, **QShift's definitions** (the papers' formulas are not all "
              "published): " + "; ".join(f"*{k}*: {v}" for k, v in obs["definitions"].items()) + ". "
              "Shifted queries should show lower uniformity, a larger gap and lower consistency than clean ones "
              "(TCR; REST Fig. 1(b)), and angles above 90° mean the adaptation gradient conflicts with general "
              "knowledge (REST Fig. 1).")
-    md += [intro, ""]
-    h += [f"<p class='note'>{_md_inline(intro)}</p>"]
+    out = [Para(intro, "note")]
     if obs.get("without"):
-        line = (f"{len(obs['without'])} results file(s) carry no observation statistics (made before the adapt "
-                f"stage recorded them; rerun those adapt jobs): " + ", ".join(f"`{k}`" for k in obs["without"][:5])
-                + (" ..." if len(obs["without"]) > 5 else ""))
-        md += [line, ""]
-        h += [f"<p class='missing'>{_md_inline(line)}</p>"]
+        out.append(Para(f"{len(obs['without'])} results file(s) carry no observation statistics (made before the "
+                        f"adapt stage recorded them; rerun those adapt jobs): "
+                        + ", ".join(f"`{k}`" for k in obs["without"][:5]) + (" ..." if len(obs["without"]) > 5 else ""),
+                        "missing"))
+    return out
+
+
+def _direction_blocks(direction: str, d: dict, runs: dict, fig_dir: Path) -> list:
+    from .report.blocks import Cell, Figure, Heading, Para, Table
+
+    src_rows = [[s, *(_f(d["source"][s][k]) for k in STATS)] for s in
+                [s for s in d["shifts"] if s in d["source"]] + sorted(k for k in d["source"] if " / " in k)]
+    meth_rows = [[Cell(m, code=True)] + [" / ".join(_f((cells.get(s) or {}).get(k), 2) for k in STATS)
+                                         if s in cells else "—" for s in d["shifts"]]
+                 for m, cells in d["methods"].items()]
+    angle_rows = [[Cell(m, code=True)] + [_angle_cell((cells.get(s) or {}).get("angle")) for s in d["shifts"]]
+                  for m, cells in d["methods"].items() if any((c or {}).get("angle") for c in cells.values())]
+    figs = {"shift": fig_dir / f"{direction}_observations.png", "angle": fig_dir / f"{direction}_angles.png"}
+    out = [Heading(3, direction), Para("Before adaptation (`source`):"),
+           Table.grid(["shift", "uniformity", "gap", "consistency"], src_rows)]
+    if plot_shift_panels(d, f"Source model: query statistics per shift — {direction}", figs["shift"]):
+        out.append(Figure(figs["shift"], f"figures/{figs['shift'].name}", "Observations", f"Observations, {direction}"))
+    out += [Para("After adaptation, per method (uniformity / gap / consistency):"),
+            Table.grid(["method"] + [f"{s}: U / G / C" for s in d["shifts"]], meth_rows)]
+    if angle_rows:
+        out += [Para("Gradient angle, median [min–max] over batches:"), Table.grid(["method"] + d["shifts"], angle_rows)]
+    if plot_angles(runs, direction, f"Gradient angle per batch — {direction}", figs["angle"]):
+        out.append(Figure(figs["angle"], f"figures/{figs['angle'].name}", "Gradient angles",
+                          f"Gradient angles, {direction}"))
+    return out
+
+
+def report_section(cfg: dict, found: dict[Run, dict], fig_dir: Path, path: str | Path = OBSERVATIONS) -> tuple[list, dict]:
+    """(blocks, summary entry) of the Variants/ablations and Observations sections
+    (:mod:`qshift.report.blocks`; the report renders them to Markdown and HTML)."""
+    import json
+
+    from .report.blocks import Heading, Para
+
+    summary: dict = {}
+    blocks = _variant_blocks(cfg, found, summary) + [Heading(2, "Observations (TCR / REST)")]
+    path = Path(path)
+    if not path.is_file():
+        return blocks + [Para(f"No observations: `{path}` is missing (stage `observe`).", "missing")], summary
+    obs = json.loads(path.read_text())
+    blocks += _intro_blocks(obs)
     for direction, d in obs["directions"].items():
-        header = ["shift", "uniformity", "gap", "consistency"]
-        src_rows = [[s, *(_f(d["source"][s][k]) for k in STATS)] for s in
-                    [s for s in d["shifts"] if s in d["source"]] + sorted(k for k in d["source"] if " / " in k)]
-        meth_header = ["method"] + [f"{s}: U / G / C" for s in d["shifts"]]
-        meth_rows = [[f"`{m}`"] + [" / ".join(_f((cells.get(s) or {}).get(k), 2) for k in STATS)
-                                   if s in cells else "—" for s in d["shifts"]] for m, cells in d["methods"].items()]
-        angle_rows = [[f"`{m}`"] + [_angle_cell((cells.get(s) or {}).get("angle")) for s in d["shifts"]]
-                      for m, cells in d["methods"].items() if any((c or {}).get("angle") for c in cells.values())]
-        figs = {"shift": fig_dir / f"{direction}_observations.png", "angle": fig_dir / f"{direction}_angles.png"}
-        has_shift = plot_shift_panels(d, f"Source model: query statistics per shift — {direction}", figs["shift"])
-        has_angle = plot_angles(obs["runs"], direction, f"Gradient angle per batch — {direction}", figs["angle"])
-        md += [f"### {direction}", "", "Before adaptation (`source`):", "", _md_grid(header, src_rows), ""]
-        if has_shift:
-            md += [f"![Observations](figures/{figs['shift'].name})", ""]
-        md += ["After adaptation, per method (uniformity / gap / consistency):", "", _md_grid(meth_header, meth_rows), ""]
-        h += [f"<h3>{_e(direction)}</h3>", "<p>Before adaptation (<code>source</code>):</p>",
-              _html_grid(header, src_rows)]
-        if has_shift:
-            h += [_img(figs["shift"], f"Observations, {direction}")]
-        h += ["<p>After adaptation, per method (uniformity / gap / consistency):</p>",
-              _html_grid(meth_header, _plain(meth_rows))]
-        if angle_rows:
-            md += ["Gradient angle, median [min–max] over batches:", "",
-                   _md_grid(["method"] + d["shifts"], angle_rows), ""]
-            h += ["<p>Gradient angle, median [min–max] over batches:</p>",
-                  _html_grid(["method"] + d["shifts"], _plain(angle_rows))]
-        if has_angle:
-            md += [f"![Gradient angles](figures/{figs['angle'].name})", ""]
-            h += [_img(figs["angle"], f"Gradient angles, {direction}")]
+        blocks += _direction_blocks(direction, d, obs["runs"], fig_dir)
         summary.setdefault("observations", {})[direction] = {"source": d["source"]}
-    return md, h, summary
+    return blocks, summary

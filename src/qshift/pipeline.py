@@ -225,7 +225,7 @@ def _stages() -> list[Stage]:
     ]
 
 
-REPORT_CODE = "src/qshift/report" if (Path(__file__).parent / "report").is_dir() else "src/qshift/report.py"
+REPORT_CODE = "src/qshift/report"  # the report package
 STAGES: dict[str, Stage] = {s.name: s for s in _stages()}
 
 

@@ -260,18 +260,23 @@ def merge_docs(docs: list[dict]) -> dict | None:
     return out
 
 
-def markdown_tuning(doc: dict) -> list[str]:
-    """The report's tuning section (Markdown lines)."""
+TUNING_COLUMNS = ["Direction", "Method", "Chosen", "Val R@1 (chosen)", "Val R@1 (params' value)"]
+
+
+def tuning_summary(doc: dict) -> tuple[str, list[list[str]] | None]:
+    """The report's tuning section as data: (its sentence, rows under :data:`TUNING_COLUMNS`;
+    None when tuning is off). The sentence is Markdown inline text."""
     if not doc.get("enabled"):
-        return ["Hyperparameters: the params' values (tuning off: `tune.enabled: false`)."]
-    lines = [f"Selected on the **validation split** ({doc.get('n_images')} images / {doc.get('n_captions')} captions; "
-             f"t2i tuning queries: {doc.get('t2i_queries', doc.get('n_captions'))}) "
-             f"under validation-only corruptions ({'; '.join(f'{d}: ' + ', '.join(v) for d, v in doc.get('corruptions', {}).items())}), "
-             f"never on the test split or a reported corruption; mean validation R@1 over those corruptions "
-             f"(tuning took {doc.get('seconds', 0):.0f} s).", "",
-             "| Direction | Method | Chosen | Val R@1 (chosen) | Val R@1 (params' value) |", "|---|---|---|---:|---:|"]
+        return "Hyperparameters: the params' values (tuning off: `tune.enabled: false`).", None
+    corruptions = "; ".join(f"{d}: " + ", ".join(v) for d, v in doc.get("corruptions", {}).items())
+    text = (f"Selected on the **validation split** ({doc.get('n_images')} images / {doc.get('n_captions')} captions; "
+            f"t2i tuning queries: {doc.get('t2i_queries', doc.get('n_captions'))}) "
+            f"under validation-only corruptions ({corruptions}), "
+            f"never on the test split or a reported corruption; mean validation R@1 over those corruptions "
+            f"(tuning took {doc.get('seconds', 0):.0f} s).")
+    rows = []
     for method, per in doc.get("best", {}).items():
         for direction, b in per.items():
             chosen = ", ".join(f"{k} {v:g}" for k, v in b.items() if k not in ("mean_r1", "default_r1"))
-            lines.append(f"| {direction} | {method} | {chosen} | {b['mean_r1']:.1f} | {b['default_r1']:.1f} |")
-    return lines
+            rows.append([direction, method, chosen, f"{b['mean_r1']:.1f}", f"{b['default_r1']:.1f}"])
+    return text, rows
