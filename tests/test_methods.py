@@ -8,6 +8,7 @@ stream (:func:`qshift.adapt.run_stream`) on a tiny open_clip CLIP.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from PIL import Image
 
 from _tiny import make_tiny_clip_dir
 from qshift.adapt import run_stream
+from qshift.config import load_params, method_hparams
 from qshift.data.manifest import Split
 from qshift.models import load_model
 from qshift.tta import METHODS, build_method
@@ -111,15 +113,41 @@ def _adapted_names(model, modality: str) -> set[str]:
 # --------------------------------------------------------------------------------------------
 # registry and params.yaml
 # --------------------------------------------------------------------------------------------
-def test_all_methods_registered_with_paper_defaults_in_params_yaml():
+def _documented_defaults(text: str) -> dict[str, dict[str, str]]:
+    """params.yaml's `# defaults: k v, ...` comment lines under each methods entry."""
+    section = text[text.index("\nmethods:\n") + 1:]
+    out: dict[str, dict[str, str]] = {}
+    name = None
+    for line in section.splitlines()[1:]:
+        if re.match(r"^\S", line):
+            break
+        if m := re.match(r"^  ([a-z0-9_-]+):", line):
+            name = m[1]
+        elif name and (m := re.match(r"^    # (?:defaults:| ) (.*)$", line)):
+            if "defaults:" in line or out.get(name):
+                for item in filter(None, (x.strip() for x in m[1].split(","))):
+                    key, value = item.split(" ", 1)
+                    out.setdefault(name, {})[key] = value
+    return out
+
+
+def test_all_methods_registered_with_defaults_once_on_the_class():
+    """Defaults live on the class; params.yaml's entries only override (the default file: none)
+    and document them in a comment, which must list exactly the class's values."""
     assert sorted(ALL_METHODS) == METHODS.names()
-    entries = yaml.safe_load((ROOT / "params.yaml").read_text())["methods"]
+    text = (ROOT / "params.yaml").read_text()
+    entries = yaml.safe_load(text)["methods"]
+    documented = _documented_defaults(text)
     for name in ALL_METHODS:
+        assert entries[name] == {}, f"params.yaml methods.{name} repeats values: defaults live on the class"
         defaults = METHODS.get(name).defaults
-        assert set(entries[name] or {}) == set(defaults), name
+        assert list(documented.get(name, {})) == list(defaults), name
         for key, value in defaults.items():
+            shown = yaml.safe_load(documented[name][key])
             expected = value if isinstance(value, str) else pytest.approx(value, rel=1e-12)  # choices are strings
-            assert entries[name][key] == expected, (name, key)
+            assert shown == expected, (name, key, documented[name][key])
+        # what a job runs with: the class defaults (a params entry overrides)
+        assert method_hparams(load_params(ROOT / "params.yaml"), name) == defaults
 
 
 def test_entropy_baselines_use_tau_001_and_tcr_family_002():

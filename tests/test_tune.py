@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from _tiny import make_tiny_clip_dir, one_torch_thread
-from qshift import tune
+from qshift import config, tune
 from qshift.config import load_params
 from qshift.data.manifest import read_manifest
 from qshift.errors import ConfigError
@@ -102,10 +102,10 @@ def test_tune_reads_only_the_validation_split_and_adapt_reads_its_choice(tmp_pat
     write_json(path, out)
     hp, applied = tune.tuned_hparams(cfg, "tent", "i2t", path)
     assert applied == {k: best[k] for k in ("lr", "tau")} and hp["lr"] == best["lr"]
-    assert hp["weight_decay"] == cfg["methods"]["tent"]["weight_decay"]
+    assert hp["weight_decay"] == config.method_hparams(cfg, "tent", "i2t")["weight_decay"]
     off = copy.deepcopy(cfg)
     off["tune"]["enabled"] = False
-    assert tune.tuned_hparams(off, "tent", "i2t", path) == (cfg["methods"]["tent"], {})
+    assert tune.tuned_hparams(off, "tent", "i2t", path) == (config.method_hparams(cfg, "tent", "i2t"), {})
     assert tune.run_tune(off, None, manifest)["best"] == {}
 
 

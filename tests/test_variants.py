@@ -114,7 +114,7 @@ def test_variant_row_through_the_adapt_stage(stage_world, tmp_path):
     run = config.Run(CFG["benchmark"], CFG["model"]["name"], "i2t", VARIANT, "clean", 0, 42)
     doc = json.loads((cwd / run.result_path).read_text())
     assert f"/{VARIANT}/" in run.result_path and doc["key"]["method"] == VARIANT and doc["variant_of"] == "tcr"
-    assert doc["hparams"]["lr"] == 1.0e-2 and doc["hparams"]["tau"] == CFG["methods"]["tcr"]["tau"]
+    assert doc["hparams"]["lr"] == 1.0e-2 and doc["hparams"]["tau"] == config.method_hparams(CFG, "tcr")["tau"]
     assert "variant of tcr" in (cwd / config.LOGS["adapt"].format(**run.key)).read_text()
     # the numbers are exactly those of the base method run with the overridden hyperparameter
     gallery = load_gallery(cwd / config.GALLERY.format(model=CFG["model"]["name"], dataset=CFG["benchmark"]))

@@ -26,8 +26,8 @@ from .progress import tqdm
 
 from .data.manifest import Split
 from .errors import ConfigError
-from .evaluation import hits_and_ranks
-from .gallery import make_loader, owners_for, query_owner
+from .evaluation import average_precision, hits_and_ranks
+from .gallery import gallery_owner_kind, make_loader, owners_for, query_owner
 from .models.base import RetrievalModel
 from .results import DIRECTIONS, RECALL_KS
 from .runtime import seed_everything
@@ -58,6 +58,12 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
         raise ConfigError(f"direction {direction!r}; valid: {', '.join(DIRECTIONS)}")
     seed_everything(seed)
     q_mod, _, g_emb, g_owner = owners_for(gallery, direction)
+    owner_kind = gallery_owner_kind(gallery)
+    if queries.owner_kind != owner_kind:  # e.g. a query set that lost the identities of a ReID manifest
+        raise ConfigError(f"queries {queries.manifest} are scored per {queries.owner_kind}, but the gallery per "
+                          f"{owner_kind}: rebuild them from the same prepared dataset")
+    with_map = owner_kind == "identity"  # ReID: mAP over all relevant gallery items, beside R@K
+    ap_sum = 0.0
     owners = torch.as_tensor(query_owner(queries, direction))
     n = len(owners)
     info = stream_info(queries, direction)
@@ -86,6 +92,9 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
                 diverged = {"batch": len(online["batch_size"]), "queries_seen": done + b, "reason": reason}
                 break
             h, rank = hits_and_ranks(out.scores, owners[order[done:done + b]], g_owner)
+            if with_map:
+                ap_sum += float(average_precision(out.scores.detach().float(), owners[order[done:done + b]],
+                                                  g_owner).sum())
             ranks.append(rank.cpu())
             for k in RECALL_KS:
                 hits[k] += int(h[k].sum())
@@ -124,7 +133,8 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
                                            "n_queries": dom_n[d]} for d in ranked}}
     return {
         "status": "ok",
-        "metrics": {f"R@{k}": 100.0 * hits[k] / n for k in RECALL_KS},
+        "metrics": {**{f"R@{k}": 100.0 * hits[k] / n for k in RECALL_KS},
+                    **({"mAP": 100.0 * ap_sum / n} if with_map else {})},
         **extra,
         "n_queries": n,
         "n_gallery": int(g_emb.shape[0]),

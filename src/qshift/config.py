@@ -232,7 +232,7 @@ def diff_overrides(cfg: dict, base: dict, prefix: str = "") -> list[str]:
 
 # model.source schemes (qshift.models LOADERS; kept here so validating params never imports
 # the model libraries — tests/test_presets.py checks the two agree)
-MODEL_SCHEMES = ("hf-blip", "hf-clip", "local-dir", "open_clip")
+MODEL_SCHEMES = ("hf-blip", "hf-clip", "irra", "local-dir", "open_clip")
 
 
 # names that become path components (models/<model>, data/<dataset>, results/.../<method>/...)
@@ -494,9 +494,10 @@ BY_DIRECTION = "by_direction"
 
 
 def method_hparams(cfg: dict, method: str, direction: str | None = None) -> dict:
-    """The hyperparameters a method entry runs with. A variant (an entry with ``method: BASE``)
-    starts from its base's entry (resolved the same way, ``by_direction`` included), then its
-    own values, then its own ``by_direction``."""
+    """The hyperparameters a method entry runs with: the method class's ``defaults`` (where they
+    live, once), then the entry's overrides, then its ``by_direction`` ones. A variant (an entry
+    with ``method: BASE``) starts from its base's (resolved the same way), then its own values,
+    then its own ``by_direction``."""
     hp = copy.deepcopy(cfg["methods"].get(method) or {})
     base = hp.pop(VARIANT_KEY, None)
     per = hp.pop(BY_DIRECTION, None) or {}
@@ -504,8 +505,15 @@ def method_hparams(cfg: dict, method: str, direction: str | None = None) -> dict
         hp.update(per.get(direction) or {})
     if base is not None:
         base_method(cfg, method)  # refuses unknown bases and cycles
-        hp = {**method_hparams(cfg, base, direction), **hp}
-    return hp
+        return {**method_hparams(cfg, base, direction), **hp}
+    return {**class_defaults(method), **hp}
+
+
+def class_defaults(method: str) -> dict:
+    """A registered method's ``defaults`` ({} for a name that is not one: validation reports it)."""
+    from .tta import METHODS
+
+    return copy.deepcopy(METHODS.get(method).defaults) if method in METHODS else {}
 
 
 # -- method variants: methods.<variant>: {method: <base>, <hp overrides>...} ---------------------

@@ -81,8 +81,11 @@ def encode_gallery(model: RetrievalModel, manifest: str | Path, out: str | Path,
     image = encode_all(model, "image", split, batch_size, num_workers, "gallery images")
     text = encode_all(model, "text", split, batch_size, num_workers, "gallery captions")
     doc = {"image": image, "text": text,
-           "image_owner": torch.as_tensor(split.image_ids), "text_owner": torch.as_tensor(split.image_ids[split.txt2img]),
+           "image_owner": torch.as_tensor(split.image_owner),
+           "text_owner": torch.as_tensor(split.image_owner[split.txt2img]),
            "model": model.name, "manifest_sha256": sha256_file(manifest)}
+    if split.owner_kind != "image":  # recorded only for identity-level benchmarks (files unchanged)
+        doc["owner"] = split.owner_kind
     if model.preprocess != "native":  # recorded only when not the default (files unchanged)
         doc["preprocess"] = model.preprocess
     with atomic_path(out, ".pt") as tmp, open(tmp, "wb") as fh:
@@ -113,5 +116,13 @@ def owners_for(gallery: dict, direction: str) -> tuple[str, str, torch.Tensor, t
     return "text", "image", gallery["image"], gallery["image_owner"]
 
 
+def gallery_owner_kind(gallery: dict) -> str:
+    """What the gallery's owner ids name: ``image`` (default) or ``identity`` (ReID)."""
+    return gallery.get("owner", "image")
+
+
 def query_owner(split: Split, direction: str) -> np.ndarray:
-    return split.image_ids if direction == "i2t" else split.image_ids[split.txt2img]
+    """Each query's owner id: its image's (i2t) or its caption's image's (t2i) — the image id,
+    or the person identity for identity-level benchmarks (qshift.evaluation)."""
+    owner = split.image_owner
+    return owner if direction == "i2t" else owner[split.txt2img]

@@ -32,10 +32,10 @@ METHODS = ("source", "tent", "eata", "sar", "read", "deyo", "tcr")
 # dataset / backbone names as a params.yaml might spell them -> the canonical name used here
 DATASET_ALIASES = {"coco": ("coco", "mscoco", "coco-c", "coco2014", "coco-karpathy", "qgs-coco"),
                    "flickr": ("flickr", "flickr30k", "flickr-c", "f30k", "flickr-karpathy", "qgs-flickr"),
-                   "fashion-gen": ("fashion-gen", "fashiongen", "fashion"),
-                   "nocaps-id": ("nocaps-id", "nocaps-in", "nocaps-in-domain"),
-                   "nocaps-nd": ("nocaps-nd", "nocaps-near", "nocaps-near-domain"),
-                   "nocaps-od": ("nocaps-od", "nocaps-out", "nocaps-out-domain")}
+                   "fashion-gen": ("fashion-gen", "fashiongen", "fashion", "qgs-fashion", "qgs-fashion-gen"),
+                   "nocaps-id": ("nocaps-id", "nocaps-in", "nocaps-in-domain", "qgs-nocaps-id"),
+                   "nocaps-nd": ("nocaps-nd", "nocaps-near", "nocaps-near-domain", "qgs-nocaps-nd"),
+                   "nocaps-od": ("nocaps-od", "nocaps-out", "nocaps-out-domain", "qgs-nocaps-od")}
 BACKBONE_ALIASES = {"blip-vit-b16": ("blip-vit-b16", "blip-b16", "blip-base", "blip-itr-base-coco",
                                      "blip-itr-base-flickr", "salesforce/blip-itr-base-coco",
                                      "salesforce/blip-itr-base-flickr", "blip-itm-base-coco",

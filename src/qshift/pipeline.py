@@ -50,13 +50,11 @@ class Derived:
     value: Callable[[dict, dict], Any]
 
 
-def _method_entry(cfg: dict, method: str):
-    """A method's params entry; a variant's with its base chain (a changed base reruns it)."""
-    entry = cfg["methods"][method]
-    if not qc.is_variant(cfg, method):
-        return entry
-    base = entry[qc.VARIANT_KEY]
-    return [entry, _method_entry(cfg, base)] if base in cfg["methods"] else [entry]
+def _method_hparams(cfg: dict, method: str) -> dict:
+    """What a method's jobs run with, per direction: class defaults + params overrides (a
+    variant's with its base chain), so a no-op override (a default set explicitly) reruns nothing
+    and a changed base reruns its variants."""
+    return {str(d): qc.method_hparams(cfg, method, d) for d in (None, *qc.DIRECTIONS)}
 
 
 def _prebuilt(cfg: dict, wc: dict):
@@ -71,7 +69,7 @@ DERIVED: dict[str, Derived] = {
     "dataset": Derived(("benchmark", "benchmarks", "datasets"), lambda cfg, wc: qc.dataset_params(cfg)),
     # the authors' prebuilt query sets, if the dataset names a folder (datasets.<name>.prebuilt)
     "prebuilt": Derived((), _prebuilt),
-    "method": Derived(("methods.${item.method}",), lambda cfg, wc: _method_entry(cfg, wc["method"])),
+    "method": Derived(("methods.${item.method}",), lambda cfg, wc: _method_hparams(cfg, wc["method"])),
     # whether this method's jobs measure the gradient-angle probe (observe.grad_angle)
     "grad_angle": Derived(("observe.grad_angle",), lambda cfg, wc: qc.probes_angle(cfg, wc["method"])),
     "stream": Derived(("streams.{side}.${item.stream}",),

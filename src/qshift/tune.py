@@ -193,8 +193,10 @@ def run_tune(cfg: dict, model, manifest: str | Path, log=None, progress: bool = 
     with torch.no_grad():
         image = encode_all(model, "image", split, ad["batch_size"], desc="val gallery images")
         text = encode_all(model, "text", split, ad["batch_size"], desc="val gallery captions")
-    gallery = {"image": image, "text": text, "image_owner": torch.as_tensor(split.image_ids),
-               "text_owner": torch.as_tensor(split.image_ids[split.txt2img])}
+    gallery = {"image": image, "text": text, "image_owner": torch.as_tensor(split.image_owner),
+               "text_owner": torch.as_tensor(split.image_owner[split.txt2img])}
+    if split.owner_kind != "image":
+        gallery["owner"] = split.owner_kind
     methods = [m for m in cfg["tune"].get("methods") or [] if tunes(cfg, m) and (only is None or m in only)]
     cpi = (cfg["tune"].get("text") or {}).get("captions_per_image")
     doc.update(n_images=split.n_images, n_captions=split.n_captions, corruptions={},

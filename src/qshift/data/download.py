@@ -180,7 +180,7 @@ def _total_from_content_range(value: str | None) -> int | None:
 def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, *,
           mirror: Mapping[str, str] | None = None, retries: int = 5, backoff: float = 2.0,
           timeout: float = 60.0, progress: bool = True, chunk: int = 1 << 20,
-          sleep: Callable[[float], None] = time.sleep) -> Fetched:
+          sleep: Callable[[float], None] = time.sleep, warn_unverified: bool = True) -> Fetched:
     """Download ``url`` to ``dest`` (resuming ``dest.part``), verify it, rename it atomically.
 
     ``retries`` counts consecutive failed attempts: an attempt that received bytes resets
@@ -219,7 +219,7 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, *,
         meta.unlink(missing_ok=True)
         raise DownloadError(f"checksum mismatch for {source}: expected sha256 {sha256}, got {actual}; "
                             f"the download was deleted (a wrong mirror, or a changed upstream file?)")
-    if sha256 is None:
+    if sha256 is None and warn_unverified:  # (per-image downloads of NoCaps: one summary line instead)
         log.warning("no sha256 recorded for %s: verification skipped; to verify future downloads set "
                     "its sha256 in params.yaml to %s", url, actual)
     os.replace(part, dest)

@@ -87,7 +87,7 @@ LOADERS: Registry[Callable[[str, torch.device, Path], RetrievalModel]] = Registr
 
 
 def _register_loaders() -> None:
-    from . import hf, openclip  # noqa: F401  (each registers its schemes; heavy imports stay lazy)
+    from . import hf, irra, openclip  # noqa: F401  (each registers its schemes; heavy imports stay lazy)
 
 
 def schemes() -> list[str]:
