@@ -177,7 +177,8 @@ REPORT_OUTS = ("reports/report.md", "reports/report.html", "reports/figures", "r
 def _stages() -> list[Stage]:
     nocache = dict(cache=False)
     return [
-        Stage("download", "stages/download.py", code=("src/qshift/data/download.py", "src/qshift/data/karpathy.py"),
+        Stage("download", "stages/download.py", code=("src/qshift/data/download.py", "src/qshift/data/karpathy.py",
+                                                      "src/qshift/data/formats.py"),
               resources={"mem_mb": 2000, "runtime": 240},
               params=("dataset",), outs=(Out(qc.RAW_DIR),)),
         Stage("prepare", "stages/prepare.py", code=("src/qshift/data",), inputs=(qc.RAW_DIR,),
