@@ -2,7 +2,8 @@
 
 COCO: BLIP's Karpathy-test annotations + COCO val2014 images (public URLs); Flickr30k:
 annotations from a public URL, images from the local archive or folder named in
-datasets.flickr30k.images.path. Files are downloaded into download.cache_dir (resumed on
+datasets.flickr30k.images.path; NoCaps: the annotation file, then each image from its own URL;
+Fashion-Gen, CUHK-/ICFG-PEDES, RSICD/RSITMD/UCM: local paths (request-only). Files are downloaded into download.cache_dir (resumed on
 rerun, sha256-checked when params record one); only the test images are extracted. The
 built-in benchmark downloads nothing and gets a download.json saying so.
 Output: data/raw/<benchmark>/ (annotations/, images/, download.json).

@@ -1,7 +1,7 @@
 """Stage `prepare`: the benchmark's data in the manifest format.
 
 Built-in benchmark: procedurally rendered scenes with 5 captions each, from the seed.
-Downloaded benchmarks (COCO, Flickr30k): the download stage's data/raw/<benchmark>/ turned
+Downloaded benchmarks (COCO, Flickr30k, NoCaps, Fashion-Gen, CUHK-/ICFG-PEDES, remote sensing): the download stage's data/raw/<benchmark>/ turned
 into the same format (test split, captions normalised when read).
 Output: data/<benchmark>/ (images/ + manifest.json).
 """

@@ -21,6 +21,12 @@ Annotation formats (detected from the file, no setting needed):
   (``{"images": [{"filename", "split", "sentences": [{"raw"}]}]}``, shipped in
   ``caption_datasets.zip``: set ``annotations.member``); entries with ``split == "test"``.
 
+Other kinds (``datasets.<name>.kind``; readers in :mod:`qshift.data.formats`): ``nocaps``
+(NoCaps validation, one domain; images fetched one by one from their URLs), ``fashion-gen``
+(the h5 release, converted to PNG + a BLIP-style caption list at download) and ``pedes``
+(CUHK-PEDES / ICFG-PEDES test split, images by relative path, identity-level scoring:
+``owner: identity`` in the manifest). RSICD, RSITMD and UCM-captions are ``karpathy``.
+
 Images are matched by file *basename* (COCO and Flickr30k names are unique), so archives
 with an extra top folder (``flickr30k-images/``, ``flickr30k_images/flickr30k_images/``)
 work as they are. A test image absent from the archive is an error (count and first names):
