@@ -14,9 +14,7 @@ through the stage CLIs.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -434,7 +432,7 @@ def tiny_irra(path: Path) -> Path:
     return path
 
 
-def test_reid_cuhk_preset_end_to_end(tmp_path: Path) -> None:
+def test_reid_cuhk_preset_end_to_end(tmp_path: Path, store_template: Path) -> None:
     """download -> prepare -> pretrain (record) -> encode_gallery -> adapt (source, tcr) for
     ``benchmark: reid-cuhk``, the stage CLIs on a copy of the repository's params."""
     import shutil
@@ -458,10 +456,10 @@ def test_reid_cuhk_preset_end_to_end(tmp_path: Path) -> None:
     p["benchmarks"]["reid-cuhk"]["adapt"]["clean_methods"] = ["source", "tcr"]
     p["adapt"].update(methods=["source", "tcr"], batch_size=4)
     p.update(threads=1, device="cpu")
+    shutil.copy(store_template, tmp_path / "mlflow.db")  # a migrated store (creating one takes ~5 s)
     p["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     e = {**env(), "HF_HUB_OFFLINE": "1"}
-    t0 = time.time()
     for stage, *args in (("download",), ("prepare",), ("pretrain",), ("encode_gallery",),
                          ("adapt", "--method", "source", "--direction", "t2i"),
                          ("adapt", "--method", "tcr", "--direction", "t2i")):
@@ -480,7 +478,6 @@ def test_reid_cuhk_preset_end_to_end(tmp_path: Path) -> None:
         assert 0 <= m["R@1"] <= m["R@5"] <= m["R@10"] == 100.0  # 5 images: every identity within 10
         assert 0 < m["mAP"] <= 100.0
     assert not (repo / "results" / "reid-cuhk" / model / "i2t").exists()  # ReID: text-to-image only
-    assert time.time() - t0 < 120
 
 
 def test_irra_checkpoint_loads_as_clip_and_names_what_is_wrong(tmp_path: Path) -> None:
