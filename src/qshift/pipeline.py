@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from . import config as qc
 from .io import stable_hash, write_text
+from .presets import get_dotted
 
 DVC_FILE = "dvc.yaml"
 # DVC's spelling of the wildcards a path pattern or key may contain
@@ -229,22 +230,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in _stages()}
 
 
 # -- Snakemake: a job's rerun trigger ------------------------------------------------------------
-def _lookup(cfg: dict, dotted: str) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def param_values(cfg: dict, stage: str, **wildcards: Any) -> dict[str, Any]:
     """What a job of ``stage`` reads from the resolved params (its :attr:`Stage.params`)."""
     s = STAGES[stage]
     wc = {**s.context, **wildcards}
     out = {}
     for key in s.params:
-        out[key] = DERIVED[key].value(cfg, wc) if key in DERIVED else _lookup(cfg, _fill(key, wc))
+        out[key] = DERIVED[key].value(cfg, wc) if key in DERIVED else get_dotted(cfg, _fill(key, wc))
     return out
 
 

@@ -105,7 +105,8 @@ def setting(cfg: dict) -> str:
     return value
 
 
-def _get(cfg: dict, dotted: str) -> Any:
+def get_dotted(cfg: dict, dotted: str) -> Any:
+    """``cfg``'s value at a dotted key path (``adapt.batch_size``); ``None`` where it is absent."""
     node: Any = cfg
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -135,7 +136,8 @@ def dvc_guard(raw: dict, resolved: dict, environ: dict | None = None) -> None:
                           + "; ".join(f"{n}: {why}" for n, why in skipped.items())
                           + ". Configure their models or remove them from corrupt.text.names "
                             "(Snakemake leaves them out and the report lists them as not run).")
-    diffs = [(k, _get(raw, k), _get(resolved, k)) for k in DVC_KEYS if _get(raw, k) != _get(resolved, k)]
+    diffs = [(k, get_dotted(raw, k), get_dotted(resolved, k)) for k in DVC_KEYS
+             if get_dotted(raw, k) != get_dotted(resolved, k)]
     if not diffs:
         return
     lines = "\n".join(f"  {k}: {yaml.safe_dump(new, default_flow_style=True).strip().removesuffix('...').strip()}"
