@@ -1,6 +1,6 @@
 """The report as a list of sections, each a list of blocks; written as report.md and report.html.
 
-:func:`build_report` collects the grid's runs (:func:`~qshift.report.data.collect`), replays
+:func:`build_report` collects the grid's runs (:func:`~qshift.report.inputs.collect`), replays
 unlogged results to MLflow, plots the figures and assembles the sections below; the same
 blocks render the Markdown and the HTML (:mod:`qshift.report.blocks`). The new report set
 (report.md, report.html, summary.json, figures/) is built in a staging folder and swapped in
