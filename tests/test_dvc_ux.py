@@ -30,7 +30,7 @@ def test_params_yaml_is_unchanged_by_dvcs_yaml_round_trip():
 
 
 def test_a_set_value_changes_only_its_entry():
-    """`dvc exp run -S methods.tcr.lr=1e-3` on the default `tcr: {}` (defaults on the class): the
+    """`dvc exp run -S '++methods.tcr.lr=1e-3'` on the default `tcr: {}` (defaults on the class): the
     entry gains the one key, every other line (comments included) stays."""
     text = (REPO / "params.yaml").read_text()
 

@@ -180,10 +180,27 @@ def apply_override(cfg: dict, item: str) -> None:
         if not isinstance(node, dict) or part not in node:
             raise ConfigError(f"override {item!r}: unknown key {'.'.join(parts[:i + 1])!r}")
         node = node[part]
-    if not isinstance(node, dict) or parts[-1] not in node:
-        valid = ", ".join(sorted(node)) if isinstance(node, dict) else "(not a mapping)"
-        raise ConfigError(f"override {item!r}: unknown key {key!r}; valid here: {valid}")
+    valid = _settable(cfg, parts[:-1], node)
+    if parts[-1] not in valid:
+        shown = ", ".join(sorted(valid)) if isinstance(node, dict) else "(not a mapping)"
+        raise ConfigError(f"override {item!r}: unknown key {key!r}; valid here: {shown}")
     node[parts[-1]] = parse_value(raw)
+
+
+def _settable(cfg: dict, path: list[str], node: Any) -> set[str]:
+    """The keys an override may set under ``path``: the keys there, and under ``methods.<name>``
+    also the method's hyperparameters (their defaults live on its class, not in params)."""
+    if not isinstance(node, dict):
+        return set()
+    keys = set(node)
+    if len(path) == 2 and path[0] == "methods":
+        from .tta import METHODS
+
+        try:
+            keys |= set(METHODS.get(base_method(cfg, path[1])).defaults)
+        except ConfigError:
+            pass  # an unknown method: validation names it
+    return keys
 
 
 def parse_value(raw: str) -> Any:

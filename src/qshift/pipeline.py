@@ -252,7 +252,7 @@ HEADER = """\
 # stale). The same DAG as workflow/Snakefile: same stage CLIs, same outputs, same parameter keys
 # (tests/test_pipeline.py::test_snakemake_and_dvc_describe_the_same_dag). Every value comes from params.yaml.
 #   dvc repro                                  # run what is out of date
-#   dvc exp run -S methods.tcr.lr=1e-3         # an experiment with one value changed
+#   dvc exp run -S '++methods.tcr.lr=1e-3'     # an experiment with one value changed
 #   dvc exp show ; dvc metrics show ; dvc plots show   # reports/metrics.json, reports/plots/
 """
 
