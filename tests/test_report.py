@@ -429,3 +429,26 @@ def test_stream_section_compares_each_stream_with_the_independent_runs(tmp_path,
     assert (tmp_path / "reports/figures/i2t_forgetting.png").stat().st_size > 1000
     page = (tmp_path / "reports/report.html").read_text()
     assert "Streams — i2t" in page and "<b>mixed</b>" in page and "Mixed stream <code>mix</code>" in page
+
+
+def test_identity_level_results_get_an_map_table_in_both_renderings(tmp_path, monkeypatch):
+    """ReID presets (identity-level matching) record mAP: the report shows it beside R@K, with
+    the note saying what a hit is; grids without mAP show no such table (test above)."""
+    cfg = grid(directions=("t2i",), image=(), severities=(), text=("ocr",), levels=(2,))
+    for run in runs(cfg):
+        doc = make_doc(run)
+        doc["metrics"]["mAP"] = round(doc["metrics"]["R@1"] - 7.5, 2)
+        write_json(tmp_path / run.result_path, doc)
+    monkeypatch.chdir(tmp_path)
+    report.build_report(cfg, tmp_path / "reports", track=False)
+    md = (tmp_path / "reports/report.md").read_text()
+    html = (tmp_path / "reports/report.html").read_text()
+    tcr = next(r for r in runs(cfg) if r.method == "tcr" and r.corruption == "ocr")
+    expected = f"{r1_of(tcr) - 7.5:.1f}"
+    for text in (md, html):
+        assert "Identity-level matching" in text and "mAP (%)" in text and expected in text
+
+
+def test_a_grid_without_map_has_no_map_table(built):
+    root, _, _ = built
+    assert "mAP" not in (root / "reports/report.md").read_text()

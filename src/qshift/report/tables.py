@@ -33,7 +33,7 @@ def direction_table(cfg: dict, direction: str, found: dict[Run, dict], metric: s
         row: dict[str, float | None] = {}
         for (c, s), label in zip(cells, labels):
             doc = by_key.get((direction, method, c, s))
-            row[label] = doc["metrics"][metric] if doc else None
+            row[label] = doc["metrics"].get(metric) if doc else None  # mAP: identity-level datasets only
             if (direction, method, c, s) in bad:
                 marked.setdefault(method, []).append(label)
         vals = [row[lab] for lab in labels]
@@ -43,7 +43,7 @@ def direction_table(cfg: dict, direction: str, found: dict[Run, dict], metric: s
             row["Avg"] = sum(kept) / len(kept)
             excludes[method] = [lab for lab in labels if lab in marked[method]]
         clean = by_key.get((direction, method, CLEAN, 0))
-        row["Clean"] = clean["metrics"][metric] if clean else None
+        row["Clean"] = clean["metrics"].get(metric) if clean else None
         if (direction, method, CLEAN, 0) in bad:
             marked.setdefault(method, []).append("Clean")
         rows[method] = row
