@@ -25,7 +25,7 @@ from qshift import cli
 def main() -> None:
     from qshift.config import LOGS, Run, check_method, run_seeds
     from qshift.errors import ConfigError, UnknownNameError
-    from qshift.results import CLEAN, DIRECTIONS
+    from qshift.results import CLEAN
     from qshift.runtime import set_threads
 
     p = cli.parser(__doc__)
@@ -45,8 +45,10 @@ def main() -> None:
         raise ConfigError(f"--seed {seed} is not one of params seeds {seeds} (add it to seeds to run it: "
                           f"its results then sit beside the others)")
     base = check_method(cfg, args.method)  # a variant (methods.<name>.method) builds its base
-    if args.direction not in DIRECTIONS:
-        raise UnknownNameError("direction", args.direction, DIRECTIONS)
+    from qshift.tasks import all_directions
+
+    if args.direction not in all_directions():  # every task's directions (qshift.tasks): i2t, t2i, cir
+        raise UnknownNameError("direction", args.direction, all_directions())
     if (args.corruption is None) != (args.severity is None):
         raise ConfigError("--corruption and --severity go together (one cell), or neither (the whole job)")
 

@@ -20,6 +20,15 @@ def main() -> None:
     model = load_model(cfg["model"]["source"], pick_device(cfg["device"]), cfg["model"].get("cache_dir"),
                        preprocess=cfg["model"].get("preprocess", "native"))
     out = GALLERY.format(model=cfg["model"]["name"], dataset=cfg["benchmark"])
+    from qshift.tasks import is_cir
+
+    if is_cir(cfg):  # composed image retrieval: the test split's target images (+ distractors), image tower
+        from qshift.cir import encode_cir_gallery
+        from qshift.config import DATASET_DIR
+
+        stats = encode_cir_gallery(model, DATASET_DIR.format(dataset=cfg["benchmark"]), out, cfg["model"]["batch_size"])
+        log.info("encode_gallery: %s -> %s", stats, out)
+        return
     stats = encode_gallery(model, MANIFEST.format(dataset=cfg["benchmark"]), out, cfg["model"]["batch_size"],
                            cfg["num_workers"])
     log.info("encode_gallery: %s -> %s", stats, out)

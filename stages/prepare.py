@@ -1,6 +1,8 @@
 """Stage `prepare`: the benchmark's data in the manifest format.
 
 Built-in benchmark: procedurally rendered scenes with 5 captions each, from the seed.
+Built-in CIR benchmark (``task: cir``): captioned training scenes + (reference, modification, target)
+triplets and their target gallery (src/qshift/data/builtin_cir.py).
 Downloaded benchmarks (COCO, Flickr30k, NoCaps, Fashion-Gen, CUHK-/ICFG-PEDES, remote sensing): the download stage's data/raw/<benchmark>/ turned
 into the same format (test split, captions normalised when read).
 Output: data/<benchmark>/ (images/ + manifest.json).
@@ -19,7 +21,13 @@ def main() -> None:
     bench = cfg["benchmark"]
     d = dataset_params(cfg)
     log = cli.start_log(LOGS["prepare"].format(dataset=bench))
-    if dataset_kind(d) == "builtin":
+    if dataset_kind(d) == "builtin" and d.get("task") == "cir":  # composed image retrieval triplets
+        from qshift.data.builtin_cir import generate_builtin_cir
+
+        stats = generate_builtin_cir(DATASET_DIR.format(dataset=bench), n_train=d["n_train"], n_restval=d["n_restval"],
+                                     n_val=d["n_val"], n_test=d["n_test"], image_size=d["image_size"],
+                                     seed=cfg["seed"], progress=cli.progress_enabled(args))
+    elif dataset_kind(d) == "builtin":
         from qshift.data.builtin import generate_builtin
 
         stats = generate_builtin(DATASET_DIR.format(dataset=bench), n_train=d["n_train"], n_val=d["n_val"],

@@ -1,7 +1,7 @@
 """Stage `pretrain`: provide the source model.
 
 The built-in benchmark's model (``model.source: local-dir:models/<model.name>``) is trained
-here: a tiny open_clip CLIP on the train split. Any other source (a pretrained open_clip or
+here: a tiny open_clip CLIP on the train split (a CIR benchmark: then its combiner, src/qshift/cir.py). Any other source (a pretrained open_clip or
 transformers model) is fetched into ``model.cache_dir`` once — the stage then runs on the
 submitting host, which has the internet that compute nodes often lack — loaded to check it
 works, and recorded, so later jobs load it from the cache without network.
@@ -24,9 +24,19 @@ def main() -> None:
     if trains_model(cfg):
         from qshift.models.train import pretrain
 
+        from qshift.tasks import is_cir
+
         device = pick_device(cfg["device"])
+        cir = is_cir(cfg)
         metrics = pretrain(MANIFEST.format(dataset=cfg["benchmark"]), MODEL_DIR.format(model=name), cfg["pretrain"],
-                           seed=cfg["seed"], device=device, amp=cfg["amp"], progress=cli.progress_enabled(args))
+                           seed=cfg["seed"], device=device, amp=cfg["amp"], progress=cli.progress_enabled(args),
+                           eval_splits=() if cir else ("val", "test"))  # CIR's val/test hold triplets
+        if cir:  # then the combiner over the frozen towers, saved into the same folder (qshift.cir)
+            from qshift.cir import pretrain_combiner
+            from qshift.config import DATASET_DIR
+
+            metrics.update(pretrain_combiner(cfg, DATASET_DIR.format(dataset=cfg["benchmark"]),
+                                             MODEL_DIR.format(model=name), device, cli.progress_enabled(args)))
         write_json("reports/pretrain.json", {"model": name, "device": str(device), "trained": True, **metrics})
         log.info("pretrain: %s", ", ".join(f"{k}={v}" for k, v in metrics.items()))
         return

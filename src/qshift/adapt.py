@@ -29,7 +29,6 @@ from .errors import ConfigError
 from .evaluation import average_precision, hits_and_ranks
 from .gallery import gallery_owner_kind, make_loader, owners_for, query_owner
 from .models.base import RetrievalModel
-from .results import DIRECTIONS, RECALL_KS
 from .runtime import seed_everything
 from .outcomes import query_outcomes
 from .streams import majority, stream_info
@@ -54,29 +53,42 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
                batch_size: int = 64, steps: int = 3, seed: int = 42, num_workers: int = 0, amp: bool = False,
                progress: bool = True, desc: str = "", order_kind: str = "seeded") -> dict:
     """Adapt-and-score over the stream; returns the metrics/online/counters part of a results file."""
-    if direction not in DIRECTIONS:
-        raise ConfigError(f"direction {direction!r}; valid: {', '.join(DIRECTIONS)}")
+    from .tasks import all_directions
+    from .tasks import direction as task_direction
+
+    if direction not in all_directions():
+        raise ConfigError(f"direction {direction!r}; valid: {', '.join(all_directions())}")
+    ks = task_direction(direction).recall_ks  # i2t/t2i: RECALL_KS (1, 5, 10); cir: (1, 5, 10, 50)
     seed_everything(seed)
-    q_mod, _, g_emb, g_owner = owners_for(gallery, direction)
+    composed = task_direction(direction).task == "cir"
+    if composed:  # qshift.cir: composed queries against the target gallery
+        q_mod, g_emb, g_owner = "composed", gallery["image"], gallery["image_owner"]
+    else:
+        q_mod, _, g_emb, g_owner = owners_for(gallery, direction)
     owner_kind = gallery_owner_kind(gallery)
     if queries.owner_kind != owner_kind:  # e.g. a query set that lost the identities of a ReID manifest
         raise ConfigError(f"queries {queries.manifest} are scored per {queries.owner_kind}, but the gallery per "
                           f"{owner_kind}: rebuild them from the same prepared dataset")
     with_map = owner_kind == "identity"  # ReID: mAP over all relevant gallery items, beside R@K
     ap_sum = 0.0
-    owners = torch.as_tensor(query_owner(queries, direction))
+    owners = torch.as_tensor(queries.targets if composed else query_owner(queries, direction))
     n = len(owners)
     info = stream_info(queries, direction)
     order = info["order"] if info is not None and info["order"] is not None else stream_order(n, seed, order_kind)
     if len(order) != n:
         raise ConfigError(f"query order has {len(order)} entries for {n} queries")
     q_dom = None if info is None else [info["query_domain"][i] for i in order]  # in arrival order
-    dom_hits: dict[str, dict[int, int]] = defaultdict(lambda: {k: 0 for k in RECALL_KS})
+    dom_hits: dict[str, dict[int, int]] = defaultdict(lambda: {k: 0 for k in ks})
     dom_n: dict[str, int] = defaultdict(int)
     tta = build_method(method, model, q_mod, g_emb, hparams, steps=steps, amp=amp)
-    loader = make_loader(model, q_mod, queries, order=order, batch_size=batch_size, num_workers=num_workers)
+    if composed:
+        from .cir import query_loader
 
-    hits = {k: 0 for k in RECALL_KS}
+        loader = query_loader(model, queries, order=order, batch_size=batch_size, num_workers=num_workers)
+    else:
+        loader = make_loader(model, q_mod, queries, order=order, batch_size=batch_size, num_workers=num_workers)
+
+    hits = {k: 0 for k in ks}
     ranks: list[torch.Tensor] = []  # per query, in arrival order (qshift.outcomes)
     online = defaultdict(list)
     done = 0
@@ -91,19 +103,19 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
             if reason is not None:  # NaN scores would still rank (topk): stop, report no R@K
                 diverged = {"batch": len(online["batch_size"]), "queries_seen": done + b, "reason": reason}
                 break
-            h, rank = hits_and_ranks(out.scores, owners[order[done:done + b]], g_owner)
+            h, rank = hits_and_ranks(out.scores, owners[order[done:done + b]], g_owner, ks)
             if with_map:
                 ap_sum += float(average_precision(out.scores.detach().float(), owners[order[done:done + b]],
                                                   g_owner).sum())
             ranks.append(rank.cpu())
-            for k in RECALL_KS:
+            for k in ks:
                 hits[k] += int(h[k].sum())
             if q_dom is not None:
                 labels = q_dom[done:done + b]
-                hk = {k: h[k].cpu().tolist() for k in RECALL_KS}  # one device sync per batch
+                hk = {k: h[k].cpu().tolist() for k in ks}  # one device sync per batch
                 for i, lab in enumerate(labels):
                     dom_n[lab] += 1
-                    for k in RECALL_KS:
+                    for k in ks:
                         dom_hits[lab][k] += int(hk[k][i])
                 online["domain"].append(majority(labels, info["domains"]))
             done += b
@@ -129,11 +141,11 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
     if info is not None:
         ranked = [d for d in info["domains"] if d in dom_n] + sorted(set(dom_n) - set(info["domains"]))
         extra = {"stream": {k: info[k] for k in ("name", "kind", "domains")},
-                 "metrics_by_domain": {d: {**{f"R@{k}": 100.0 * dom_hits[d][k] / dom_n[d] for k in RECALL_KS},
+                 "metrics_by_domain": {d: {**{f"R@{k}": 100.0 * dom_hits[d][k] / dom_n[d] for k in ks},
                                            "n_queries": dom_n[d]} for d in ranked}}
     return {
         "status": "ok",
-        "metrics": {**{f"R@{k}": 100.0 * hits[k] / n for k in RECALL_KS},
+        "metrics": {**{f"R@{k}": 100.0 * hits[k] / n for k in ks},
                     **({"mAP": 100.0 * ap_sum / n} if with_map else {})},
         **extra,
         "n_queries": n,

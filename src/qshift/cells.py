@@ -131,6 +131,14 @@ def check_cell(cfg: dict, direction: str, corruption: str, severity: int) -> Non
     from .corrupt import IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS
     from .errors import UnknownNameError
 
+    if direction == "cir":  # composed queries: an image (reference) or a text (modification) corruption
+        if corruption == CLEAN:
+            if severity != 0:
+                raise ConfigError(f"the clean reference run takes --severity 0, got {severity}")
+        elif corruption not in IMAGE_CORRUPTIONS and corruption not in TEXT_CORRUPTIONS:
+            raise UnknownNameError("image or text corruption for cir queries", corruption,
+                                   IMAGE_CORRUPTIONS.names() + TEXT_CORRUPTIONS.names() + [CLEAN])
+        return
     registry = IMAGE_CORRUPTIONS if direction == "i2t" else TEXT_CORRUPTIONS
     named = streams(cfg, direction)
     if corruption in named or corruption == CLEAN:
@@ -156,6 +164,13 @@ class Job:
         self.gallery = load_gallery(GALLERY.format(model=model_name, dataset=dataset))
         self.model = load_model(cfg["model"]["source"], self.device, cfg["model"].get("cache_dir"),
                                 preprocess=cfg["model"].get("preprocess", "native"))
+        from .tasks import is_cir
+
+        self.cir = is_cir(cfg)
+        if self.cir:  # the composed encoder: both towers + the combiner (qshift.cir)
+            from .cir import load_composed
+
+            self.model = load_composed(cfg, self.model)
         if self.gallery["model"] != self.model.name:
             raise ConfigError(f"gallery embeddings were made with model {self.gallery['model']!r}, not "
                               f"{self.model.name!r}; rerun encode_gallery")
@@ -164,6 +179,9 @@ class Job:
                               f"{self.gallery.get('preprocess', 'native')!r}, not {self.model.preprocess!r}; "
                               f"rerun encode_gallery")
         self.code = code_hash(stage_file)
+        if self.cir:  # a CIR cell also depends on the task's code (image-text fingerprints unchanged)
+            self.code += "+" + file_hash(Path(__file__).with_name("cir.py")) + file_hash(
+                Path(__file__).parent / "models" / "composed.py")
         self._shared: dict | None = None
 
     def plan(self, run: Run) -> tuple[dict, dict, dict, str]:
@@ -200,6 +218,10 @@ class Job:
         if tuned:
             log.info(f"adapt: {run_key(run.key)}: tuned on the validation split (stage tune): {tuned}")
         queries = load_queries(cfg, run) if queries is None else queries
+        if self.cir:
+            from .cir import check_targets
+
+            check_targets(queries, self.gallery["image_owner"].numpy())
         body = run_stream(self.model, self.base, hparams, run.direction, queries, self.gallery,
                           batch_size=ad["batch_size"], steps=ad["steps"], seed=run.seed,
                           num_workers=cfg["num_workers"], amp=cfg["amp"], progress=self.progress,
@@ -230,7 +252,12 @@ def load_queries(cfg: dict, run: Run):
     error naming the file."""
     from .data.manifest import load_split
 
-    return load_split(queries_path(cfg, run.direction, run.corruption, run.severity, run.seed), "test")
+    path = queries_path(cfg, run.direction, run.corruption, run.severity, run.seed)
+    if run.direction == "cir":  # triplets (qshift.cir): an empty modification text is a valid query
+        from .cir import load_triplets
+
+        return load_triplets(path, "test")
+    return load_split(path, "test")
 
 
 def _log_finished(result: dict, body: dict) -> None:

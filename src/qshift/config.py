@@ -385,9 +385,12 @@ def validate(cfg: dict) -> None:
                               f"({', '.join(cfg['adapt']['methods'])})")
     if cfg["adapt"].get("order", "seeded") not in ("seeded", "reference"):  # qshift.adapt.ORDERS
         raise ConfigError(f"params: adapt.order {cfg['adapt']['order']!r}; valid: seeded, reference")
+    from .tasks import all_directions, validate_tasks
+
     for d in cfg["adapt"]["directions"]:
-        if d not in DIRECTIONS:
-            raise ConfigError(f"params: adapt.directions has {d!r}; valid: {', '.join(DIRECTIONS)}")
+        if d not in all_directions():
+            raise ConfigError(f"params: adapt.directions has {d!r}; valid: {', '.join(all_directions())}")
+    validate_tasks(cfg)  # one task per grid, on a dataset of that task (qshift.tasks)
     for name in cfg["corrupt"]["image"]["names"]:
         IMAGE_CORRUPTIONS.check(name)
     validate_text_params(cfg)
@@ -396,8 +399,8 @@ def validate(cfg: dict) -> None:
             raise ConfigError(f"params: image severity {s!r} not in 1..5")
     for m, hp in cfg["methods"].items():
         for d in (hp or {}).get(BY_DIRECTION, {}) or {}:
-            if d not in DIRECTIONS:
-                raise ConfigError(f"params: methods.{m}.{BY_DIRECTION} has {d!r}; valid: {', '.join(DIRECTIONS)}")
+            if d not in all_directions():
+                raise ConfigError(f"params: methods.{m}.{BY_DIRECTION} has {d!r}; valid: {', '.join(all_directions())}")
     validate_streams(cfg)
     validate_observe(cfg)
     validate_method_hparams(cfg)
@@ -497,6 +500,8 @@ def probes_angle(cfg: dict, method: str) -> bool:
 
 def streams(cfg: dict, direction: str) -> dict[str, dict]:
     """The direction's stream definitions (``streams.image`` for i2t, ``streams.text`` for t2i)."""
+    if direction not in ("i2t", "t2i"):  # streams are the image-text task's (qshift.tasks)
+        return {}
     side = "image" if direction == "i2t" else "text"
     return dict((cfg.get("streams") or {}).get(side) or {})
 
@@ -688,6 +693,9 @@ def query_cells(cfg: dict, direction: str) -> list[tuple[str, int]]:
     """(corruption, severity) cells of a direction, the clean reference first. Text types
     that cannot run here (a model-based type with no model configured) are left out; the
     report lists them as not run."""
+    if direction == "cir":  # composed queries: the image cells (reference) then the text cells (modification)
+        image = query_cells(cfg, "i2t")
+        return image + [c for c in query_cells(cfg, "t2i") if c[0] != CLEAN]
     if direction == "i2t":
         side = cfg["corrupt"]["image"]
         names, levels = side["names"], side["severities"]
@@ -721,6 +729,8 @@ def query_set_path(cfg: dict, direction: str, corruption: str, severity: int, se
     """The output of the stage that builds a corrupted query set (a folder for images, a
     manifest for text), drawn for run seed ``seed`` (:func:`draw_seed`)."""
     dataset, draw = cfg["benchmark"], draw_seed(cfg, seed)
+    if direction == "cir":  # a corrupted reference image (the i2t set) or modification text (the t2i set)
+        direction = "i2t" if cir_side(corruption) == "image" else "t2i"
     if draw is not None:
         return DRAWN["image" if direction == "i2t" else "text"].format(
             dataset=dataset, draw=draw, corruption=corruption, severity=severity)
@@ -734,8 +744,23 @@ def queries_path(cfg: dict, direction: str, corruption: str, severity: int, seed
         return MANIFEST.format(dataset=cfg["benchmark"])
     if is_stream(cfg, direction, corruption):
         return stream_path(cfg, direction, corruption, seed) + ("/manifest.json" if direction == "i2t" else "")
+    if direction == "cir":
+        direction = "i2t" if cir_side(corruption) == "image" else "t2i"
     return query_set_path(cfg, direction, corruption, severity, seed) + ("/manifest.json" if direction == "i2t"
                                                                          else "")
+
+
+def cir_side(corruption: str) -> str:
+    """Which part of a composed query a cell corrupts: ``image`` (the reference) or ``text``."""
+    from .corrupt import IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS
+    from .errors import UnknownNameError
+
+    if corruption in IMAGE_CORRUPTIONS:
+        return "image"
+    if corruption in TEXT_CORRUPTIONS:
+        return "text"
+    raise UnknownNameError("image or text corruption for cir queries", corruption,
+                           IMAGE_CORRUPTIONS.names() + TEXT_CORRUPTIONS.names())
 
 
 def stream_path(cfg: dict, direction: str, stream: str, seed: int | None = None) -> str:

@@ -103,6 +103,11 @@ def load_gallery(path: str | Path) -> dict:
         doc = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
         raise InputError(f"gallery embeddings {path} are unreadable: {e}") from None
+    if isinstance(doc, dict) and doc.get("task") == "cir":  # composed image retrieval's target gallery
+        from .cir import check_gallery
+
+        check_gallery(doc, path)
+        return doc
     missing = [k for k in GALLERY_KEYS if k not in doc]
     if missing:
         raise InputError(f"gallery embeddings {path} are missing keys: {', '.join(missing)}")

@@ -125,7 +125,13 @@ def dvc_guard(raw: dict, resolved: dict, environ: dict | None = None) -> None:
     from .corrupt.text import not_run_types
 
     from .config import draw_seed, run_seeds
+    from .tasks import is_cir
 
+    if is_cir(resolved):
+        raise ConfigError(f"benchmark {resolved.get('benchmark')!r} is a composed image retrieval (cir) benchmark: "
+                          f"dvc.yaml holds the image-text stages only (its stage list cannot depend on the "
+                          f"benchmark); run it with Snakemake: snakemake --cores 2 --config "
+                          f"benchmark={resolved.get('benchmark')}")
     if resolved.get("seed_corruptions") and any(draw_seed(resolved, s) is not None for s in run_seeds(resolved)):
         raise ConfigError("seed_corruptions: true needs query sets drawn per run seed, which dvc.yaml (a fixed "
                           "stage list) has no stages for; run the pipeline with Snakemake (`snakemake --cores 2`), "

@@ -68,7 +68,7 @@ READABLE_SCHEMAS = (1, 2)  # 1: before "status" (every schema-1 run finished nor
 STATUSES = ("ok", "diverged")
 DIVERGED_REASONS = ("non-finite scores", "non-finite parameters")
 CLEAN = "clean"
-DIRECTIONS = ("i2t", "t2i")
+DIRECTIONS = ("i2t", "t2i")  # the image-text task's; every task's: qshift.tasks.all_directions()
 RECALL_KS = (1, 5, 10)
 
 
@@ -155,8 +155,10 @@ def validate(doc, path: str | Path) -> None:
             raise _bad(path, f"key.{f}", f"must be a non-empty string, got {key.get(f)!r}")
     if not _is_int(key.get("severity")) or key["severity"] < 0:
         raise _bad(path, "key.severity", f"must be an integer >= 0, got {key.get('severity')!r}")
-    if key["direction"] not in DIRECTIONS:
-        raise _bad(path, "key.direction", f"must be one of {', '.join(DIRECTIONS)}, got {key['direction']!r}")
+    from .tasks import all_directions  # every task's (image-text: DIRECTIONS; cir)
+
+    if key["direction"] not in all_directions():
+        raise _bad(path, "key.direction", f"must be one of {', '.join(all_directions())}, got {key['direction']!r}")
     if "seed" not in key:
         raise _bad(path, "key.seed", "is missing: the file was written before adaptation seeds (params seeds) "
                                      "were part of a run's key; rerun its adapt job")

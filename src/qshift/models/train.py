@@ -131,7 +131,8 @@ def evaluate(model, tokenizer, images_u8: torch.Tensor, split: Split, device, ba
 
 
 def pretrain(manifest: str | Path, out_dir: str | Path, cfg: dict, seed: int, device: torch.device,
-             amp: bool = False, progress: bool = True, compact_vocab: bool = True) -> dict:
+             amp: bool = False, progress: bool = True, compact_vocab: bool = True,
+             eval_splits: tuple[str, ...] = ("val", "test")) -> dict:
     """Train the tiny CLIP; write an open_clip local-dir folder; return train/val/test metrics
     and timings. ``compact_vocab=False`` trains the full 49,408-row embedding (same result,
     slower; kept to check the equivalence)."""
@@ -199,7 +200,7 @@ def pretrain(manifest: str | Path, out_dir: str | Path, cfg: dict, seed: int, de
     # deterministic figures only: they are saved inside the model folder (timings are not)
     metrics = {"steps": steps, "batch_size": bs, "vocabulary": len(used) if compact_vocab else model.vocab_size,
                "final_loss": float(np.mean(losses[-20:])), "temperature": 1 / model.logit_scale.exp().item()}
-    for split_name in ("val", "test"):
+    for split_name in eval_splits:
         try:
             sp = load_split(manifest, split_name)
         except Exception:  # noqa: BLE001 - a dataset without that split

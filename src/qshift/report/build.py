@@ -28,6 +28,19 @@ from .tables import (avg_note, delta_block, delta_table, direction_table, forget
 DIRECTION_TITLE = {"i2t": "Image-to-text retrieval (image queries corrupted)",
                    "t2i": "Text-to-image retrieval (caption queries corrupted)"}
 METRICS = ("R@1", "R@5", "R@10")
+
+
+def direction_ks(name: str) -> tuple[int, ...]:
+    from ..tasks import recall_ks
+
+    return recall_ks(name)
+
+
+def direction_title(name: str) -> str:
+    """Another task's direction (qshift.tasks), e.g. cir: composed image retrieval."""
+    from ..tasks import direction
+
+    return direction(name).title
 IDENTITY_NOTE = ("Identity-level matching (person re-identification): a query's hit is any gallery image of "
                  "the same identity within K; **mAP** over every relevant gallery item, as ReID papers report.")
 
@@ -155,7 +168,9 @@ def measure(g: Grid, direction: str, summary: dict) -> Direction:
     """Tables, intervals and streams of one direction (summary.json updated), and its figures."""
     cfg, found = g.cfg, g.found
     identity = any("mAP" in (doc.get("metrics") or {}) for r, doc in found.items() if r.direction == direction)
-    tables = {k: direction_table(cfg, direction, found, k, g.diverged) for k in METRICS + (("mAP",) if identity else ())}
+    extra = tuple(f"R@{k}" for k in direction_ks(direction) if f"R@{k}" not in METRICS)  # cir: R@50 (qshift.tasks)
+    tables = {k: direction_table(cfg, direction, found, k, g.diverged)
+              for k in METRICS + (("mAP",) if identity else ()) + extra}
     unc = stats.direction_intervals(cfg, direction, found)  # bootstrap intervals (qshift.stats)
     summary["directions"][direction] = direction_summary(tables, unc)
     figs = {k: g.fig_dir / f"{direction}_{k}.png" for k in ("r1", "online", "heatmap", "severity", "forgetting")}
@@ -207,11 +222,14 @@ def results_blocks(d: Direction) -> list[Block]:
         if k == "R@1" and ci:
             h += [Heading(3, "R@1 with 95% intervals; paired Δ to source"), Table.grid(*stats.ci_rows(r1, unc)),
                   Table.grid(*stats.delta_rows(unc)), Para(stats.note(unc), "note")]
+    for k in (k for k in d.tables if k.startswith("R@") and k not in METRICS):  # a task's further R@K (cir: R@50)
+        md += [Para(f"{k} (%):"), metric_block(d.tables[k])]
+        h += [Heading(3, f"{k} (%)"), metric_block(d.tables[k], html=True)]
     if "mAP" in d.tables:  # identity-level datasets (ReID): mAP beside R@K, in both renderings
         md += [Para(IDENTITY_NOTE), Para("mAP (%):"), metric_block(d.tables["mAP"])]
         h += [Heading(3, "mAP (%)"), Para(IDENTITY_NOTE, "note"), metric_block(d.tables["mAP"], html=True)]
     missing = stats.missing_note(unc)
-    return ([Heading(2, DIRECTION_TITLE[d.name]), md_only(*md), html_only(*h)]
+    return ([Heading(2, DIRECTION_TITLE.get(d.name) or direction_title(d.name)), md_only(*md), html_only(*h)]
             + ([Para(missing, "missing")] if missing else []) + [html_only(Para(LEGEND_NOTE, "note"))])
 
 

@@ -1,0 +1,269 @@
+"""The composed image retrieval (CIR) task: triplet queries, the target gallery, the composed model.
+
+Direction ``cir`` (:mod:`qshift.tasks`): a query is a triplet's (reference image, modification
+text), the gallery is the split's target images plus distractors (``targets.json`` beside the
+dataset's manifest, :mod:`qshift.data.builtin_cir`), a hit@K is the triplet's target among the
+top K (R@1/5/10/50). Query shift: a cell ``<image corruption>-s<severity>`` reads the corrupted
+references (the ``corrupt_images`` stage's folder, modification texts clean), a cell
+``<text corruption>-s<level>`` the corrupted modification texts (``corrupt_text``'s manifest,
+references clean) — the same stages, seeds and implementations as i2t / t2i queries.
+
+A triplet whose reference image or target is missing is an :class:`~qshift.errors.InputError`
+naming the triplet; an empty modification text is a valid query (the text tower encodes the
+empty sentence).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .data.manifest import _caption_norm, image_root, normalize_caption, read_manifest
+from .errors import ConfigError, InputError
+from .progress import tqdm
+
+TARGETS = "targets.json"
+CIR_GALLERY_KEYS = ("task", "image", "image_owner", "model", "manifest_sha256", "split")
+
+
+@dataclass
+class CIRSplit:
+    """One split's triplets: per query its reference image, modification text and target id."""
+
+    dataset: str
+    manifest: Path
+    sentids: np.ndarray  # (N,) the triplet ids (the modification sentence's sentid): outcomes' query ids
+    image_ids: np.ndarray  # (N,) each triplet's reference imgid
+    image_paths: list[Path]  # (N,) reference images
+    captions: list[str]  # (N,) modification texts (normalised; may be empty)
+    targets: np.ndarray  # (N,) target imgid (targets.json)
+    meta: dict = field(default_factory=dict)
+    owner_kind: str = "image"
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.sentids)
+
+
+def _triplet(sentid, imgid, text: str) -> str:
+    return f"CIR triplet {sentid!r} (reference image {imgid!r}, modification {text!r})"
+
+
+def load_triplets(path: str | Path, split: str = "test", check_files: bool = True) -> CIRSplit:
+    """The triplets of ``split`` in a CIR manifest (the dataset's, or a corrupted copy of it)."""
+    path = Path(path)
+    doc = read_manifest(path)
+    norm, words = _caption_norm(doc, path)
+    root = image_root(doc, path)
+    images = [im for im in doc["images"] if im["split"] == split]
+    if not images:
+        present = sorted({im["split"] for im in doc["images"]})
+        raise InputError(f"CIR manifest {path} has no triplets in split {split!r} (present: {present})")
+    sentids, ref_ids, paths, texts, targets = [], [], [], [], []
+    for im in images:
+        p = root / im.get("filepath", "") / im["filename"]
+        for s in im["sentences"]:
+            what = _triplet(s["sentid"], im["imgid"], s["raw"])
+            if "target" not in s or isinstance(s["target"], bool) or not isinstance(s["target"], int):
+                raise InputError(f"{what} in {path} has no target (an integer imgid of {TARGETS}), "
+                                 f"got {s.get('target')!r}")
+            if check_files and not p.is_file():
+                raise InputError(f"{what} in {path}: reference image {p} not found")
+            sentids.append(s["sentid"])
+            ref_ids.append(im["imgid"])
+            paths.append(p)
+            texts.append(normalize_caption(s["raw"], words, norm))  # empty: a valid query
+            targets.append(s["target"])
+    return CIRSplit(str(doc.get("dataset", path.parent.name)), path, np.asarray(sentids), np.asarray(ref_ids),
+                    paths, texts, np.asarray(targets, dtype=np.int64), dict(doc.get("meta", {})))
+
+
+@dataclass
+class CIRGallery:
+    manifest: Path
+    image_ids: np.ndarray
+    image_paths: list[Path]
+    roles: list[str]
+
+
+def targets_path(dataset_dir: str | Path) -> Path:
+    return Path(dataset_dir) / TARGETS
+
+
+def load_gallery_split(dataset_dir: str | Path, split: str = "test") -> CIRGallery:
+    """The gallery of ``split``: every image of ``targets.json`` in that split (targets and distractors)."""
+    path = targets_path(dataset_dir)
+    if not path.is_file():
+        raise InputError(f"CIR gallery {path} not found (the prepare stage of a CIR benchmark writes it)")
+    doc = read_manifest(path)
+    root = image_root(doc, path)
+    images = [im for im in doc["images"] if im["split"] == split]
+    if not images:
+        raise InputError(f"CIR gallery {path} has no images in split {split!r}")
+    paths = []
+    for im in images:
+        p = root / im.get("filepath", "") / im["filename"]
+        if not p.is_file():
+            raise InputError(f"CIR gallery image {p} (imgid {im['imgid']!r}, listed in {path}) not found")
+        paths.append(p)
+    return CIRGallery(path, np.asarray([im["imgid"] for im in images]), paths,
+                      [str(im.get("role", "target")) for im in images])
+
+
+def check_targets(queries: CIRSplit, gallery_ids) -> None:
+    """Every triplet's target is in the gallery; else an InputError naming the first triplet that lacks it."""
+    known = set(np.asarray(gallery_ids).tolist())
+    missing = [i for i, t in enumerate(queries.targets.tolist()) if t not in known]
+    if missing:
+        i = missing[0]
+        raise InputError(f"{_triplet(int(queries.sentids[i]), int(queries.image_ids[i]), queries.captions[i])} in "
+                         f"{queries.manifest}: target {int(queries.targets[i])} is not in the gallery "
+                         f"({len(missing)} of {queries.n_queries} triplets lack their target)")
+
+
+# -- batches ------------------------------------------------------------------------------------------
+
+class _Triplets(Dataset):
+    def __init__(self, paths, texts, transform):
+        self.paths, self.texts, self.transform = list(paths), list(texts), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(self.paths[i]) as im:
+                return self.transform(im.convert("RGB")), self.texts[i]
+        except (OSError, UnidentifiedImageError) as e:
+            raise InputError(f"cannot read reference image {self.paths[i]}: {e}") from None
+
+
+def query_loader(model, queries: CIRSplit, order=None, batch_size: int = 64, num_workers: int = 0) -> DataLoader:
+    """Batches of packed composed queries (:func:`qshift.models.composed.pack`) in ``order``."""
+    from .models.composed import pack
+
+    idx = range(queries.n_queries) if order is None else order
+    ds = _Triplets([queries.image_paths[i] for i in idx], [queries.captions[i] for i in idx], model.image_transform())
+
+    def collate(items):
+        return pack(torch.stack([x for x, _ in items]), model.tokenize([t for _, t in items]))
+
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
+
+
+@torch.no_grad()
+def encode_images(model, paths, batch_size: int = 256, desc: str = "images") -> torch.Tensor:
+    from .gallery import ImageFiles
+
+    loader = DataLoader(ImageFiles(paths, model.image_transform()), batch_size=batch_size, shuffle=False)
+    return torch.cat([model.encode("image", b).cpu() for b in tqdm(loader, desc=desc, leave=False)])
+
+
+@torch.no_grad()
+def encode_texts(model, texts, batch_size: int = 256) -> torch.Tensor:
+    return torch.cat([model.encode("text", model.tokenize(texts[i:i + batch_size])).cpu()
+                      for i in range(0, len(texts), batch_size)])
+
+
+# -- the gallery file ---------------------------------------------------------------------------------
+
+def encode_cir_gallery(model, dataset_dir: str | Path, out: str | Path, batch_size: int = 256,
+                       split: str = "test") -> dict:
+    """Encode the split's gallery (targets + distractors) with the image tower, once; check the
+    split's triplets against it (a missing target names its triplet)."""
+    from .io import atomic_path, sha256_file
+
+    gal = load_gallery_split(dataset_dir, split)
+    check_targets(load_triplets(Path(dataset_dir) / "manifest.json", split), gal.image_ids)
+    image = encode_images(model, gal.image_paths, batch_size, "gallery images")
+    doc = {"task": "cir", "split": split, "image": image, "image_owner": torch.as_tensor(gal.image_ids),
+           "model": model.name, "manifest_sha256": sha256_file(gal.manifest)}
+    if model.preprocess != "native":
+        doc["preprocess"] = model.preprocess
+    with atomic_path(out, ".pt") as tmp, open(tmp, "wb") as fh:
+        torch.save(doc, fh)
+    return {"n_images": len(image), "n_targets": gal.roles.count("target"), "dim": image.shape[1]}
+
+
+def check_gallery(doc: dict, path) -> None:
+    missing = [k for k in CIR_GALLERY_KEYS if k not in doc]
+    if missing:
+        raise InputError(f"CIR gallery embeddings {path} are missing keys: {', '.join(missing)}")
+
+
+# -- the composed model -------------------------------------------------------------------------------
+
+def combiner_kind(cfg: dict) -> str:
+    return str(cfg["model"].get("combiner", "trained"))
+
+
+def load_composed(cfg: dict, base):
+    """The job's composed model: ``base`` (the loaded model) + the configured combiner."""
+    from .config import MODEL_DIR
+    from .models.composed import ComposedModel, embed_dim, load_combiner
+
+    return ComposedModel(base, load_combiner(combiner_kind(cfg), MODEL_DIR.format(model=cfg["model"]["name"]),
+                                             embed_dim(base)))
+
+
+def validate_cir(cfg: dict) -> None:
+    from .models.composed import COMBINER_DEFAULTS, COMBINERS
+
+    kind = combiner_kind(cfg)
+    if kind not in COMBINERS:
+        raise ConfigError(f"params: model.combiner {kind!r}; valid: {', '.join(COMBINERS)}")
+    hp = (cfg.get("pretrain") or {}).get("combiner") or {}
+    if not isinstance(hp, dict):
+        raise ConfigError(f"params: pretrain.combiner must be a mapping, got {hp!r}")
+    unknown = sorted(set(hp) - set(COMBINER_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"params: pretrain.combiner has unknown key(s) {', '.join(unknown)}; valid: "
+                          f"{', '.join(COMBINER_DEFAULTS)}")
+    if (cfg.get("tune") or {}).get("enabled"):
+        raise ConfigError("params: tune.enabled: true is not supported for the cir direction (tuning's validation "
+                          "queries are image-text ones); set tune.enabled: false")
+    if ((cfg.get("streams") or {}).get("methods")):
+        raise ConfigError("params: streams.methods must be [] for the cir direction (streams are image-text only)")
+
+
+# -- training (the pretrain stage of a CIR benchmark) -------------------------------------------------
+
+def split_embeddings(model, dataset_dir: str | Path, split: str, batch_size: int = 256) -> dict:
+    """Frozen-tower embeddings of a split's triplets and gallery, for :func:`train_combiner`."""
+    q = load_triplets(Path(dataset_dir) / "manifest.json", split)
+    gal = load_gallery_split(dataset_dir, split)
+    check_targets(q, gal.image_ids)
+    pos = {int(g): i for i, g in enumerate(gal.image_ids.tolist())}
+    doc = read_manifest(targets_path(dataset_dir))
+    neg_of = {im["triplet"]: pos[im["imgid"]] for im in doc["images"]
+              if im["split"] == split and im.get("role") == "distractor"}
+    return {"zi": encode_images(model, q.image_paths, batch_size, f"{split} references"),
+            "zt": encode_texts(model, q.captions, batch_size),
+            "gallery": encode_images(model, gal.image_paths, batch_size, f"{split} gallery"),
+            "target": torch.as_tensor([pos[int(t)] for t in q.targets.tolist()]),
+            "distractor": torch.as_tensor([neg_of.get(int(s), -1) for s in q.sentids.tolist()]),
+            "q_owner": q.targets, "g_owner": gal.image_ids}
+
+
+def pretrain_combiner(cfg: dict, dataset_dir: str | Path, model_dir: str | Path, device, progress: bool = True) -> dict:
+    """Fit the combiner over the freshly trained CLIP (restval triplets; val for the figures) and
+    save it into the model folder. Returns its figures (R@K trained vs zero-shot sum on val)."""
+    from .models import load_model
+    from .models.composed import save_combiner, train_combiner
+
+    base = load_model(f"local-dir:{model_dir}", device)
+    train = split_embeddings(base, dataset_dir, "restval")
+    try:
+        val = split_embeddings(base, dataset_dir, "val")
+    except InputError:
+        val = None
+    comb, info = train_combiner(base, train, val, (cfg.get("pretrain") or {}).get("combiner"), cfg["seed"], progress)
+    seconds = info.pop("train_seconds")
+    save_combiner(comb, model_dir, info)  # deterministic figures only (a retrain writes the same bytes)
+    return {**{f"combiner_{k}": v for k, v in info.items() if k != "hparams"}, "combiner_train_seconds": seconds}
