@@ -161,11 +161,11 @@ def test_report_bookkeeping_moves_runs_to_the_current_sweep_and_merges_duplicate
     client = MlflowClient(tracking_uri=uri)
     exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     sweep = tracking.sweep_of(cfg)
-    first = tracking._parent_run(client, exp_id, sweep)
+    first = tracking.Runs(client, EXPERIMENT).parent(sweep)
     time.sleep(0.01)
     extra = client.create_run(exp_id, run_name=sweep["key"], tags={tracking.TAG_SWEEP: sweep["key"],
                                                                    tracking.TAG_ROLE: "sweep"}).info.run_id
-    assert tracking._parent_run(client, exp_id, sweep) == first != extra  # every writer agrees on the oldest
+    assert tracking.Runs(client, EXPERIMENT).parent(sweep) == first != extra  # every writer agrees on the oldest
 
     run = Run("builtin", "qshift-tiny-clip", "i2t", "source", "gaussian_noise", 3, 42)
     doc["mlflow"] = {"logged": True}
@@ -173,9 +173,45 @@ def test_report_bookkeeping_moves_runs_to_the_current_sweep_and_merges_duplicate
     assert out["replayed"] == [] and out["failing"] == [] and out["error"] is None
     kids, parents = children_and_parents(uri)
     assert kids[doc["run_key"]].data.tags["mlflow.parentRunId"] == first
-    assert {p.info.run_id for p in parents} == {first, tracking._parent_run(client, exp_id, tracking.sweep_of(old))}
+    assert {p.info.run_id for p in parents} == {first, tracking.Runs(client, EXPERIMENT).parent(tracking.sweep_of(old))}
     assert client.get_run(extra).info.lifecycle_stage == "deleted"  # the duplicate parent is gone
     assert client.get_run(first).data.metrics["avg_R_at_1.i2t"] == 50.0  # step = index of source
+
+
+def test_a_sweep_with_more_than_a_hundred_runs_keeps_its_one_parent(tmp_path, monkeypatch, no_env_uri, store):
+    """The parent is looked up by its own tags, not among the first (newest) runs that carry its sweep key."""
+    monkeypatch.chdir(tmp_path)
+    cfg = params(tmp_path)
+    uri, sweep = tracking.tracking_uri(cfg), tracking.sweep_of(cfg)
+    assert tracking.log_result(make_doc(corruption="c0"), uri, EXPERIMENT, sweep=sweep)["logged"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    for i in range(120):  # children newer than the parent: searches list the newest first
+        client.create_run(exp_id, tags={tracking.TAG_KEY: f"k{i}", tracking.TAG_ROLE: "run",
+                                        tracking.TAG_SWEEP: sweep["key"]})
+    assert tracking.log_result(make_doc(corruption="c1"), uri, EXPERIMENT, sweep=sweep)["logged"]
+    kids, parents = children_and_parents(uri)
+    assert len(parents) == 1 and kids[make_doc(corruption="c1")["run_key"]].data.tags["mlflow.parentRunId"] == \
+        parents[0].info.run_id
+
+
+def test_observations_go_to_the_run_of_their_key_and_skip_keys_not_in_the_store(tmp_path, monkeypatch, no_env_uri,
+                                                                                 store):
+    monkeypatch.chdir(tmp_path)
+    cfg = params(tmp_path)
+    uri, doc = tracking.tracking_uri(cfg), make_doc()
+    run_id = tracking.log_result(doc, uri, EXPERIMENT, sweep=tracking.sweep_of(cfg))["run_id"]
+    out = tracking.log_observations(uri, EXPERIMENT, {doc["run_key"]: {"obs.gap": 0.5, "obs.none": None},
+                                                      "builtin/not/logged": {"obs.gap": 1.0}})
+    assert out == {"logged": 1, "skipped": ["builtin/not/logged"], "error": None}
+    from mlflow.tracking import MlflowClient
+
+    metrics = MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics
+    assert metrics["obs.gap"] == 0.5 and "obs.none" not in metrics
+    assert tracking.log_observations(uri, "no-such-experiment", {doc["run_key"]: {"obs.gap": 1.0}})["skipped"] == [
+        doc["run_key"]]
 
 
 # -- many writers at once on a brand-new store ----------------------------------------------------

@@ -1,35 +1,33 @@
 """MLflow tracking: one run per (model, dataset, direction, method, corruption, severity).
 
-Runs are keyed deterministically (tag ``qshift.run_key``): logging the same key again
-updates that run instead of creating a duplicate; a *rerun* (another ``finished_at``, tag
-``qshift.finished_at``) or other params replaces the run, so every metric keeps one history.
-A diverged run (``status: diverged``) is logged without R@K and marked FAILED (tag
-``qshift.status``). The results file is always written
-first; tracking is best-effort on top of it — if the store is unreachable the job still
-succeeds, the results file records ``mlflow.logged: false`` with the error, and
-``log_result`` can replay it later (the report stage does, see :func:`sync_sweep`).
+Identity (:class:`Runs`, the one lookup that logging, replay, the report's bookkeeping and the
+observe stage use): a results key's run is the run tagged ``qshift.run_key`` = key; logging a key
+again updates it, a *rerun* (another ``finished_at``, tag ``qshift.finished_at``) or other params
+replace it, so every metric keeps one history. A diverged run (``status: diverged``) is logged
+without R@K and marked FAILED (tag ``qshift.status``). The results file is always written first;
+tracking is best-effort on top of it: if the store is unreachable the job still succeeds, the
+results file records ``mlflow.logged: false`` and the report stage replays it (:func:`sync_sweep`).
 
-Sweeps: every run is the child (tag ``mlflow.parentRunId``) of a *sweep* parent run keyed
-by (benchmark, model, hash of the grid-defining params: methods, clean-reference methods,
-directions, corruption names, severities and levels) — tag ``qshift.sweep_key``. The parent is found or created
-under the store lock, so parallel jobs on one sqlite store never create two parents; on a
-tracking server (no shared lock) a writer that loses a creation race deletes its own
-parent, and the report stage re-attaches every run of the grid to the one parent.
+Sweeps: every run is a child (MLflow's own parent tag ``mlflow.parentRunId``, set as
+``create_run`` makes it, as ``mlflow.start_run(parent_run_id=...)`` does) of a *sweep* parent
+whose identity is its key (tag ``qshift.sweep_key``: benchmark, model, hash of the grid-defining
+params). MLflow picks run ids itself and has no create-if-absent, so when several runs carry one
+identity the oldest, by (start time, run id), is the one for every writer and the others are
+deleted. A sqlite store is only accessed under its lock, so that never happens there; on a
+tracking server (no lock) two writers can make a parent at once, and the report stage points
+every run of the grid at the one kept (and moves runs of an earlier grid to the current sweep).
 
 Store: ``mlflow.tracking_uri`` in params.yaml (sqlite by default), overridden by the
-``MLFLOW_TRACKING_URI`` environment variable (e.g. a tracking server on a cluster). Every
-write to a sqlite store happens under a file lock (``<db>.lock``): several processes
-creating its schema at once crash, and concurrent writers can hit "database is locked".
-A new sqlite store is created atomically (its schema is built in ``.<db>.<pid>.tmp`` beside
-it and renamed into place), so a killed job leaves no store or a complete one; a damaged
-store (an interrupted migration, a missing or older schema version, unopenable) is detected
-before logging: moved aside (``<db>.broken-<time>``, never deleted) and recreated when it
-holds no run, otherwise reported with the command that fixes it (:func:`check_store`).
+``MLFLOW_TRACKING_URI`` environment variable. Every access goes through :func:`_session`: for
+sqlite under one file lock (``<db>.lock``; concurrent schema creation crashes, concurrent writers
+hit "database is locked", also retried). A new sqlite store is created atomically (built in
+``.<db>.<pid>.tmp`` and linked into place); a damaged store (interrupted migration, missing or
+older schema version, unopenable) is moved aside (``<db>.broken-<time>``, never deleted) and
+recreated when it holds no run, otherwise reported with the command that fixes it (:func:`check_store`).
 
 HTTP (a tracking server): unless the user sets them, ``MLFLOW_HTTP_REQUEST_TIMEOUT`` (20 s),
 ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` (2) and a small backoff are set before the first request
-(:data:`HTTP_DEFAULTS`), so a frozen server costs a job about a minute, not MLflow's
-default of more than 15.
+(:data:`HTTP_DEFAULTS`), so a frozen server costs a job about a minute, not MLflow's 15+.
 """
 
 from __future__ import annotations
@@ -48,7 +46,7 @@ from pathlib import Path
 TAG_KEY = "qshift.run_key"
 TAG_SWEEP = "qshift.sweep_key"
 TAG_ROLE = "qshift.role"
-TAG_PARENT = "mlflow.parentRunId"
+TAG_PARENT = "mlflow.parentRunId"  # mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID
 TAG_FINISHED = "qshift.finished_at"
 TAG_STATUS = "qshift.status"
 CURVE_ARTIFACT = "online_curve.json"
@@ -110,7 +108,8 @@ def _sqlite_path(uri: str) -> Path | None:
 
 @contextlib.contextmanager
 def _store_lock(uri: str):
-    """Serialise writes to a sqlite store (schema creation and concurrent writes are not safe)."""
+    """The one lock: serialises every access to a sqlite store (``<db>.lock``; schema creation and
+    concurrent writes are not safe there). Other stores: nothing to lock. Not reentrant."""
     db = _sqlite_path(uri)
     if db is None:
         yield
@@ -133,16 +132,27 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def _preload(uri: str) -> None:
-    """Import the store's modules before taking the lock, so writers hold it only to write."""
-    import mlflow.tracking  # noqa: F401
+@contextlib.contextmanager
+def _session(uri: str):
+    """A client on a usable store (:func:`check_store`), under the store lock for the whole block."""
+    import mlflow.tracking  # noqa: F401  (imported before the lock: writers hold it only to write)
 
     if _sqlite_path(uri) is not None:
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+    with _store_lock(uri):
+        check_store(uri)
+        yield _client(uri)
 
 
-def _finished_tag(result: dict) -> str:
-    return repr(float(result.get("finished_at") or 0))
+def _with_retries(fn, attempts: int = 4):
+    """Retry a transient sqlite 'database is locked' (another reader, e.g. the MLflow UI)."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001
+            if i == attempts - 1 or "locked" not in str(e).lower():
+                raise
+            time.sleep(0.5 * 2 ** i)
 
 
 @functools.lru_cache(maxsize=1)
@@ -212,14 +222,6 @@ def _create_store(db: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def _drop_connections(uri: str) -> None:
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    engine = getattr(SqlAlchemyStore, "_engine_map", {}).get(uri)
-    if engine is not None:
-        engine.dispose()
-
-
 def check_store(uri: str) -> None:
     """Make a sqlite store usable before writing to it (call under the store lock).
 
@@ -243,7 +245,11 @@ def check_store(uri: str) -> None:
             if Path(f"{db}{suffix}").exists():
                 os.replace(f"{db}{suffix}", f"{aside}{suffix}")
         os.replace(db, aside)
-        _drop_connections(uri)  # this process's pooled connections still point at the old file
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        engine = getattr(SqlAlchemyStore, "_engine_map", {}).get(uri)  # this process's pooled connections
+        if engine is not None:                                          # still point at the old file
+            engine.dispose()
         log.warning("MLflow store %s was damaged (%s) and held no run: moved aside to %s, created again",
                     db, problem, aside)
         _create_store(db)
@@ -254,23 +260,104 @@ def check_store(uri: str) -> None:
                      f"which logs every finished run from the results files into a new store")
 
 
-def _experiment_id(client, name: str) -> str:
+# -- run identity --------------------------------------------------------------------------------
+
+def _experiment_id(client, name: str, create: bool = True) -> str | None:
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        _tag_experiment(client, exp)
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, tags=dict(UI_TAGS))
-    except Exception:  # noqa: BLE001 - created concurrently by another writer
-        return client.get_experiment_by_name(name).experiment_id
-
-
-def _tag_experiment(client, exp) -> None:
-    """Experiments made before UI_TAGS existed get them (MLflow 3 would open them as GenAI)."""
-    for k, v in UI_TAGS.items():
+    if exp is None:
+        if not create:
+            return None
+        try:
+            return client.create_experiment(name, tags=dict(UI_TAGS))
+        except Exception:  # noqa: BLE001 - created concurrently by another writer
+            return client.get_experiment_by_name(name).experiment_id
+    for k, v in UI_TAGS.items():  # experiments made before UI_TAGS existed (MLflow 3 would open them as GenAI)
         if exp.tags.get(k) != v:
             client.set_experiment_tag(exp.experiment_id, k, v)
+    return exp.experiment_id
 
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+class Runs:
+    """The one place that decides run identity in an experiment (none yet and not ``create``: nothing
+    is found): a results key's run is tagged ``qshift.run_key`` = key, a sweep's parent ``qshift.role``
+    = sweep and ``qshift.sweep_key`` = its key. Several runs with one identity (a creation race on a
+    tracking server): the oldest, by (start time, run id), is the one; the others are deleted."""
+
+    def __init__(self, client, experiment: str, create: bool = True):
+        self.client, self.exp_id = client, _experiment_id(client, experiment, create)
+
+    def find(self, role: str, value: str):
+        """The run (None if none) of a results key (``role`` "run") or of a sweep key ("sweep")."""
+        where = (f"tags.`{TAG_SWEEP}` = '{_quote(value)}' AND tags.`{TAG_ROLE}` = 'sweep'" if role == "sweep"
+                 else f"tags.`{TAG_KEY}` = '{_quote(value)}'")  # (a sweep's children carry its key too)
+        return self._one(self._search(where))
+
+    def find_or_create(self, role: str, value: str, make):
+        """The run of (role, value); if none, ``make()`` one and return the one there is then (an older
+        one, should a concurrent writer have made one too)."""
+        run = self.find(role, value)
+        if run is None:
+            make()
+            run = self.find(role, value)
+        return run
+
+    def by_key(self) -> dict:
+        """{results key: its run} for every run of the experiment (one paged search)."""
+        groups: dict[str, list] = {}
+        for r in self._search(""):
+            if TAG_KEY in r.data.tags:
+                groups.setdefault(r.data.tags[TAG_KEY], []).append(r)
+        return {k: self._one(v) for k, v in groups.items()}
+
+    def parent(self, sweep: dict) -> str:
+        return self.find_or_create("sweep", sweep["key"],
+                                   lambda: _new_parent(self.client, self.exp_id, sweep)).info.run_id
+
+    def _search(self, filter_string: str) -> list:
+        runs, token = [], None
+        while self.exp_id is not None:
+            page = self.client.search_runs([self.exp_id], filter_string, max_results=1000, page_token=token)
+            runs, token = runs + list(page), page.token
+            if not token:
+                break
+        return runs
+
+    def _one(self, found: list):
+        keep = min(found, key=lambda r: (r.info.start_time or 0, r.info.run_id), default=None)
+        for dup in found:
+            if dup is not keep:
+                self.client.delete_run(dup.info.run_id)
+        return keep
+
+
+def _new_parent(client, exp_id: str, sweep: dict) -> None:
+    from mlflow.entities import Param
+
+    run_id = client.create_run(exp_id, run_name=sweep_run_name(sweep),
+                               tags={TAG_SWEEP: sweep["key"], TAG_ROLE: "sweep", "qshift.step_methods": " ".join(
+                                   f"{i}={m}" for i, m in enumerate(sweep["grid"]["methods"]))}).info.run_id
+    params = {"sweep.benchmark": sweep["benchmark"], "sweep.model": sweep["model"],
+              "sweep.grid_hash": sweep["grid_hash"],
+              **{f"sweep.{k}": ",".join(map(str, v)) for k, v in sweep["grid"].items()}}
+    _log_batch(client, run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    client.set_terminated(run_id)
+
+
+def _log_batch(client, run_id: str, params: list = (), tags: list = (), metrics: list = ()) -> None:
+    """MLflow takes at most 100 params and 1000 metrics per batch."""
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i:i + 100])
+    if tags:
+        client.log_batch(run_id, tags=tags)
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+
+# -- what a run shows ----------------------------------------------------------------------------
 
 def ui_url(uri: str, experiment_id: str) -> str:
     """The runs table of an experiment in the MLflow UI served at ``uri`` (the Model training view)."""
@@ -315,59 +402,51 @@ def _flatten(prefix: str, d: dict) -> dict:
     return out
 
 
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
-
-
-def _runs_tagged(client, exp_id: str, tag: str, value: str, max_results: int = 100) -> list:
-    return client.search_runs([exp_id], filter_string=f"tags.`{tag}` = '{_quote(value)}'",
-                              max_results=max_results)
-
-
-def _canonical(runs: list):
-    """The oldest of several runs with one key (ties broken by run id): every writer agrees."""
-    return min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
-
-
-def _parent_run(client, exp_id: str, sweep: dict) -> str:
-    """Find or create the sweep's parent run (call under the store lock)."""
-    from mlflow.entities import Param, RunTag
-
-    found = _runs_tagged(client, exp_id, TAG_SWEEP, sweep["key"])
-    parents = [r for r in found if r.data.tags.get(TAG_ROLE) == "sweep"]
-    if parents:
-        return _canonical(parents).info.run_id
-    run_id = client.create_run(exp_id, run_name=sweep_run_name(sweep),
-                               tags={TAG_SWEEP: sweep["key"], TAG_ROLE: "sweep", "qshift.step_methods": " ".join(
-                                   f"{i}={m}" for i, m in enumerate(sweep["grid"]["methods"]))}).info.run_id
-    params = {"sweep.benchmark": sweep["benchmark"], "sweep.model": sweep["model"],
-              "sweep.grid_hash": sweep["grid_hash"],
-              **{f"sweep.{k}": ",".join(map(str, v)) for k, v in sweep["grid"].items()}}
-    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
-    client.set_terminated(run_id)
-    # a tracking server has no shared lock: if another writer created a parent at the same
-    # time, every writer keeps the oldest and the losers delete their own
-    parents = [r for r in _runs_tagged(client, exp_id, TAG_SWEEP, sweep["key"])
-               if r.data.tags.get(TAG_ROLE) == "sweep"]
-    keep = _canonical(parents).info.run_id if parents else run_id
-    if keep != run_id:
-        client.delete_run(run_id)
-    return keep
-
-
 def _is_number(v) -> bool:
     return isinstance(v, (int, float))  # bools count; None and strings do not
 
 
-def _with_retries(fn, attempts: int = 4):
-    """Retry a transient sqlite 'database is locked' (another reader, e.g. the MLflow UI)."""
-    for i in range(attempts):
-        try:
-            return fn()
-        except Exception as e:  # noqa: BLE001
-            if i == attempts - 1 or "locked" not in str(e).lower():
-                raise
-            time.sleep(0.5 * 2 ** i)
+def _finished_tag(result: dict) -> str:
+    return repr(float(result.get("finished_at") or 0))
+
+
+def _params(result: dict) -> dict[str, str]:
+    params = {**{f"key.{k}": v for k, v in result["key"].items()}, **_flatten("hp.", result.get("hparams", {})),
+              **_flatten("run.", result.get("run", {}))}
+    return {k: str(v)[:6000] for k, v in params.items()}
+
+
+def _tags(result: dict, sweep: dict | None, parent: str | None) -> dict:
+    diverged = result.get("status") == "diverged"
+    tags = {TAG_KEY: result["run_key"], TAG_ROLE: "run", TAG_FINISHED: _finished_tag(result),
+            TAG_STATUS: result.get("status", "ok"), "mlflow.runName": run_name(result["key"]),
+            **({"qshift.diverged_batch": result["diverged"]["batch"],
+                "qshift.diverged_reason": result["diverged"]["reason"]} if diverged else {}),
+            **{f"qshift.{k}": v for k, v in result.get("env", {}).items() if v is not None}}
+    if sweep:
+        tags.update({TAG_SWEEP: sweep["key"], TAG_PARENT: parent})
+    return {k: str(v) for k, v in tags.items()}
+
+
+def _metrics(result: dict) -> list:
+    """Scalars at step 0 (none of R@K if diverged), the online curves one step per batch."""
+    from mlflow.entities import Metric
+
+    scalars = {mlflow_metric_name(k): v for k, v in (result["metrics"] or {}).items()}
+    scalars.update({mlflow_metric_name(k): v for k, v in (result.get("metrics_ci") or {}).items()})  # R_at_1_lo/_hi
+    scalars.update({f"counter.{k}": v for k, v in result.get("counters", {}).items()})
+    scalars.update({k: v for k, v in result.get("timing", {}).items() if v is not None})
+    for dom, vals in (result.get("metrics_by_domain") or {}).items():  # multi-domain streams
+        scalars.update({f"domain.{dom}.{mlflow_metric_name(k)}": v for k, v in vals.items()})
+    ts = int(result.get("finished_at", 0) * 1000)
+    entries = [Metric(k, float(v), ts, 0) for k, v in scalars.items() if _is_number(v)]
+    online = result["online"]
+    series = {"online.batch_r1": online["batch_r1"], "online.cum_r1": online["cum_r1"],
+              **{f"online.{k}": v for k, v in online.get("stats", {}).items()}}
+    for name, values in series.items():
+        entries += [Metric(name, float(v), ts, i) for i, v in enumerate(values)
+                    if _is_number(v) and math.isfinite(float(v))]
+    return entries
 
 
 # -- logging one run ---------------------------------------------------------------------------
@@ -377,15 +456,13 @@ def log_result(result: dict, uri: str, experiment: str, artifact: str | Path | N
     """Log one results document; returns the ``mlflow`` status block for the results file.
 
     Idempotent by ``result["run_key"]``: logging a key again updates its run (a run whose
-    params changed is replaced). ``sweep`` (:func:`sweep_of`) names the parent run (none when
-    omitted). Never raises; never touches ``artifact``.
+    params or finish time changed is replaced). ``sweep`` (:func:`sweep_of`) names the parent
+    run (none when omitted). Never raises; never touches ``artifact``.
     """
     try:
-        _preload(uri)
-        with _store_lock(uri):
-            check_store(uri)
-            replaced: dict = {}
-            run_id = _with_retries(lambda: _log(result, uri, experiment, artifact, sweep, replaced))
+        replaced: dict = {}
+        with _session(uri) as client:
+            run_id = _with_retries(lambda: _log(client, result, experiment, artifact, sweep, replaced))
         status = {"logged": True, "run_id": run_id, "experiment": experiment, "uri": uri, "error": None}
         return {**status, "replaced": replaced} if replaced else status
     except Exception as e:  # noqa: BLE001 - tracking must never lose a finished result
@@ -395,99 +472,57 @@ def log_result(result: dict, uri: str, experiment: str, artifact: str | Path | N
                 "error": f"{type(e).__name__}: {e}"}
 
 
-def _log(result: dict, uri: str, experiment: str, artifact, sweep: dict | None, replaced: dict | None = None) -> str:
-    from mlflow.entities import Metric, Param, RunTag
+def _log(client, result: dict, experiment: str, artifact, sweep: dict | None, replaced: dict) -> str:
+    from mlflow.entities import Param, RunTag
 
-    client = _client(uri)
-    exp_id = _experiment_id(client, experiment)
-    parent = _parent_run(client, exp_id, sweep) if sweep else None
-    key = result["run_key"]
-    params = {**{f"key.{k}": v for k, v in result["key"].items()},
-              **_flatten("hp.", result.get("hparams", {})),
-              **_flatten("run.", result.get("run", {}))}
-    params = {k: str(v)[:6000] for k, v in params.items()}
-    found = [r for r in _runs_tagged(client, exp_id, TAG_KEY, key) if r.data.tags.get(TAG_ROLE) != "sweep"]
-    if found:
-        keep = _canonical(found)
-        for dup in found:  # only ever more than one after a race on a tracking server
-            if dup.info.run_id != keep.info.run_id:
-                client.delete_run(dup.info.run_id)
-        found = [keep]
-    finished = _finished_tag(result)
-    if found and (found[0].data.params != params or found[0].data.tags.get(TAG_FINISHED) != finished):
-        # MLflow params are immutable and metric histories append: a rerun (other
-        # hyperparameters, or another finish time) replaces the run
-        old = found[0].data.params
-        changed = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
-        if changed:
-            log.info("MLflow: %s: params changed (%s), replacing run %s", key, ", ".join(changed),
-                     found[0].info.run_id)
-            if replaced is not None:
-                replaced.update({"run_id": found[0].info.run_id,
-                                 "changed": ", ".join(f"{k}: {old.get(k)} -> {params.get(k)}" for k in changed)})
-        client.delete_run(found[0].info.run_id)
-        found = []
-    # created with its key tag, so an interrupted attempt is found (and reused) by the next one
+    runs = Runs(client, experiment)
+    key, params = result["run_key"], _params(result)
+    tags = _tags(result, sweep, runs.parent(sweep) if sweep else None)
+    run = runs.find("run", key)
+    if run is not None and (run.data.params != params or run.data.tags.get(TAG_FINISHED) != tags[TAG_FINISHED]):
+        # MLflow params are immutable and metric histories append: a rerun replaces the run
+        replaced.update(_changes(run, params))
+        client.delete_run(run.info.run_id)
+        run = None
     start_ms, end_ms = job_times(result)
-    if found and start_ms is not None and found[0].info.start_time:  # MLflow cannot move a run's start:
-        end_ms = found[0].info.start_time + (end_ms - start_ms)      # keep the duration the job's
-    run_id = found[0].info.run_id if found else client.create_run(
-        exp_id, start_time=start_ms, run_name=run_name(result["key"]),
-        tags={TAG_KEY: key, TAG_ROLE: "run", TAG_FINISHED: finished}).info.run_id
-    diverged = result.get("status") == "diverged"
-    tags = {TAG_KEY: key, TAG_ROLE: "run", TAG_FINISHED: finished, TAG_STATUS: result.get("status", "ok"),
-            "mlflow.runName": run_name(result["key"]),
-            **({"qshift.diverged_batch": result["diverged"]["batch"],
-                "qshift.diverged_reason": result["diverged"]["reason"]} if diverged else {}),
-            **{f"qshift.{k}": v for k, v in result.get("env", {}).items() if v is not None}}
-    if sweep:
-        tags.update({TAG_SWEEP: sweep["key"], TAG_PARENT: parent})
-    metrics = {mlflow_metric_name(k): v for k, v in (result["metrics"] or {}).items()}  # none if diverged
-    metrics.update({mlflow_metric_name(k): v for k, v in (result.get("metrics_ci") or {}).items()})  # R_at_1_lo/_hi
-    metrics.update({f"counter.{k}": v for k, v in result.get("counters", {}).items()})
-    metrics.update({k: v for k, v in result.get("timing", {}).items() if v is not None})
-    for dom, vals in (result.get("metrics_by_domain") or {}).items():  # multi-domain streams
-        metrics.update({f"domain.{dom}.{mlflow_metric_name(k)}": v for k, v in vals.items()})
-    ts = int(result.get("finished_at", 0) * 1000)
-    entries = [Metric(k, float(v), ts, 0) for k, v in metrics.items() if _is_number(v)]
-    online = result["online"]
-    series = {"online.batch_r1": online["batch_r1"], "online.cum_r1": online["cum_r1"],
-              **{f"online.{k}": v for k, v in online.get("stats", {}).items()}}
-    for name, values in series.items():
-        entries += [Metric(name, float(v), ts, i) for i, v in enumerate(values)
-                    if _is_number(v) and math.isfinite(float(v))]
-    # MLflow limits a batch to 1000 metrics and 100 params
-    plist = [Param(k, v) for k, v in params.items()]
-    if not found:
-        for i in range(0, len(plist), 100):
-            client.log_batch(run_id, params=plist[i:i + 100])
-    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-    for i in range(0, len(entries), 1000):
-        client.log_batch(run_id, metrics=entries[i:i + 1000])
+    if run is None:  # created with its key (and parent) tags: an interrupted attempt is found by the next
+        run = runs.find_or_create("run", key, lambda: client.create_run(
+            runs.exp_id, start_time=start_ms, run_name=tags["mlflow.runName"], tags=tags))
+    if start_ms is not None and run.info.start_time:  # MLflow cannot move a run's start:
+        end_ms = run.info.start_time + (end_ms - start_ms)  # keep the job's duration
+    run_id = run.info.run_id
+    _log_batch(client, run_id, params=[Param(k, v) for k, v in params.items() if run.data.params.get(k) != v],
+               tags=[RunTag(k, v) for k, v in tags.items()], metrics=_metrics(result))
     if artifact is not None:
         client.log_artifact(run_id, str(artifact))
     with tempfile.TemporaryDirectory() as tmp:  # the curves, small and readable without MLflow
         curve = Path(tmp) / CURVE_ARTIFACT
-        curve.write_text(json.dumps({"run_key": key, **online}, allow_nan=True))
+        curve.write_text(json.dumps({"run_key": key, **result["online"]}, allow_nan=True))
         client.log_artifact(run_id, str(curve))
-    client.set_terminated(run_id, status="FAILED" if diverged else "FINISHED", end_time=end_ms)
+    client.set_terminated(run_id, status="FAILED" if result.get("status") == "diverged" else "FINISHED",
+                          end_time=end_ms)
     return run_id
+
+
+def _changes(run, params: dict) -> dict:
+    """The ``replaced`` note of a run replaced for other params ({} for another finish time only)."""
+    old = run.data.params
+    changed = [f"{k}: {old.get(k)} -> {params.get(k)}" for k in sorted(set(old) | set(params))
+               if old.get(k) != params.get(k)]
+    return {"run_id": run.info.run_id, "changed": ", ".join(changed)} if changed else {}
 
 
 # -- the report stage: replay and sweep bookkeeping ---------------------------------------------
 
 def sync_sweep(cfg: dict, found: dict) -> dict:
-    """Replay the results missing from the store and attach every run of the grid to the sweep's parent.
+    """Replay the results missing from the store and point every run of the grid at the sweep's parent.
 
-    ``found`` maps :class:`qshift.config.Run` to its results document. Whether a run is in
-    *this* store is checked by key (one search per experiment), never taken from the file's
-    ``mlflow.logged`` (the store may have moved, e.g. from sqlite to a server): a run missing
-    there, or there from another finish time, is replayed. The results files are never
-    modified (they are outputs of other jobs): a replayed run is simply logged again
-    (``log_result`` is idempotent by key). After the first failed replay the others are not
-    attempted (the store is down; each try could wait for the HTTP timeout). Returns
-    ``{"uri", "experiment", "sweep", "replayed": [(run, run_id)], "failing": [(run, error)],
-    "error"}``; never raises.
+    ``found`` maps :class:`qshift.config.Run` to its results document. A run missing from *this*
+    store (by key, never by the file's ``mlflow.logged``: the store may have moved), or there from
+    another finish time, is logged again; the results files are never modified. After the first
+    failed replay the others are not attempted (each could wait for the HTTP timeout). Returns
+    ``{"uri", "experiment", "sweep", "replayed": [(run, run_id)], "failing": [(run, error)], "error"}``;
+    never raises.
     """
     from .config import experiment_name
 
@@ -495,70 +530,68 @@ def sync_sweep(cfg: dict, found: dict) -> dict:
     out: dict = {"uri": uri, "experiment": experiment, "sweep": sweep["key"], "replayed": [], "failing": [],
                  "error": None}
     down = _unreachable(uri)
-    stored: dict[str, str | None] = {}
+    stored: dict = {}
     if not down and found:
         try:
-            stored = stored_runs(uri, experiment)
+            stored = _stored_runs(uri, experiment)
         except Exception as e:  # noqa: BLE001
             down = f"{type(e).__name__}: {e}"
     for run, doc in sorted(found.items(), key=lambda kv: kv[0].result_path):
-        key = doc["run_key"]
         if down:
             if not doc.get("mlflow", {}).get("logged"):
                 out["failing"].append((run, down))
-            continue
-        if key in stored and (stored[key] == _finished_tag(doc)
-                              or (stored[key] is None and doc.get("mlflow", {}).get("logged"))):
-            continue  # in this store, from this run (a run logged before the finish tag: trust the file)
-        status = log_result(doc, uri, experiment, artifact=run.result_path, sweep=sweep)
-        if status["logged"]:
-            out["replayed"].append((run, status["run_id"]))
-        else:
-            out["failing"].append((run, status["error"]))
-            down = f"not attempted after an earlier failure ({status['error']})"
+        elif not _from_this_file(stored.get(doc["run_key"]), doc):
+            status = log_result(doc, uri, experiment, artifact=run.result_path, sweep=sweep)
+            stored.pop(doc["run_key"], None)  # logged under the parent now (or failing)
+            if status["logged"]:
+                out["replayed"].append((run, status["run_id"]))
+            else:
+                out["failing"].append((run, status["error"]))
+                down = f"not attempted after an earlier failure ({status['error']})"
     if down:
         out["error"] = down if not out["failing"] else None
         return out
+    wanted = {doc["run_key"] for doc in found.values()}
+    settled = [r for k, r in stored.items() if k in wanted or r.data.tags.get(TAG_SWEEP) == sweep["key"]]
     try:
-        _preload(uri)
-        with _store_lock(uri):
-            check_store(uri)
-            _with_retries(lambda: _attach_children(uri, experiment, sweep, found))
+        with _session(uri) as client:
+            _with_retries(lambda: _bookkeeping(client, experiment, sweep, settled, found))
     except Exception as e:  # noqa: BLE001
         out["error"] = f"{type(e).__name__}: {e}"
         log.warning("MLflow sweep bookkeeping failed (%s)", e)
     return out
 
 
-def _all_runs(client, exp_id: str) -> list:
-    """Every (non-deleted) run of the experiment that is a grid run, one paged search."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs([exp_id], filter_string=f"tags.`{TAG_ROLE}` = 'run'", max_results=1000,
-                                  page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            break
-    return runs
-
-
-def stored_runs(uri: str, experiment: str) -> dict[str, str | None]:
-    """{run key: its ``qshift.finished_at`` tag (None for runs logged before it existed)} in the store.
-
-    A sqlite store that does not exist yet holds nothing (it is not created here)."""
+def _stored_runs(uri: str, experiment: str) -> dict:
+    """{run key: its run} in the store; a sqlite store that does not exist yet holds nothing (not created here)."""
     db = _sqlite_path(uri)
     if db is not None and not db.exists():
         return {}
-    _preload(uri)
-    with _store_lock(uri):
-        check_store(uri)
-        client = _client(uri)
-        exp = _with_retries(lambda: client.get_experiment_by_name(experiment))
-        if exp is None:
-            return {}
-        runs = _with_retries(lambda: _all_runs(client, exp.experiment_id))
-    return {r.data.tags[TAG_KEY]: r.data.tags.get(TAG_FINISHED) for r in runs if TAG_KEY in r.data.tags}
+    with _session(uri) as client:
+        return _with_retries(lambda: Runs(client, experiment, create=False).by_key())
+
+
+def _from_this_file(run, doc: dict) -> bool:
+    """Whether the store's run of the doc's key (None: none) was logged from this results file."""
+    if run is None:
+        return False
+    tag = run.data.tags.get(TAG_FINISHED)  # runs logged before the tag existed: trust the file
+    return tag == _finished_tag(doc) or (tag is None and bool(doc.get("mlflow", {}).get("logged")))
+
+
+def _bookkeeping(client, experiment: str, sweep: dict, settled: list, found: dict) -> None:
+    """Runs not replayed now that are not under the sweep's parent (logged under an earlier grid, or
+    under a parent a creation race deleted) get it (tag ``mlflow.parentRunId``); the parent, the averages."""
+    from mlflow.entities import RunTag
+
+    runs = Runs(client, experiment, create=False)
+    if runs.exp_id is None:
+        return
+    parent = runs.parent(sweep)
+    for r in settled:
+        if (r.data.tags.get(TAG_PARENT), r.data.tags.get(TAG_SWEEP)) != (parent, sweep["key"]):
+            _log_batch(client, r.info.run_id, tags=[RunTag(TAG_PARENT, parent), RunTag(TAG_SWEEP, sweep["key"])])
+    _log_batch(client, parent, metrics=parent_metrics(found, sweep["grid"]["methods"]))
 
 
 def _unreachable(uri: str, timeout: float = 5.0) -> str | None:
@@ -577,43 +610,19 @@ def _unreachable(uri: str, timeout: float = 5.0) -> str | None:
     return None
 
 
-def _attach_children(uri: str, experiment: str, sweep: dict, found: dict) -> None:
-    """Every run of the grid becomes a child of this sweep's parent; the parent gets the averages."""
-    from mlflow.entities import Metric, RunTag
-
-    client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return
-    parent = _parent_run(client, exp.experiment_id, sweep)
-    wanted = {doc["run_key"] for doc in found.values()}
-    runs = _all_runs(client, exp.experiment_id)
-    for r in runs:
-        ours = r.data.tags.get(TAG_KEY) in wanted or r.data.tags.get(TAG_SWEEP) == sweep["key"]
-        if ours and r.data.tags.get(TAG_PARENT) != parent:
-            client.log_batch(r.info.run_id, tags=[RunTag(TAG_PARENT, parent), RunTag(TAG_SWEEP, sweep["key"])])
-    # parents a creation race left behind (tracking server, skewed clocks): now childless
-    for r in _runs_tagged(client, exp.experiment_id, TAG_SWEEP, sweep["key"]):
-        if r.data.tags.get(TAG_ROLE) == "sweep" and r.info.run_id != parent:
-            client.delete_run(r.info.run_id)
-    # the parent's own metrics: R@1 averaged over each (direction, method)'s corruption cells
-    cells: dict[tuple[str, str], list[float]] = {}
-    for run, doc in found.items():
-        if run.corruption != "clean" and not doc.get("stream") and doc.get("metrics"):  # not streams, not diverged
-            cells.setdefault((run.direction, run.method), []).append(float(doc["metrics"]["R@1"]))
-    ts = int(max((doc.get("finished_at", 0) for doc in found.values()), default=0) * 1000)
-    metrics = parent_metrics(cells, sweep["grid"]["methods"], ts)
-    for i in range(0, len(metrics), 1000):
-        client.log_batch(parent, metrics=metrics[i:i + 1000])
-
-
-def parent_metrics(cells: dict[tuple[str, str], list[float]], methods: list[str], ts: int) -> list:
-    """The sweep parent's chart layout: one metric per direction, ``avg_R_at_1.<direction>``, whose
+def parent_metrics(found: dict, methods: list[str]) -> list:
+    """The sweep parent's metrics: R@1 averaged over each (direction, method)'s corruption cells (not
+    clean, streams or diverged runs), one metric per direction, ``avg_R_at_1.<direction>``, whose
     step is the method's index in ``adapt.methods`` (the parent's param ``sweep.methods`` and tag
     ``qshift.step_methods`` name them): the chart view draws one chart per direction with every
     method along it, instead of one single-bar chart per (direction, method)."""
     from mlflow.entities import Metric
 
+    cells: dict[tuple[str, str], list[float]] = {}
+    for run, doc in found.items():
+        if run.corruption != "clean" and not doc.get("stream") and doc.get("metrics"):
+            cells.setdefault((run.direction, run.method), []).append(float(doc["metrics"]["R@1"]))
+    ts = int(max((doc.get("finished_at", 0) for doc in found.values()), default=0) * 1000)
     order = {m: i for i, m in enumerate(methods)}
     return [Metric(f"avg_R_at_1.{d}", sum(v) / len(v), ts, order[m])
             for (d, m), v in sorted(cells.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], len(order))))
@@ -630,20 +639,17 @@ def log_observations(uri: str, experiment: str, metrics: dict[str, dict[str, flo
     try:
         from mlflow.entities import Metric
 
-        _preload(uri)
-        with _store_lock(uri):
-            client = _client(uri)
-            exp = client.get_experiment_by_name(experiment)
-            ts = int(time.time() * 1000)
+        ts = int(time.time() * 1000)
+        with _session(uri) as client:
+            runs = Runs(client, experiment, create=False)
             for key, values in sorted(metrics.items()):
-                found = [] if exp is None else [r for r in _runs_tagged(client, exp.experiment_id, TAG_KEY, key)
-                                                if r.data.tags.get(TAG_ROLE) != "sweep"]
-                if not found:
+                run = _with_retries(lambda: runs.find("run", key))
+                if run is None:
                     out["skipped"].append(key)
                     continue
                 entries = [Metric(k, float(v), ts, 0) for k, v in values.items()
                            if _is_number(v) and math.isfinite(float(v))]
-                _with_retries(lambda: client.log_batch(_canonical(found).info.run_id, metrics=entries))
+                _with_retries(lambda: _log_batch(client, run.info.run_id, metrics=entries))
                 out["logged"] += 1
     except Exception as e:  # noqa: BLE001 - observations never fail on the store
         log.warning("MLflow: observation metrics not logged (%s)", e)
