@@ -43,8 +43,10 @@ def test_variant_resolves_base_defaults_plus_overrides_and_is_a_grid_row(tmp_pat
                                                 "by_direction": {"t2i": {"lr": 1.0e-5}}}}, [VARIANT, "v2"]))
     assert base_method(cfg, VARIANT) == "tcr" and base_method(cfg, "v2") == "tcr"  # a chain resolves
     hp = method_hparams(cfg, VARIANT, "i2t")
-    assert hp == {**CFG["methods"]["tcr"], "lr": 1.0e-2}
-    assert method_hparams(cfg, "v2", "i2t") == {**CFG["methods"]["tcr"], "lr": 1.0e-2, "tau": 0.05}
+    from qshift.tta.tcr import TCR
+
+    assert hp == {**TCR.defaults, "lr": 1.0e-2}  # the base class's defaults, then the overrides
+    assert method_hparams(cfg, "v2", "i2t") == {**TCR.defaults, "lr": 1.0e-2, "tau": 0.05}
     assert method_hparams(cfg, "v2", "t2i")["lr"] == 1.0e-5  # the variant's own by_direction wins
     paths = {r.result_path for r in runs(cfg)}
     assert any(f"/{VARIANT}/seed42/gaussian_noise-s3.json" in p for p in paths)
