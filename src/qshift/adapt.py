@@ -60,11 +60,8 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
         raise ConfigError(f"direction {direction!r}; valid: {', '.join(all_directions())}")
     ks = task_direction(direction).recall_ks  # i2t/t2i: RECALL_KS (1, 5, 10); cir: (1, 5, 10, 50)
     seed_everything(seed)
-    composed = task_direction(direction).task == "cir"
-    if composed:  # qshift.cir: composed queries against the target gallery
-        q_mod, g_emb, g_owner = "composed", gallery["image"], gallery["image_owner"]
-    else:
-        q_mod, _, g_emb, g_owner = owners_for(gallery, direction)
+    composed = task_direction(direction).task == "cir"  # qshift.cir: composed queries, the target gallery
+    q_mod, _, g_emb, g_owner = owners_for(gallery, direction)
     owner_kind = gallery_owner_kind(gallery)
     if queries.owner_kind != owner_kind:  # e.g. a query set that lost the identities of a ReID manifest
         raise ConfigError(f"queries {queries.manifest} are scored per {queries.owner_kind}, but the gallery per "

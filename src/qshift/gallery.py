@@ -115,10 +115,13 @@ def load_gallery(path: str | Path) -> dict:
 
 
 def owners_for(gallery: dict, direction: str) -> tuple[str, str, torch.Tensor, torch.Tensor]:
-    """(query modality, gallery modality, gallery embeddings, gallery owner ids)."""
-    if direction == "i2t":
-        return "image", "text", gallery["text"], gallery["text_owner"]
-    return "text", "image", gallery["image"], gallery["image_owner"]
+    """(query modality, gallery modality, gallery embeddings, gallery owner ids), as the
+    direction's task declares them (qshift.tasks: i2t image -> text, t2i text -> image,
+    cir composed -> image)."""
+    from .tasks import direction as task_direction
+
+    d = task_direction(direction)
+    return d.query_modality, d.gallery_modality, gallery[d.gallery_modality], gallery[f"{d.gallery_modality}_owner"]
 
 
 def gallery_owner_kind(gallery: dict) -> str:
