@@ -78,9 +78,14 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
     dom_hits: dict[str, dict[int, int]] = defaultdict(lambda: {k: 0 for k in ks})
     dom_n: dict[str, int] = defaultdict(int)
     tta = build_method(method, model, q_mod, g_emb, hparams, steps=steps, amp=amp)
+    cand = groups = None  # the real CIR benchmarks' scoring rules (qshift.cir.candidate_mask); builtin: none
     if composed:
-        from .cir import query_loader
+        from .cir import candidate_mask, group_names, query_loader
 
+        cand, groups = candidate_mask(queries, gallery), group_names(queries, gallery)
+    grp_hits: dict[str, dict[int, int]] = defaultdict(lambda: {k: 0 for k in ks})
+    grp_n: dict[str, int] = defaultdict(int)
+    if composed:
         loader = query_loader(model, queries, order=order, batch_size=batch_size, num_workers=num_workers)
     else:
         loader = make_loader(model, q_mod, queries, order=order, batch_size=batch_size, num_workers=num_workers)
@@ -100,7 +105,16 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
             if reason is not None:  # NaN scores would still rank (topk): stop, report no R@K
                 diverged = {"batch": len(online["batch_size"]), "queries_seen": done + b, "reason": reason}
                 break
-            h, rank = hits_and_ranks(out.scores, owners[order[done:done + b]], g_owner, ks)
+            scores = out.scores
+            if cand is not None:  # CIRR: the reference is no candidate; FashionIQ: its category's gallery only
+                scores = scores.masked_fill(cand(order[done:done + b]).to(scores.device), float("-inf"))
+            h, rank = hits_and_ranks(scores, owners[order[done:done + b]], g_owner, ks)
+            if groups is not None:  # FashionIQ: R@K per category
+                hk = {k: h[k].cpu().tolist() for k in ks}
+                for i, q in enumerate(order[done:done + b].tolist()):
+                    grp_n[groups[q]] += 1
+                    for k in ks:
+                        grp_hits[groups[q]][k] += int(hk[k][i])
             if with_map:
                 ap_sum += float(average_precision(out.scores.detach().float(), owners[order[done:done + b]],
                                                   g_owner).sum())
@@ -140,6 +154,9 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
         extra = {"stream": {k: info[k] for k in ("name", "kind", "domains")},
                  "metrics_by_domain": {d: {**{f"R@{k}": 100.0 * dom_hits[d][k] / dom_n[d] for k in ks},
                                            "n_queries": dom_n[d]} for d in ranked}}
+    if groups is not None:
+        extra["metrics_by_group"] = {g: {**{f"R@{k}": 100.0 * grp_hits[g][k] / grp_n[g] for k in ks},
+                                         "n_queries": grp_n[g]} for g in sorted(grp_n)}
     return {
         "status": "ok",
         "metrics": {**{f"R@{k}": 100.0 * hits[k] / n for k in ks},

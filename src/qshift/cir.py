@@ -43,6 +43,7 @@ class CIRSplit:
     targets: np.ndarray  # (N,) target imgid (targets.json)
     meta: dict = field(default_factory=dict)
     owner_kind: str = "image"
+    groups: list | None = None  # (N,) FashionIQ's category per triplet (sentence key ``group``); None: no groups
 
     @property
     def n_queries(self) -> int:
@@ -63,7 +64,7 @@ def load_triplets(path: str | Path, split: str = "test", check_files: bool = Tru
     if not images:
         present = sorted({im["split"] for im in doc["images"]})
         raise InputError(f"CIR manifest {path} has no triplets in split {split!r} (present: {present})")
-    sentids, ref_ids, paths, texts, targets = [], [], [], [], []
+    sentids, ref_ids, paths, texts, targets, groups = [], [], [], [], [], []
     for im in images:
         p = root / im.get("filepath", "") / im["filename"]
         for s in im["sentences"]:
@@ -78,8 +79,10 @@ def load_triplets(path: str | Path, split: str = "test", check_files: bool = Tru
             paths.append(p)
             texts.append(normalize_caption(s["raw"], words, norm))  # empty: a valid query
             targets.append(s["target"])
+            groups.append(s.get("group"))
     return CIRSplit(str(doc.get("dataset", path.parent.name)), path, np.asarray(sentids), np.asarray(ref_ids),
-                    paths, texts, np.asarray(targets, dtype=np.int64), dict(doc.get("meta", {})))
+                    paths, texts, np.asarray(targets, dtype=np.int64), dict(doc.get("meta", {})),
+                    groups=groups if any(g is not None for g in groups) else None)
 
 
 @dataclass
@@ -88,6 +91,8 @@ class CIRGallery:
     image_ids: np.ndarray
     image_paths: list[Path]
     roles: list[str]
+    groups: list | None = None  # FashionIQ: each image's category
+    protocol: dict = field(default_factory=dict)  # the real benchmarks' scoring rules (qshift.data.cir_real)
 
 
 def targets_path(dataset_dir: str | Path) -> Path:
@@ -110,8 +115,14 @@ def load_gallery_split(dataset_dir: str | Path, split: str = "test") -> CIRGalle
         if not p.is_file():
             raise InputError(f"CIR gallery image {p} (imgid {im['imgid']!r}, listed in {path}) not found")
         paths.append(p)
+    meta = doc.get("meta") or {}
+    protocol = {k: meta[k] for k in ("protocol", "exclude_reference", "per_group") if meta.get(k)}
+    groups = [im.get("group") for im in images] if protocol.get("per_group") else None
+    if groups is not None and any(g is None for g in groups):
+        raise InputError(f"CIR gallery {path} scores per group (meta.per_group), but "
+                         f"{sum(g is None for g in groups)} of its images have no 'group'")
     return CIRGallery(path, np.asarray([im["imgid"] for im in images]), paths,
-                      [str(im.get("role", "target")) for im in images])
+                      [str(im.get("role", "target")) for im in images], groups, protocol)
 
 
 def check_targets(queries: CIRSplit, gallery_ids) -> None:
@@ -186,9 +197,62 @@ def encode_cir_gallery(model, dataset_dir: str | Path, out: str | Path, batch_si
            "model": model.name, "manifest_sha256": sha256_file(gal.manifest)}
     if model.preprocess != "native":
         doc["preprocess"] = model.preprocess
+    if gal.protocol:  # CIRR / FashionIQ (qshift.data.cir_real); the built-in gallery file is unchanged
+        doc["protocol"] = dict(gal.protocol)
+        if gal.groups is not None:
+            doc["image_group"] = list(gal.groups)
     with atomic_path(out, ".pt") as tmp, open(tmp, "wb") as fh:
         torch.save(doc, fh)
     return {"n_images": len(image), "n_targets": gal.roles.count("target"), "dim": image.shape[1]}
+
+
+# -- the benchmarks' scoring rules -------------------------------------------------------------------
+
+def candidate_mask(queries: CIRSplit, gallery: dict):
+    """The benchmark's candidates per query, as a function of a batch's query indices returning a
+    (B, G) bool mask of the gallery items that are *not* candidates (None: every item is one).
+
+    - ``exclude_reference`` (CIRR): the query's reference image is removed from the ranking, as
+      CLIP4Cir's ``compute_cirr_val_metrics`` deletes it from the sorted gallery names;
+    - ``per_group`` (FashionIQ): only the gallery of the query's category ranks (each category
+      is its own retrieval problem, CLIP4Cir's ``fashioniq_val_retrieval`` per dress type).
+
+    Scoring only: the TTA methods see the scores over the whole gallery (a CIR adaptation
+    protocol is not published; RECONSTRUCTION, docs/rest.md)."""
+    protocol = gallery.get("protocol") or {}
+    excl, per_group = bool(protocol.get("exclude_reference")), bool(protocol.get("per_group"))
+    if not excl and not per_group:
+        return None
+    g_owner = torch.as_tensor(gallery["image_owner"])
+    ref = torch.as_tensor(np.asarray(queries.image_ids, dtype=np.int64))
+    if per_group:
+        g_groups = list(gallery.get("image_group") or [])
+        if len(g_groups) != len(g_owner) or queries.groups is None or any(g is None for g in queries.groups):
+            raise InputError(f"CIR queries {queries.manifest}: the gallery is scored per category (FashionIQ), so "
+                             f"every triplet needs a 'group' and the gallery file its image groups; rebuild both "
+                             f"from the same prepared dataset")
+        names = sorted(set(g_groups) | set(queries.groups))
+        code = {g: i for i, g in enumerate(names)}
+        gg = torch.as_tensor([code[g] for g in g_groups])
+        qg = torch.as_tensor([code[g] for g in queries.groups])
+
+    def mask(idx) -> torch.Tensor:
+        idx = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+        out = torch.zeros(len(idx), len(g_owner), dtype=torch.bool)
+        if excl:
+            out |= g_owner[None, :] == ref[idx][:, None]
+        if per_group:
+            out |= gg[None, :] != qg[idx][:, None]
+        return out
+
+    return mask
+
+
+def group_names(queries: CIRSplit, gallery: dict) -> list | None:
+    """The per-query groups a run reports R@K for (FashionIQ's categories), None when not per group."""
+    if not (gallery.get("protocol") or {}).get("per_group"):
+        return None
+    return list(queries.groups or [])
 
 
 def check_gallery(doc: dict, path) -> None:
@@ -213,11 +277,12 @@ def load_composed(cfg: dict, base):
 
 
 def validate_cir(cfg: dict) -> None:
-    from .models.composed import COMBINER_DEFAULTS, COMBINERS
+    from .models.composed import COMBINER_DEFAULTS, COMBINERS, is_checkpoint
 
     kind = combiner_kind(cfg)
-    if kind not in COMBINERS:
-        raise ConfigError(f"params: model.combiner {kind!r}; valid: {', '.join(COMBINERS)}")
+    if kind not in COMBINERS and not is_checkpoint(kind):
+        raise ConfigError(f"params: model.combiner {kind!r}; valid: {', '.join(COMBINERS)} or the path of a "
+                          f"CLIP4Cir combiner checkpoint (.pt)")
     hp = (cfg.get("pretrain") or {}).get("combiner") or {}
     if not isinstance(hp, dict):
         raise ConfigError(f"params: pretrain.combiner must be a mapping, got {hp!r}")

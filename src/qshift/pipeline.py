@@ -197,7 +197,7 @@ def _stages() -> list[Stage]:
     nocache = dict(cache=False)
     return [
         Stage("download", "stages/download.py", code=("src/qshift/data/download.py", "src/qshift/data/karpathy.py",
-                                                      "src/qshift/data/formats.py"),
+                                                      "src/qshift/data/formats.py", "src/qshift/data/cir_real.py"),
               resources={"mem_mb": 2000, "runtime": 240},
               params=("dataset",), outs=(Out(qc.RAW_DIR),)),
         Stage("prepare", "stages/prepare.py", code=("src/qshift/data",), inputs=(qc.RAW_DIR,),

@@ -50,6 +50,10 @@ name>, severity: 0`` and adds three optional keys (absent from every other run):
          "gaussian_noise-s3": {"R@1": 58.0, "R@5": 83.1, "R@10": 90.2, "n_queries": 503}, ...},
       "online": {..., "domain": ["contrast-s3", ...]}          # each batch's majority domain
 
+A FashionIQ run (composed image retrieval scored per category, :mod:`qshift.data.cir_real`)
+adds ``"metrics_by_group": {"dress": {"R@1": ..., "R@50": ..., "n_queries": 2017}, ...}`` and
+MLflow gets ``group.<category>.R_at_10`` etc.
+
 Domain labels are ``"<corruption>-s<severity>"`` (text streams: the level), as in results
 paths. The report splits sequential streams' per-batch R@1 by ``online.domain`` (forgetting)
 and MLflow gets ``domain.<label>.R_at_1`` etc. from ``metrics_by_domain``.
@@ -216,6 +220,9 @@ def validate(doc, path: str | Path) -> None:
             _recalls(path, f"metrics_by_domain.{dom}", _dict(path, f"metrics_by_domain.{dom}", vals))
             _number(path, f"metrics_by_domain.{dom}.n_queries", vals.get("n_queries"), 0, integer=True,
                     low_open=True)
+    for grp, vals in _dict(path, "metrics_by_group", doc.get("metrics_by_group") or {}).items():  # FashionIQ
+        _recalls(path, f"metrics_by_group.{grp}", _dict(path, f"metrics_by_group.{grp}", vals))
+        _number(path, f"metrics_by_group.{grp}.n_queries", vals.get("n_queries"), 0, integer=True, low_open=True)
     for f in ("counters", "hparams", "timing", "env", "run", "mlflow"):
         if f in doc and doc[f] is not None:
             _dict(path, f, doc[f])

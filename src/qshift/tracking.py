@@ -438,6 +438,8 @@ def _metrics(result: dict) -> list:
     scalars.update({k: v for k, v in result.get("timing", {}).items() if v is not None})
     for dom, vals in (result.get("metrics_by_domain") or {}).items():  # multi-domain streams
         scalars.update({f"domain.{dom}.{mlflow_metric_name(k)}": v for k, v in vals.items()})
+    for grp, vals in (result.get("metrics_by_group") or {}).items():  # FashionIQ's categories (qshift.cir)
+        scalars.update({f"group.{grp}.{mlflow_metric_name(k)}": v for k, v in vals.items()})
     ts = int(result.get("finished_at", 0) * 1000)
     entries = [Metric(k, float(v), ts, 0) for k, v in scalars.items() if _is_number(v)]
     online = result["online"]

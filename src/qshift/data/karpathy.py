@@ -61,10 +61,11 @@ DOWNLOAD_JSON = "download.json"
 SPLIT = "test"
 # karpathy: COCO, Flickr30k and every Karpathy-/BLIP-style file (RSICD, RSITMD, UCM-captions,
 # a Fashion-Gen image folder + caption list); the others: qshift.data.formats
-KINDS = ("builtin", "karpathy", "nocaps", "fashion-gen", "pedes")
+KINDS = ("builtin", "karpathy", "nocaps", "fashion-gen", "pedes", "cirr", "fashion-iq")  # cirr, fashion-iq: cir_real
 # the sources each kind reads (nocaps: images from the annotations' URLs unless images.path/url)
 ROLES = {"karpathy": ("annotations", "images"), "pedes": ("annotations", "images"),
-         "nocaps": ("annotations", "images"), "fashion-gen": ("annotations",)}
+         "nocaps": ("annotations", "images"), "fashion-gen": ("annotations",),
+         "cirr": ("annotations", "images"), "fashion-iq": ("annotations", "images")}
 OPTIONAL_ROLES = {"nocaps": ("images",)}
 SOURCE_KEYS = ("url", "sha256", "path", "member")
 OWNERS = ("image", "identity")
@@ -147,6 +148,10 @@ def validate_dataset(name: str, d: Any) -> None:
         formats.check_domain(where, d.get("domain"))
     if kind == "fashion-gen":
         formats.check_images_per_product(where, d.get("images_per_product"))
+    if kind in ("cirr", "fashion-iq"):  # composed image retrieval (qshift.data.cir_real)
+        from .cir_real import validate_cir_dataset
+
+        validate_cir_dataset(name, d)
 
 
 def validate_download(dl: Any) -> None:
@@ -327,6 +332,10 @@ def download_dataset(name: str, d: Mapping[str, Any], dl: Mapping[str, Any], raw
         return info
     validate_dataset(name, d)
     validate_download(dl)
+    if kind in ("cirr", "fashion-iq"):  # composed image retrieval triplets (qshift.data.cir_real)
+        from .cir_real import download_cir
+
+        return download_cir(name, d, dl, raw_dir, progress)
     ann_src, img_src = d["annotations"], d.get("images") or {}
     for role in ROLES[kind]:  # fail before any download
         if role not in OPTIONAL_ROLES.get(kind, ()):
@@ -475,6 +484,10 @@ def prepare_real(name: str, d: Mapping[str, Any], raw_dir: str | os.PathLike, ou
                  progress: bool = True) -> dict:
     """``data/raw/<name>/`` -> ``data/<name>/`` (images/ + manifest.json), written atomically."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    if dataset_kind(d) in ("cirr", "fashion-iq"):  # composed image retrieval triplets (qshift.data.cir_real)
+        from .cir_real import prepare_cir
+
+        return prepare_cir(name, d, raw_dir, out_dir, progress)
     info = read_json(raw_dir / DOWNLOAD_JSON, f"download record (run the download stage for {name!r} first)")
     if not isinstance(info, dict) or info.get("kind") not in KINDS[1:] or "annotations" not in info:
         raise InputError(f"{raw_dir / DOWNLOAD_JSON} is not a download record of a downloaded dataset "

@@ -14,6 +14,15 @@ Combiners (``model.combiner``):
   beside the CLIP (``qshift_combiner.pt``): out = g * z_img + (1 - g) * z_txt + MLP([z_img, z_txt]),
   g = sigmoid(w . [z_img, z_txt] + b) — the gated residual form of CLIP4Cir's combiner
   (Baldrati et al., CVPR-W 2022), scaled down.
+- a path to a CLIP4Cir checkpoint (``model.combiner: models/clip4cir/combiner.pt``) — CLIP4Cir's
+  Combiner (Baldrati et al., CVPR-W 2022; github.com/ABaldrati/CLIP4Cir ``src/combiner.py``) with
+  its state_dict names, so a released or self-trained checkpoint loads as its ``combiner_train.py``
+  saves it (``{"epoch", "Combiner": state_dict}``, or a bare state_dict); the projection and hidden
+  sizes are read from the weights. As in CLIP4Cir, it takes the towers' *raw* (un-normalised)
+  features: text and image projection -> ReLU -> concat [text, image] -> Linear -> ReLU ->
+  output Linear, plus the dynamic scalar l = sigmoid(MLP(concat)): out = normalize(output +
+  l * f_txt + (1 - l) * f_img). Dropout is inactive (eval mode; no method puts it in train mode).
+  Its feature size must be the loaded CLIP's (CLIP4Cir: RN50x4, 640-d).
 
 TTA on CIR (RECONSTRUCTION — REST and TCR define no CIR variant, docs/rest.md §CIR): the methods
 adapt the affine parameters of the LayerNorms of *both* towers (``norm_layers("composed")``: the
@@ -81,6 +90,76 @@ class Combiner(nn.Module):
         return g * zi + (1 - g) * zt + self.mlp(h)
 
 
+class CLIP4CirCombiner(nn.Module):
+    """CLIP4Cir's Combiner, written from the paper's Fig. 3 and ``src/combiner.py`` (same module
+    names, so its checkpoints load; outputs checked against that code in tests/test_cir_real.py)."""
+
+    raw_features = True  # CLIP4Cir combines the towers' un-normalised features
+
+    def __init__(self, clip_feature_dim: int, projection_dim: int, hidden_dim: int):
+        super().__init__()
+        self.kind, self.dim, self.hidden, self.projection = "clip4cir", clip_feature_dim, hidden_dim, projection_dim
+        self.text_projection_layer = nn.Linear(clip_feature_dim, projection_dim)
+        self.image_projection_layer = nn.Linear(clip_feature_dim, projection_dim)
+        self.dropout1, self.dropout2, self.dropout3 = nn.Dropout(0.5), nn.Dropout(0.5), nn.Dropout(0.5)
+        self.combiner_layer = nn.Linear(projection_dim * 2, hidden_dim)
+        self.output_layer = nn.Linear(hidden_dim, clip_feature_dim)
+        self.dynamic_scalar = nn.Sequential(nn.Linear(projection_dim * 2, hidden_dim), nn.ReLU(), nn.Dropout(0.5),
+                                            nn.Linear(hidden_dim, 1), nn.Sigmoid())
+
+    def forward(self, zi: torch.Tensor, zt: torch.Tensor) -> torch.Tensor:
+        t = self.dropout1(F.relu(self.text_projection_layer(zt)))
+        v = self.dropout2(F.relu(self.image_projection_layer(zi)))
+        h = torch.cat((t, v), -1)
+        lam = self.dynamic_scalar(h)
+        out = self.output_layer(self.dropout3(F.relu(self.combiner_layer(h)))) + lam * zt + (1 - lam) * zi
+        return F.normalize(out, dim=-1)
+
+
+def is_checkpoint(kind: str) -> bool:
+    """``model.combiner`` names a CLIP4Cir checkpoint file (not ``sum`` / ``trained``)."""
+    return isinstance(kind, str) and kind not in COMBINERS and (kind.endswith((".pt", ".pth", ".ckpt")) or "/" in kind)
+
+
+def load_clip4cir(path: str | Path, dim: int) -> CLIP4CirCombiner:
+    """A CLIP4Cir Combiner checkpoint (``{"Combiner": state_dict}`` or a bare state_dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"model.combiner: CLIP4Cir combiner checkpoint {path} not found (a path to the .pt file "
+                         f"combiner_train.py saves, or sum / trained)")
+    try:
+        doc = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file
+        raise InputError(f"CLIP4Cir combiner checkpoint {path} is unreadable: {e}") from None
+    state = doc.get("Combiner", doc) if isinstance(doc, dict) else None
+    need = ("text_projection_layer.weight", "combiner_layer.weight")
+    if not isinstance(state, dict) or not all(k in state and hasattr(state[k], "shape") for k in need):
+        keys = sorted(doc)[:6] if isinstance(doc, dict) else type(doc).__name__
+        raise InputError(f"{path} is not a CLIP4Cir Combiner checkpoint: expected key 'Combiner' (or its "
+                         f"state_dict) with {', '.join(need)}; found {keys}")
+    proj, feat = (int(x) for x in state["text_projection_layer.weight"].shape)
+    hidden = int(state["combiner_layer.weight"].shape[0])
+    comb = CLIP4CirCombiner(feat, proj, hidden)
+    try:
+        comb.load_state_dict(state)
+    except RuntimeError as e:
+        raise InputError(f"CLIP4Cir combiner checkpoint {path} does not match the Combiner architecture: "
+                         f"{str(e).splitlines()[0]} {' '.join(str(e).split())[:300]}") from None
+    if feat != dim:
+        raise InputError(f"CLIP4Cir combiner {path} combines {feat}-d features, the model's are {dim}-d; use the "
+                         f"CLIP it was trained with (CLIP4Cir: RN50x4, 640-d)")
+    return comb
+
+
+def raw_encode(model: RetrievalModel, modality: str, batch: torch.Tensor) -> torch.Tensor:
+    """:meth:`RetrievalModel.encode` without the final normalisation (CLIP4Cir's combiner input)."""
+    batch = batch.to(model.device, non_blocking=True)
+    if model.autocast_dtype is not None and model.device.type == "cuda":
+        with torch.autocast("cuda", dtype=model.autocast_dtype):
+            return model._encode(modality, batch).float()
+    return model._encode(modality, batch).float()
+
+
 class ComposedModel(RetrievalModel):
     """A retrieval model whose query modality ``composed`` is (reference image, modification text)."""
 
@@ -105,6 +184,8 @@ class ComposedModel(RetrievalModel):
         if modality != "composed":
             return self.base.encode(modality, batch)
         images, tokens = unpack(batch)
+        if getattr(self.combiner, "raw_features", False):  # CLIP4Cir: un-normalised features in
+            return self.compose(raw_encode(self.base, "image", images), raw_encode(self.base, "text", tokens))
         return self.compose(self.base.encode("image", images), self.base.encode("text", tokens))
 
     def compose(self, zi: torch.Tensor, zt: torch.Tensor) -> torch.Tensor:
@@ -121,12 +202,16 @@ def embed_dim(model: RetrievalModel) -> int:
         return int(model.encode("text", model.tokenize(["a"])).shape[-1])
 
 
-def load_combiner(kind: str, model_dir: str | Path, dim: int) -> Combiner:
-    """``sum`` (no file) or ``trained`` (``<model_dir>/qshift_combiner.pt``, from the pretrain stage)."""
+def load_combiner(kind: str, model_dir: str | Path, dim: int) -> nn.Module:
+    """``sum`` (no file), ``trained`` (``<model_dir>/qshift_combiner.pt``, from the pretrain stage)
+    or a CLIP4Cir checkpoint's path."""
     if kind == "sum":
         return Combiner(dim, kind="sum")
+    if is_checkpoint(kind):
+        return load_clip4cir(kind, dim)
     if kind != "trained":
-        raise ConfigError(f"params: model.combiner {kind!r}; valid: {', '.join(COMBINERS)}")
+        raise ConfigError(f"params: model.combiner {kind!r}; valid: {', '.join(COMBINERS)} or the path of a "
+                          f"CLIP4Cir combiner checkpoint (.pt)")
     path = Path(model_dir) / COMBINER_FILE
     if not path.is_file():
         raise InputError(f"model folder {model_dir} has no trained combiner {COMBINER_FILE} (model.combiner: trained); "
