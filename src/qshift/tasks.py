@@ -12,9 +12,39 @@ which corruption registries shift its queries (``sides``), its Recall@K and its 
   (reference image, modification text) pair encoded by the composed encoder, the gallery is
   target images (plus distractors). Query shift: image corruptions on the reference image,
   text corruptions on the modification text; TTA adapts the LayerNorms of both towers.
+- ``video-audio`` — video-audio retrieval (:mod:`qshift.va`, REST's third task): ``v2a`` (video
+  queries, audio gallery) and ``a2v`` (audio queries, video gallery), R@1/5/10. Query shift:
+  ``v2a`` queries are shifted by the ``video`` registry (:mod:`qshift.corrupt.video`: every image
+  corruption applied per frame, seeded per (clip, frame)), ``a2v`` queries by the ``audio``
+  registry (:mod:`qshift.corrupt.audio`: gaussian noise and added environmental noise at READ's
+  five severities). TTA adapts the query tower's LayerNorms (``norm_layers("video")`` /
+  ``norm_layers("audio")``); the gallery tower and the gallery embeddings stay frozen.
+
+  A video-audio model (:class:`qshift.models.video_audio.VideoAudioModel`; the built-in two-tower
+  :mod:`qshift.models.tiny_va` and the CAV-MAE loader implement it) has::
+
+      encode_video(video: FloatTensor[B, T, 3, H, W]) -> FloatTensor[B, D]   # L2-normalised
+      encode_audio(fbank: FloatTensor[B, n_frames, n_mels]) -> FloatTensor[B, D]  # L2-normalised
+      video_transform(frames: uint8 ndarray[T, H, W, 3]) -> FloatTensor[T, 3, H, W]
+      audio_transform(wave: float32 ndarray[samples], sample_rate: int) -> FloatTensor[n_frames, n_mels]
+      norm_layers(modality)  # "video" | "audio": the LayerNorms TTA adapts when that side queries
+
+  and the :class:`~qshift.models.base.RetrievalModel` attributes every method reads (``name``,
+  ``module``, ``device``, ``preprocess``, ``encode(modality, batch)`` with modality ``video`` or
+  ``audio``). Clips on disk: :mod:`qshift.va` (a *clip set* folder: ``clips.json`` +
+  ``frames.npy`` uint8 [N, T, H, W, 3] and/or ``audio.npy`` float32 [N, samples], memory-mapped,
+  read in batches).
 
 Adding a task = one module that registers a :class:`Task` here (its directions, its query
-loader and gallery) plus its data adapter. A pipeline runs one task (``adapt.directions`` may
+loader and gallery) plus its data adapter. A task that needs its own code path in a shared
+function declares a *hook* (``Task.hooks``: name -> ``"module:function"``, imported when first
+used) and the shared function asks :func:`hook` for it — one generic line there instead of an
+``if direction == ...`` chain. Hook names (and the functions that consult them):
+``validate`` (config.validate), ``query_cells`` / ``query_set_path`` / ``queries_path``
+(config), ``check_cell`` / ``load_queries`` (cells), ``query_owner`` / ``query_loader`` /
+``check_gallery`` (gallery), ``stream_info`` (streams), ``prepare`` / ``pretrain`` /
+``encode_gallery`` / ``examples`` (the stage CLIs), and ``code`` (extra files a cell's
+fingerprint covers). A pipeline runs one task (``adapt.directions`` may
 not mix tasks: each has its own dataset and gallery).
 """
 
@@ -45,7 +75,7 @@ class Task:
     encoders: tuple[str, ...]  # the model parts the task runs
     adapts: str  # which parameters TTA adapts (documentation, README, report)
     description: str = ""
-    hooks: dict[str, Callable] = field(default_factory=dict)  # task-specific loaders (cir: qshift.cir)
+    hooks: dict[str, Callable | str] = field(default_factory=dict)  # name -> callable or "module:function"
 
 
 TASKS: Registry[Task] = Registry("task")
@@ -80,6 +110,55 @@ register_task(Task(
     adapts="the LayerNorms of both towers of the composed encoder (the image tower's, and the text transformer "
            "blocks'); the combiner and the gallery stay frozen",
     description="composed image retrieval: (reference image, modification text) -> target image"))
+
+
+register_task(Task(
+    "video-audio",
+    (Direction("v2a", "video-audio", "video", "audio", ("video",), (1, 5, 10),
+               "Video-to-audio retrieval (video queries corrupted)"),
+     Direction("a2v", "video-audio", "audio", "video", ("audio",), (1, 5, 10),
+               "Audio-to-video retrieval (audio queries corrupted)")),
+    encoders=("video", "audio"),
+    adapts="the query tower's LayerNorms (video queries: the video tower's; audio queries: the audio tower's); "
+           "the other tower and the gallery embeddings stay frozen",
+    description="video-audio retrieval: a clip's frames <-> its soundtrack",
+    hooks={name: f"qshift.va:{name}" for name in (
+        "validate", "query_cells", "query_set_path", "queries_path", "check_cell", "load_queries", "query_owner",
+        "query_loader", "check_gallery", "stream_info", "prepare", "pretrain", "encode_gallery", "examples")}
+    | {"code": ("va.py", "corrupt/video.py", "corrupt/audio.py", "models/video_audio.py", "models/tiny_va.py")}))
+
+
+def _resolve(value):
+    if isinstance(value, str) and ":" in value:
+        import importlib
+
+        module, _, fn = value.partition(":")
+        return getattr(importlib.import_module(module), fn)
+    return value
+
+
+def hook(direction_or_task: str, name: str):
+    """The task's hook ``name`` (a direction's task, or a task by name), or None when it has none
+    (the shared code path then applies: image-text, cir)."""
+    task = TASKS.get(direction_or_task) if direction_or_task in TASKS else task_of(direction_or_task)
+    value = task.hooks.get(name)
+    return None if value is None else _resolve(value)
+
+
+def modality_task(modality: str) -> Task | None:
+    """The task whose directions query ``modality`` (video, audio), or None for image/text/composed."""
+    for task in (TASKS.get(n) for n in TASKS.names()):
+        if task.name != "image-text" and any(d.query_modality == modality for d in task.directions):
+            return task
+    return None
+
+
+def dataset_task(cfg: dict) -> str:
+    """The task the benchmark's dataset entry declares (``datasets.<name>.task``, default image-text)."""
+    from .config import dataset_params
+
+    d = dataset_params(cfg)
+    return d.get("task", "image-text") if isinstance(d, dict) else "image-text"
 
 
 def all_directions() -> tuple[str, ...]:
@@ -133,3 +212,6 @@ def validate_tasks(cfg: dict) -> None:
         from .cir import validate_cir
 
         validate_cir(cfg)
+    check = hook(task.name, "validate")
+    if check is not None:
+        check(cfg)
