@@ -8,7 +8,8 @@ Loaders are registered per source scheme (``params.yaml: model.source``):
 - ``open_clip:ARCH@TAG`` / ``open_clip:ARCH@FILE`` / ``open_clip:hf-hub:ORG/NAME`` — open_clip
   architectures with pretrained weights (:mod:`.openclip`);
 - ``hf-blip:ID_OR_PATH`` / ``hf-clip:ID_OR_PATH`` — transformers BLIP retrieval (ITC) and CLIP
-  models (:mod:`.hf`).
+  models (:mod:`.hf`);
+- ``cav-mae:PATH_OR_URL`` — a CAV-MAE audio-visual encoder for video-audio retrieval (:mod:`.cav_mae`).
 
 Downloaded weights live in one cache folder (``model.cache_dir``, default ``models/cache``);
 a cached model loads without touching the network, so jobs on compute nodes without internet
@@ -87,7 +88,7 @@ LOADERS: Registry[Callable[[str, torch.device, Path], RetrievalModel]] = Registr
 
 
 def _register_loaders() -> None:
-    from . import hf, irra, openclip  # noqa: F401  (each registers its schemes; heavy imports stay lazy)
+    from . import cav_mae, hf, irra, openclip  # noqa: F401  (each registers its schemes; heavy imports stay lazy)
 
 
 def schemes() -> list[str]:
