@@ -347,3 +347,93 @@ def test_the_composed_model_feeds_clip4cir_the_raw_features(tmp_path):
     assert all(not p.requires_grad for p in model.combiner.parameters())  # frozen; TTA adapts the towers
     with pytest.raises(ConfigError, match=r"model.combiner 'avg'; valid: sum, trained or the path"):
         validate_cir({**cfg, "model": {"combiner": "avg"}})
+
+
+def test_fashioniq_is_scored_per_category_in_the_stream(tmp_path):
+    from _tiny import make_tiny_clip_dir
+    from qshift.adapt import run_stream
+    from qshift.cir import encode_cir_gallery, load_composed, load_triplets, query_loader
+    from qshift.gallery import load_gallery
+    from qshift.models import load_model
+
+    data, _ = prepared(tmp_path, "fashion-iq")
+    base = load_model(f"local-dir:{make_tiny_clip_dir(tmp_path / 'clip')}")
+    model = load_composed({"model": {"name": "tiny", "combiner": "sum"}}, base)
+    encode_cir_gallery(model, data, tmp_path / "gallery.pt", batch_size=8)
+    gal = load_gallery(tmp_path / "gallery.pt")
+    assert gal["image_group"] == [c for c, v in FIQ.items() for _ in v]
+    q = load_triplets(data / "manifest.json")
+    body = run_stream(model, "source", {}, "cir", q, gal, batch_size=4, seed=0, progress=False)
+    by = body["metrics_by_group"]
+    assert sorted(by) == ["dress", "shirt", "toptee"]
+    assert {g: v["n_queries"] for g, v in by.items()} == {c: len(v) - 2 for c, v in FIQ.items()}
+    with torch.no_grad():  # each category alone: its queries against its own gallery
+        z = torch.cat([model.encode("composed", b) for b in query_loader(model, q, batch_size=4)])
+    groups, owner = np.asarray(q.groups), gal["image_owner"]
+    for c in FIQ:
+        qi, gi = np.flatnonzero(groups == c), [i for i, g in enumerate(gal["image_group"]) if g == c]
+        s = z[qi] @ gal["image"][gi].T
+        tgt = torch.as_tensor([gi.index(int((owner == t).nonzero())) for t in q.targets[qi]])
+        rank = (s > s.gather(1, tgt[:, None])).sum(1)
+        for k in (1, 5):
+            assert by[c][f"R@{k}"] == pytest.approx(100.0 * float((rank < k).float().mean())), (c, k)
+    pooled = sum(by[c]["R@5"] * by[c]["n_queries"] for c in by) / q.n_queries
+    assert body["metrics"]["R@5"] == pytest.approx(pooled)  # metrics: over all queries; the report adds the mean
+
+
+# -- one CIRR-format benchmark through the real stage CLIs ---------------------------------------------
+
+@pytest.mark.pipeline
+def test_a_cirr_benchmark_runs_through_the_stage_clis(tmp_path):
+    import yaml
+
+    from _tiny import make_tiny_clip_dir
+    from pipeline_utils import REPO, make_repo, run
+    from qshift.cir import load_composed, load_triplets, query_loader
+    from qshift.models import load_model
+
+    repo = make_repo(tmp_path / "repo")
+    ann, imgs = write_cirr(tmp_path / "src")
+    clip = make_tiny_clip_dir(tmp_path / "tiny-clip")
+    ckpt = clip4cir_checkpoint(tmp_path / "combiner.pt")
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p["benchmark"] = "cirr-c"
+    p["datasets"]["cirr"]["annotations"]["path"] = str(_zip(ann, tmp_path / "cirr_dataset.zip"))
+    p["datasets"]["cirr"]["images"]["path"] = str(imgs)
+    preset = p["benchmarks"]["cirr-c"]
+    preset["model"].update(name="tiny-clip", source=f"local-dir:{clip}", combiner=str(ckpt), batch_size=8)
+    preset["corrupt"] = {"image": {"names": ["gaussian_noise"], "severities": [3]},
+                         "text": {"names": ["ocr"], "levels": [2], "filter": None}}
+    p["adapt"].update(methods=["source", "tcr"], batch_size=4)
+    p["threads"] = 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    for cmd in (["download.py"], ["prepare.py"], ["corrupt_images.py", "--corruption", "gaussian_noise", "--severity", "3"],
+                ["corrupt_text.py", "--corruption", "ocr", "--level", "2"], ["encode_gallery.py"],
+                ["adapt.py", "--method", "source", "--direction", "cir"],
+                ["adapt.py", "--method", "tcr", "--direction", "cir"]):
+        run(["python", f"stages/{cmd[0]}", *cmd[1:]], repo, timeout=600)
+    res = repo / "results/cirr-c/tiny-clip/cir"
+    files = sorted(p.relative_to(res).as_posix() for p in res.rglob("*.json"))
+    assert {"source/seed42/clean-s0.json", "source/seed42/gaussian_noise-s3.json", "source/seed42/ocr-s2.json",
+            "tcr/seed42/gaussian_noise-s3.json", "tcr/seed42/ocr-s2.json"} <= set(files), files
+    docs = {f: json.loads((res / f).read_text()) for f in files}
+    for f, doc in docs.items():
+        assert doc["n_queries"] == 10 and doc["n_gallery"] == 12 and set(doc["metrics"]) == {"R@1", "R@5", "R@10",
+                                                                                             "R@50"}, f
+        assert doc["metrics"]["R@50"] == 100.0  # 11 candidates: every target within 50
+    # the clean source run, recomputed here: CLIP4Cir's combiner over the tiny CLIP, the reference removed
+    base = load_model(f"local-dir:{clip}")
+    model = load_composed({"model": {"name": "tiny-clip", "combiner": str(ckpt)}}, base)
+    q = load_triplets(repo / "data/cirr-c/manifest.json")
+    gal = torch.load(repo / "data/embeddings/tiny-clip/cirr-c/gallery.pt", weights_only=True)
+    assert gal["protocol"] == {"protocol": "cirr", "exclude_reference": True}
+    with torch.no_grad():
+        z = torch.cat([model.encode("composed", b) for b in query_loader(model, q, batch_size=4)])
+    s = z @ gal["image"].T
+    owner = gal["image_owner"]
+    s[owner[None, :] == torch.as_tensor(q.image_ids)[:, None]] = float("-inf")
+    rank = (s > s.gather(1, torch.as_tensor([int((owner == t).nonzero()) for t in q.targets])[:, None])).sum(1)
+    for k in (1, 5, 10):
+        assert docs["source/seed42/clean-s0.json"]["metrics"][f"R@{k}"] == pytest.approx(
+            100.0 * float((rank < k).float().mean()))
+    assert docs["tcr/seed42/ocr-s2.json"]["counters"]  # tcr adapted on the corrupted modification texts
