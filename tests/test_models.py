@@ -412,9 +412,9 @@ def test_fetch_script_loads_and_checks_offline(dirs, tmp_path, capsys, monkeypat
 # --------------------------------------------------------------------------------------------
 def test_unknown_scheme_and_missing_scheme_name_the_valid_schemes():
     assert {"local-dir", "open_clip", "hf-blip", "hf-clip"} <= set(schemes())
-    with pytest.raises(UnknownNameError, match="hf-blip, hf-clip, irra, local-dir, open_clip"):
+    with pytest.raises(UnknownNameError, match="cav-mae, hf-blip, hf-clip, irra, local-dir, open_clip"):
         load_model("hf-bliip:Salesforce/blip-itm-base-coco")
-    with pytest.raises(ConfigError, match="SCHEME:IDENTIFIER.*hf-blip, hf-clip, irra, local-dir, open_clip"):
+    with pytest.raises(ConfigError, match="SCHEME:IDENTIFIER.*cav-mae, hf-blip, hf-clip, irra, local-dir, open_clip"):
         load_model("Salesforce/blip-itm-base-coco")
 
 
@@ -426,7 +426,7 @@ def test_missing_path_names_path_and_schemes(src, missing):
     with pytest.raises(InputError) as e:
         load_model(src)
     msg = str(e.value)
-    assert missing in msg and "not found" in msg and "hf-blip, hf-clip, irra, local-dir, open_clip" in msg
+    assert missing in msg and "not found" in msg and "cav-mae, hf-blip, hf-clip, irra, local-dir, open_clip" in msg
 
 
 def test_open_clip_errors_name_close_architectures_and_valid_tags():

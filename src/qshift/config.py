@@ -249,7 +249,7 @@ def diff_overrides(cfg: dict, base: dict, prefix: str = "") -> list[str]:
 
 # model.source schemes (qshift.models LOADERS; kept here so validating params never imports
 # the model libraries — tests/test_presets.py checks the two agree)
-MODEL_SCHEMES = ("hf-blip", "hf-clip", "irra", "local-dir", "open_clip")
+MODEL_SCHEMES = ("cav-mae", "hf-blip", "hf-clip", "irra", "local-dir", "open_clip")
 
 
 # names that become path components (models/<model>, data/<dataset>, results/.../<method>/...)

@@ -55,13 +55,13 @@ from torch import nn
 from ..audio_features import CAV_MAE_MEAN, CAV_MAE_MEL_BINS, CAV_MAE_SAMPLE_RATE, CAV_MAE_STD, cav_mae_fbank
 from ..errors import ConfigError, InputError
 from .base import LOADERS, missing_path_error
+from .video_audio import VA_MODALITIES, VideoAudioModel
 
 # CAV-MAE's frame preprocessing (src/dataloader.py: T.Normalize; src/retrieval.py: im_res 224)
 IMAGE_MEAN = (0.4850, 0.4560, 0.4060)
 IMAGE_STD = (0.2290, 0.2240, 0.2250)
 IMAGE_SIZE = 224
 NORM_SCOPES = ("branch", "shared")
-VA_MODALITIES = ("video", "audio")
 _TAG = {"video": "v", "audio": "a"}
 # keys every CAV-MAE encoder has (the errors name them)
 REQUIRED_KEYS = ("patch_embed_a.proj.weight", "patch_embed_v.proj.weight", "modality_a", "modality_v",
@@ -166,14 +166,9 @@ class CavMaeEncoder(nn.Module):
         return self.norm_v(v)
 
 
-class CavMaeModel:
-    """A video-audio retrieval model (the interface the ``video-audio`` task uses):
-    ``encode_video``, ``encode_audio``, ``video_transform``, ``audio_transform``; ``encode(modality, x)``
-    and ``norm_layers(modality)`` for test-time adaptation (modalities ``video`` and ``audio``)."""
-
-    modalities = VA_MODALITIES
-    preprocess = "native"
-    autocast_dtype: torch.dtype | None = None
+class CavMaeModel(VideoAudioModel):
+    """CAV-MAE as a :class:`~qshift.models.video_audio.VideoAudioModel` (``encode_video``,
+    ``encode_audio``, ``video_transform``, ``audio_transform``, ``norm_layers``)."""
 
     def __init__(self, name: str, module: CavMaeEncoder, device: torch.device, *, image_size: int = IMAGE_SIZE,
                  target_length: int = 1024, frames: int = 1, norms: str = "branch"):
@@ -228,31 +223,14 @@ class CavMaeModel:
         return cav_mae_fbank(w, self.sample_rate, target_length=self.target_length, mel_bins=self.mel_bins,
                              mean=CAV_MAE_MEAN, std=CAV_MAE_STD)
 
-    # --- encoding ------------------------------------------------------------------------------
-    def _encode(self, modality: str, batch: torch.Tensor) -> torch.Tensor:
-        if modality == "audio":
-            if batch.dim() != 3:
-                raise InputError(f"encode_audio: expected (B, frames, mel), got {tuple(batch.shape)}")
-            return self.module.audio_tokens(batch).mean(dim=1)
-        if batch.dim() == 4:
-            batch = batch.unsqueeze(1)
-        if batch.dim() != 5:
-            raise InputError(f"encode_video: expected (B, T, 3, H, W), got {tuple(batch.shape)}")
-        b, t = batch.shape[:2]
-        z = self.module.video_tokens(batch.flatten(0, 1)).mean(dim=1)
+    # --- encoding (VideoAudioModel.encode moves the batch and L2-normalises) --------------------
+    def _encode_audio(self, fbank: torch.Tensor) -> torch.Tensor:
+        return self.module.audio_tokens(fbank.float()).mean(dim=1)
+
+    def _encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        b, t = video.shape[:2]
+        z = self.module.video_tokens(video.float().flatten(0, 1)).mean(dim=1)
         return z.reshape(b, t, -1).mean(dim=1)
-
-    def encode(self, modality: str, batch: torch.Tensor) -> torch.Tensor:
-        if modality not in VA_MODALITIES:
-            raise ConfigError(f"modality {modality!r}; valid for {self.name}: {', '.join(VA_MODALITIES)}")
-        z = self._encode(modality, batch.to(self.device, non_blocking=True).float())
-        return torch.nn.functional.normalize(z, dim=-1)
-
-    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        return self.encode("video", video)
-
-    def encode_audio(self, fbank: torch.Tensor) -> torch.Tensor:
-        return self.encode("audio", fbank)
 
     # --- test-time adaptation ------------------------------------------------------------------
     def norm_layers(self, modality: str) -> list[tuple[str, nn.Module]]:
