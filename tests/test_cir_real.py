@@ -381,6 +381,37 @@ def test_fashioniq_is_scored_per_category_in_the_stream(tmp_path):
     assert body["metrics"]["R@5"] == pytest.approx(pooled)  # metrics: over all queries; the report adds the mean
 
 
+def test_the_report_has_fashioniq_tables_per_category_and_their_mean():
+    from pipeline_utils import REPO
+    from qshift.config import Run, load_params
+    from qshift.report.build import Direction, results_blocks
+    from qshift.report.blocks import markdown
+    from qshift.report.tables import group_tables
+
+    cfg = load_params(REPO / "params.yaml", ["benchmark=fiq-c", "corrupt.image.names=[fog]",
+                                             "corrupt.text.names=[ocr]", "adapt.methods=[source,tcr]"])
+    cells = [("clean", 0), ("fog", 5), ("ocr", 7)]
+    found = {}
+    for m, base in (("source", 10.0), ("tcr", 20.0)):
+        for j, (c, sev) in enumerate(cells):
+            by = {g: {"R@1": 0.0, "R@5": 0.0, "R@10": base + j + i, "R@50": 2 * base + i, "n_queries": 5}
+                  for i, g in enumerate(("dress", "shirt", "toptee"))}
+            found[Run("fiq-c", "clip", "cir", m, c, sev, 42)] = {"metrics": {"R@10": -1.0}, "metrics_by_group": by}
+    t = group_tables(cfg, "cir", found, ("R@10", "R@50"))
+    assert list(t) == [f"R@{k} {g}" for k in (10, 50) for g in ("dress", "shirt", "toptee", "category mean")]
+    assert t["R@10 shirt"]["rows"]["tcr"] == {"fog s5": 22.0, "OCR s7": 23.0, "Avg": 22.5, "Clean": 21.0}
+    assert t["R@10 category mean"]["rows"]["source"]["fog s5"] == pytest.approx(12.0)  # (11 + 12 + 13) / 3
+    assert t["R@50 category mean"]["rows"]["source"]["Clean"] == pytest.approx(21.0)
+    assert group_tables(cfg, "cir", {r: {"metrics": d["metrics"]} for r, d in found.items()}, ("R@10",)) == {}
+    from qshift import stats
+
+    unc = stats.direction_intervals(cfg, "cir", found)
+    blocks = results_blocks(Direction("cir", {"R@1": t["R@10 dress"], "R@5": t["R@10 dress"],
+                                              "R@10": t["R@10 dress"], **t}, unc, {}))
+    md = markdown(blocks)
+    assert "FashionIQ convention" in md and "R@10 toptee (%):" in md and "R@50 category mean (%):" in md
+
+
 # -- one CIRR-format benchmark through the real stage CLIs ---------------------------------------------
 
 @pytest.mark.pipeline

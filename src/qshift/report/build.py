@@ -23,7 +23,8 @@ from .blocks import Block, Bullets, Details, Figure, Heading, Para, Table, html_
 from .inputs import _clean_methods, _fmt, cell_label, collect, independent_r1, query_provenance, sequential_curves
 from .figures import plot_bars, plot_forgetting, plot_heatmap, plot_online, plot_severity
 from .tables import (avg_note, delta_block, delta_table, direction_table, forgetting_block, forgetting_table,
-                     metric_block, mixed_domain_block, paper_block, paper_comparison, stream_tables, streams_block)
+                     group_tables, metric_block, mixed_domain_block, paper_block, paper_comparison, stream_tables,
+                     streams_block)
 
 DIRECTION_TITLE = {"i2t": "Image-to-text retrieval (image queries corrupted)",
                    "t2i": "Text-to-image retrieval (caption queries corrupted)"}
@@ -41,6 +42,8 @@ def direction_title(name: str) -> str:
     from ..tasks import direction
 
     return direction(name).title
+GROUP_NOTE = ("FashionIQ convention: each category (dress, shirt, toptee) is ranked against its own gallery; "
+              "R@10 / R@50 per category and their unweighted mean (the tables below), beside R@K over all queries.")
 IDENTITY_NOTE = ("Identity-level matching (person re-identification): a query's hit is any gallery image of "
                  "the same identity within K; **mAP** over every relevant gallery item, as ReID papers report.")
 
@@ -171,6 +174,7 @@ def measure(g: Grid, direction: str, summary: dict) -> Direction:
     extra = tuple(f"R@{k}" for k in direction_ks(direction) if f"R@{k}" not in METRICS)  # cir: R@50 (qshift.tasks)
     tables = {k: direction_table(cfg, direction, found, k, g.diverged)
               for k in METRICS + (("mAP",) if identity else ()) + extra}
+    tables.update(group_tables(cfg, direction, found, ("R@10", "R@50"), g.diverged))  # FashionIQ's categories
     unc = stats.direction_intervals(cfg, direction, found)  # bootstrap intervals (qshift.stats)
     summary["directions"][direction] = direction_summary(tables, unc)
     figs = {k: g.fig_dir / f"{direction}_{k}.png" for k in ("r1", "online", "heatmap", "severity", "forgetting")}
@@ -222,7 +226,10 @@ def results_blocks(d: Direction) -> list[Block]:
         if k == "R@1" and ci:
             h += [Heading(3, "R@1 with 95% intervals; paired Δ to source"), Table.grid(*stats.ci_rows(r1, unc)),
                   Table.grid(*stats.delta_rows(unc)), Para(stats.note(unc), "note")]
+    noted = False
     for k in (k for k in d.tables if k.startswith("R@") and k not in METRICS):  # a task's further R@K (cir: R@50)
+        if " " in k and not noted:  # FashionIQ's per-category tables (tables.group_tables) follow
+            md, h, noted = md + [Para(GROUP_NOTE)], h + [Para(GROUP_NOTE, "note")], True
         md += [Para(f"{k} (%):"), metric_block(d.tables[k])]
         h += [Heading(3, f"{k} (%)"), metric_block(d.tables[k], html=True)]
     if "mAP" in d.tables:  # identity-level datasets (ReID): mAP beside R@K, in both renderings

@@ -51,6 +51,30 @@ def direction_table(cfg: dict, direction: str, found: dict[Run, dict], metric: s
             "avg_excludes": excludes}
 
 
+GROUP_MEAN = "category mean"
+
+
+def group_tables(cfg: dict, direction: str, found: dict[Run, dict], metrics: tuple[str, ...],
+                 diverged: dict[Run, dict] | None = None) -> dict[str, dict]:
+    """FashionIQ-style tables (results' ``metrics_by_group``, qshift.cir): per metric, one
+    :func:`direction_table` per category and one of the unweighted mean over the categories (the
+    benchmark's average), keyed ``"<metric> <category>"`` / ``"<metric> category mean"``; {} when
+    no run of the direction is scored per group."""
+    groups = sorted({g for r, doc in found.items() if r.direction == direction
+                     for g in (doc.get("metrics_by_group") or {})})
+    out: dict[str, dict] = {}
+    for metric in metrics if groups else ():
+        for g in groups + [GROUP_MEAN]:
+            view = {}
+            for r, doc in found.items():
+                by = doc.get("metrics_by_group") or {}
+                vals = [by.get(x, {}).get(metric) for x in (groups if g == GROUP_MEAN else [g])]
+                ok = vals and all(v is not None for v in vals)
+                view[r] = {**doc, "metrics": {metric: sum(vals) / len(vals)} if ok else {}}
+            out[f"{metric} {g}"] = direction_table(cfg, direction, view, metric, diverged)
+    return out
+
+
 def _cell_text(table: dict, method: str, c: str, v) -> str:
     """A cell's text: the number, "diverged" for a diverged run, and a dagger on an Avg that excludes one."""
     if v is None and c in table.get("diverged", {}).get(method, ()):
