@@ -4,6 +4,7 @@ Golden arrays: tests/data/cav_mae/README.md says how they were made."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +214,175 @@ def test_url_source_downloads_into_the_model_cache(tmp_path, golden, monkeypatch
             load_model(f"cav-mae:heads=2@{server.url('/ckpt/absent.pth')}", cache_dir=tmp_path / "cache")
     finally:
         server.close()
+
+
+# -- decoding real clips (PyAV) and the AudioSet / VGGSound / CAV-MAE clip lists -------------------
+from qshift.data.av import ClipError, decode_clip, frame_indices  # noqa: E402
+from qshift.data.av_lists import index_clips, prepare_clip_list, read_clip_list  # noqa: E402
+
+
+def write_clip(path: Path, n: int = 20, fps: int = 10, w: int = 64, h: int = 48, audio: bool = True,
+               sr: int = 44100, channels: int = 2, acodec: str = "aac", seconds: float | None = None) -> Path:
+    """A real little video file: frame i has red = 10 * i; a 440 Hz tone on channel 1 and an
+    880 Hz tone on channel 2."""
+    import av
+
+    c = av.open(str(path), "w")
+    v = c.add_stream("mpeg4", rate=fps)
+    v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+    if audio:
+        a = c.add_stream(acodec, rate=sr)
+        a.layout = "stereo" if channels == 2 else "mono"
+    for i in range(n):
+        img = np.zeros((h, w, 3), np.uint8)
+        img[:, :, 0] = 10 * i
+        for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            c.mux(p)
+    for p in v.encode():
+        c.mux(p)
+    if audio:
+        t = np.arange(int(sr * (seconds if seconds is not None else n / fps))) / sr
+        x = np.stack([0.5 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 880 * t)])[:channels]
+        fr = av.AudioFrame.from_ndarray(x.astype(np.float32), format="fltp", layout=a.layout.name)
+        fr.sample_rate, fr.pts = sr, 0
+        for p in a.encode(fr):
+            c.mux(p)
+        for p in a.encode():
+            c.mux(p)
+    c.close()
+    return path
+
+
+def _dominant_hz(wave: np.ndarray, sr: int = 16000) -> float:
+    spec = np.abs(np.fft.rfft(wave * np.hanning(len(wave))))
+    return float(np.fft.rfftfreq(len(wave), 1 / sr)[spec.argmax()])
+
+
+def test_frame_indices_are_cav_mae_positions():
+    assert frame_indices(100, 10) == [0, 9, 19, 29, 39, 49, 59, 69, 79, 89]  # extract_video_frame.py
+    assert frame_indices(100, 1) == [49]  # frame_use = 5 of those 10
+    assert frame_indices(1, 3) == [0, 0, 0]
+
+
+@pytest.mark.parametrize("name,acodec", [("clip.mp4", "aac"), ("clip.mkv", "flac")])
+def test_decode_clip_frames_and_audio(tmp_path, name, acodec):
+    path = write_clip(tmp_path / name, acodec=acodec)
+    clip = decode_clip(path, n_frames=3, image_size=32)
+    assert clip.frames.shape == (3, 32, 32, 3) and clip.frames.dtype == np.uint8
+    assert clip.info["frame_indices"] == [0, 5, 12] and clip.info["video_frames"] == 20
+    red = clip.frames[:, 16, 16, 0].astype(int)
+    assert np.all(np.abs(red - np.array([0, 50, 120])) <= 12)  # the frames at those positions (lossy codec)
+    # 16 kHz, the first channel only (CAV-MAE's sox remix 1): its 440 Hz tone, not the 880 Hz one
+    assert clip.audio.dtype == np.float32 and abs(clip.audio.shape[0] - 32000) < 2100
+    assert abs(_dominant_hz(clip.audio[2000:18000]) - 440) < 3
+    assert clip.info["source_sample_rate"] == 44100
+    one = decode_clip(path, n_frames=1, image_size=32)
+    assert one.info["frame_indices"] == [9]
+
+
+def test_decode_failures_name_the_file(tmp_path):
+    cases = {
+        "noaudio.mp4": ("no-audio", "has no audio track"),
+        "garbage.mp4": ("unreadable", "unreadable"),
+        "empty.mp4": ("unreadable", "empty file"),
+        "truncated.mp4": ("unreadable", "unreadable"),
+        "silent.mp4": ("short-audio", "less than one 25 ms frame"),
+    }
+    write_clip(tmp_path / "noaudio.mp4", audio=False)
+    (tmp_path / "garbage.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes())
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    full = write_clip(tmp_path / "full.mp4").read_bytes()
+    (tmp_path / "truncated.mp4").write_bytes(full[:3000])
+    write_clip(tmp_path / "silent.mp4", seconds=0.005)
+    for name, (kind, msg) in cases.items():
+        with pytest.raises(ClipError, match=f"{name}.*{msg}") as err:
+            decode_clip(tmp_path / name, image_size=32)
+        assert err.value.kind == kind and isinstance(err.value, InputError)
+
+
+def _clip_folder(tmp_path: Path) -> Path:
+    d = tmp_path / "videos"
+    (d / "sub").mkdir(parents=True)
+    write_clip(d / "AAAAAAAAAAA_30.000.mp4")
+    write_clip(d / "sub" / "BBBBBBBBBBB_10.000.mkv", acodec="flac", n=12)
+    write_clip(d / "CCCCCCCCCCC_0.000.mp4", audio=False)  # no audio track
+    (d / "DDDDDDDDDDD_5.000.mp4").write_bytes(b"\x00garbage" * 100)  # corrupt
+    write_clip(d / "EEEEEEEEEEE_20.000.mp4", n=8)
+    return d
+
+
+def test_audioset_list_streams_clips_and_records_skips(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the output lies in an output folder (data/), which may be replaced
+    videos = _clip_folder(tmp_path)
+    csv = tmp_path / "eval_segments.csv"
+    csv.write_text("# Segments csv created Sun Mar  5 10:54:31 2017\n"
+                   "# num_ytids=5, num_segs=5, num_unique_labels=3, num_positive_labels=6\n"
+                   "# YTID, start_seconds, end_seconds, positive_labels\n"
+                   'AAAAAAAAAAA, 30.000, 40.000, "/m/09x0r,/m/05zppz"\n'
+                   'BBBBBBBBBBB, 10.000, 20.000, "/m/04rlf"\n'
+                   'CCCCCCCCCCC, 0.000, 10.000, "/m/04rlf"\n'
+                   'DDDDDDDDDDD, 5.000, 15.000, "/m/09x0r"\n'
+                   'ZZZZZZZZZZZ, 1.000, 11.000, "/m/09x0r"\n'
+                   'EEEEEEEEEEE, 20.000, 30.000, "/m/05zppz"\n')
+    entries = read_clip_list(csv, "audioset-csv")
+    assert [e.id for e in entries][:2] == ["AAAAAAAAAAA_30.000", "BBBBBBBBBBB_10.000"]
+    assert entries[0].labels == ["/m/09x0r", "/m/05zppz"]
+    out = tmp_path / "data" / "as-test"
+    stats = prepare_clip_list(csv, "audioset-csv", videos, out, n_frames=2, image_size=32,
+                              max_samples=20000, dataset="as-test", progress=False)
+    assert stats["listed"] == 6 and stats["kept"] == 3 and stats["skipped"] == 3
+    assert stats["skipped_by_kind"] == {"missing": 1, "no-audio": 1, "unreadable": 1}
+    meta = json.loads((out / "test" / "clips.json").read_text())
+    assert meta["ids"] == ["AAAAAAAAAAA_30.000", "BBBBBBBBBBB_10.000", "EEEEEEEEEEE_20.000"]
+    assert {s["id"]: s["kind"] for s in meta["skips"]} == {"CCCCCCCCCCC_0.000": "no-audio",
+                                                            "DDDDDDDDDDD_5.000": "unreadable",
+                                                            "ZZZZZZZZZZZ_1.000": "missing"}
+    assert any("DDDDDDDDDDD_5.000.mp4" in (s["file"] or "") for s in meta["skips"])
+    frames = np.load(out / "test" / "frames.npy", mmap_mode="r")
+    audio = np.load(out / "test" / "audio.npy", mmap_mode="r")
+    assert frames.shape == (3, 2, 32, 32, 3) and audio.shape == (3, 20000)
+    assert meta["audio_samples"][0] == 20000 and meta["audio_samples"][2] < 20000  # 0.8 s clip, zero-padded
+    assert float(np.abs(audio[2, meta["audio_samples"][2]:]).max(initial=0)) == 0.0
+    # with on_error: fail the first bad clip stops the build, naming it; the earlier output is kept
+    with pytest.raises(InputError, match=r"CCCCCCCCCCC_0\.000\.mp4.*no audio track"):
+        prepare_clip_list(csv, "audioset-csv", videos, out, image_size=32, on_error="fail",
+                          progress=False)
+    assert json.loads((out / "test" / "clips.json").read_text())["ids"] == meta["ids"]
+
+
+def test_vggsound_and_cav_mae_json_lists(tmp_path):
+    d = tmp_path / "vgg"
+    d.mkdir()
+    write_clip(d / "---g-f_I2yQ_000001.mp4", n=10)
+    write_clip(d / "KlsG1EnBEjc_361.mp4", n=10)
+    csv = tmp_path / "vggsound.csv"
+    csv.write_text('---g-f_I2yQ,1,people marching,test\n'
+                   '--0PQM4-hqg,30,waterfall burbling,train\n'
+                   'KlsG1EnBEjc,361,"playing bass guitar, electric",test\n')
+    entries = read_clip_list(csv, "vggsound-csv")
+    assert [e.id for e in entries] == ["---g-f_I2yQ_000001", "KlsG1EnBEjc_000361"]
+    assert entries[1].labels == ["playing bass guitar, electric"]
+    stats = prepare_clip_list(csv, "vggsound-csv", d, tmp_path / "out", image_size=32, max_samples=8000,
+                              progress=False)
+    assert stats["kept"] == 2 and stats["skipped"] == 0
+    js = tmp_path / "vgg_test_5_per_class_for_retrieval_cleaned.json"
+    js.write_text(json.dumps({"data": [{"video_id": "KlsG1EnBEjc_361", "wav": "x.wav", "video_path": "f/",
+                                        "labels": "vgg_235"}]}))
+    entries = read_clip_list(js, "cav-mae-json")
+    assert entries[0].labels == ["vgg_235"] and index_clips(d)[entries[0].stems[0]].name == "KlsG1EnBEjc_361.mp4"
+    with pytest.raises(InputError, match=r"vggsound\.csv line 1: start 'x' is not a number"):
+        bad = tmp_path / "vggsound.csv"
+        bad.write_text("abc,x,label,test\n")
+        read_clip_list(bad, "vggsound-csv")
+    with pytest.raises(ConfigError, match="clip list format 'csv'; valid: audioset-csv, vggsound-csv, cav-mae-json"):
+        read_clip_list(csv, "csv")
+
+
+def test_decoded_clip_through_cav_mae_transforms(tmp_path):
+    model = _tiny("pretrain")
+    clip = decode_clip(write_clip(tmp_path / "c.mp4"), n_frames=2, image_size=32)
+    video = model.video_transform(clip.frames)[None]
+    audio = model.audio_transform(clip.audio, 16000)[None]
+    assert video.shape == (1, 2, 3, 32, 32) and audio.shape == (1, 64, 128)
+    with torch.no_grad():
+        assert model.encode_video(video).shape == model.encode_audio(audio).shape == (1, 16)
