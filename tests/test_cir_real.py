@@ -40,13 +40,15 @@ def cirr_names(n: int = 12) -> list[str]:
     return [f"dev-{i}-{i % 3}-img{i % 2}" for i in range(n)]
 
 
-def cirr_triplets(names: list[str]) -> list[dict]:
+def cirr_triplets(names: list[str], n: int = 10, clean: bool = False) -> list[dict]:
+    """``clean``: captions the caption normalisation leaves as they are (the golden comparison)."""
     out = []
-    for k in range(10):
+    for k in range(n):
         ref, tgt = names[k], names[(k + 3) % len(names)]
         members = [ref, tgt] + [names[(k + j) % len(names)] for j in (5, 6, 7, 8)]
         out.append({"pairid": 12000 + k, "reference": ref, "target_hard": tgt, "target_soft": {tgt: 1.0},
-                    "caption": "" if k == 4 else f"Show  {k + 2} dogs instead, on grass.",
+                    "caption": "" if k == 4 else (f"show {k + 2} dogs instead, on grass" if clean else
+                                                  f"Show  {k + 2} dogs instead, on grass."),
                     "img_set": {"id": k, "members": members, "reference_rank": 0, "target_rank": 1}})
     return out
 
@@ -74,14 +76,14 @@ FIQ = {"dress": [f"B0D{i:05d}" for i in range(8)], "shirt": [f"B0S{i:05d}" for i
        "toptee": [f"B0T{i:05d}" for i in range(7)]}
 
 
-def write_fiq(root: Path) -> tuple[Path, Path]:
+def write_fiq(root: Path, fiq: dict | None = None) -> tuple[Path, Path]:
     ann = root / "fashion-iq-master"
     (ann / "captions").mkdir(parents=True)
     (ann / "image_splits").mkdir()
     imgs = root / "fiq-images"
     imgs.mkdir()
     seed = 0
-    for cat, names in FIQ.items():
+    for cat, names in (fiq or FIQ).items():
         trip = [{"target": names[(k + 1) % len(names)], "candidate": names[k],
                  "captions": [f"is {cat} number {k}.", f"has longer sleeves?"]} for k in range(len(names) - 2)]
         (ann / "captions" / f"cap.{cat}.val.json").write_text(json.dumps(trip))
@@ -146,7 +148,8 @@ def test_cirr_becomes_the_cir_layout(tmp_path, ann_zip):
         assert q.image_paths[i].name == f"{t['reference']}.png"
     assert q.captions[by_sentid[4]] == ""  # an empty modification text is a valid query
     assert q.captions[by_sentid[0]] == "show 2 dogs instead, on grass"  # the project's caption normalisation
-    assert gal.protocol == {"protocol": "cirr", "exclude_reference": True} and gal.groups is None
+    assert gal.protocol == {"protocol": "cirr", "exclude_reference": True, "recall_subset": True}
+    assert gal.groups is None
     doc = json.loads((data / "manifest.json").read_text())
     assert doc["meta"]["source_split"] == "val"
     s0 = next(s for im in doc["images"] for s in im["sentences"] if s["sentid"] == 0)
@@ -275,6 +278,27 @@ def test_cirr_removes_the_reference_and_fashioniq_ranks_within_the_category():
     assert rank.tolist() == [0, 2] and h[2].tolist() == [True, False]  # FashionIQ keeps the reference
     with pytest.raises(InputError, match="every triplet needs a 'group'"):
         candidate_mask(_split([10], [11]), gal)
+
+
+
+def test_cirr_recall_subset_ranks_within_the_image_set_without_the_reference():
+    from qshift.cir import subset_mask
+    from qshift.evaluation import hits_and_ranks
+
+    owner = torch.tensor([10, 11, 12, 13, 14])
+    q = _split([10, 12], [11, 14])
+    q.members = [[10, 11, 13], [12, 13, 14, 99]]  # the reference is a member; 99 is not in the gallery
+    gal = {"image_owner": owner, "protocol": {"recall_subset": True}}
+    m = subset_mask(q, gal)(np.array([0, 1]))
+    assert m.tolist() == [[True, False, True, False, True], [True, True, True, False, False]]
+    s = torch.tensor([[0.9, 0.5, 0.99, 0.6, 0.98],  # 12 and 14 (outside the set) and 13 beat the target 11
+                      [0.1, 0.2, 0.9, 0.8, 0.7]])   # the reference 12 and the member 13 beat the target 14
+    h, rank = hits_and_ranks(s.masked_fill(m, float("-inf")), torch.tensor([11, 14]), owner, (1, 2, 3))
+    assert rank.tolist() == [1, 1] and h[1].tolist() == [False, False] and h[2].tolist() == [True, True]
+    assert subset_mask(q, {"image_owner": owner}) is None
+    q.members = None
+    with pytest.raises(InputError, match="carry no 'members'"):
+        subset_mask(q, gal)
 
 
 # -- CLIP4Cir's combiner, loaded from its checkpoint format -----------------------------------------
@@ -412,6 +436,41 @@ def test_the_report_has_fashioniq_tables_per_category_and_their_mean():
     assert "FashionIQ convention" in md and "R@10 toptee (%):" in md and "R@50 category mean (%):" in md
 
 
+def test_the_scores_match_clip4cirs_own_validation_code(tmp_path):
+    """CLIP4Cir's validate.py (cirr_val_retrieval, fashioniq_val_retrieval) computed
+    tests/data/cir_protocol_golden.json on these fixtures with the same tiny CLIP and combiner
+    (how: its ``made_by``); QShift's source run must give the same R@K."""
+    from _tiny import make_tiny_clip_dir
+    from qshift.adapt import run_stream
+    from qshift.cir import encode_cir_gallery, load_composed, load_triplets
+    from qshift.data.karpathy import download_dataset, prepare_real
+    from qshift.gallery import load_gallery
+    from qshift.models import load_model
+
+    golden = json.loads((Path(__file__).parent / "data" / "cir_protocol_golden.json").read_text())
+    base = load_model(f"local-dir:{make_tiny_clip_dir(tmp_path / 'clip')}")
+    model = load_composed({"model": {"name": "tiny", "combiner": str(clip4cir_checkpoint(tmp_path / "c.pt"))}}, base)
+    names = cirr_names(40)
+    ann, imgs = write_cirr(tmp_path / "cirr", names, cirr_triplets(names, 30, clean=True))
+    fiq = {c: [f"B0{c[0].upper()}{i:05d}" for i in range(30)] for c in ("dress", "shirt", "toptee")}
+    fann, fimgs = write_fiq(tmp_path / "fiq", fiq)
+    dl = {**DL, "cache_dir": str(tmp_path / "cache")}
+    for kind, d in (("cirr", cirr_entry(ann, imgs)),
+                    ("fashion-iq", {"kind": "fashion-iq", "task": "cir", "annotations": {"path": str(fann)},
+                                    "images": {"path": str(fimgs)}})):
+        download_dataset(kind, d, dl, tmp_path / kind / "raw", progress=False)
+        prepare_real(kind, d, tmp_path / kind / "raw", tmp_path / kind / "data", progress=False)
+        encode_cir_gallery(model, tmp_path / kind / "data", tmp_path / kind / "g.pt", batch_size=16)
+        body = run_stream(model, "source", {}, "cir", load_triplets(tmp_path / kind / "data" / "manifest.json"),
+                          load_gallery(tmp_path / kind / "g.pt"), batch_size=8, seed=0, progress=False)
+        if kind == "cirr":
+            assert body["metrics"] == pytest.approx(golden["cirr"], abs=1e-4)
+        else:
+            got = {f"{c} {k}": v[k] for c, v in body["metrics_by_group"].items() for k in ("R@10", "R@50")}
+            assert got == pytest.approx({f"{c} {k}": v for c, m in golden["fashion-iq"].items()
+                                         for k, v in m.items()}, abs=1e-4)
+
+
 # -- one CIRR-format benchmark through the real stage CLIs ---------------------------------------------
 
 @pytest.mark.pipeline
@@ -449,15 +508,15 @@ def test_a_cirr_benchmark_runs_through_the_stage_clis(tmp_path):
             "tcr/seed42/gaussian_noise-s3.json", "tcr/seed42/ocr-s2.json"} <= set(files), files
     docs = {f: json.loads((res / f).read_text()) for f in files}
     for f, doc in docs.items():
-        assert doc["n_queries"] == 10 and doc["n_gallery"] == 12 and set(doc["metrics"]) == {"R@1", "R@5", "R@10",
-                                                                                             "R@50"}, f
+        assert doc["n_queries"] == 10 and doc["n_gallery"] == 12 and set(doc["metrics"]) == {
+            "R@1", "R@5", "R@10", "R@50", "R_subset@1", "R_subset@2", "R_subset@3"}, f
         assert doc["metrics"]["R@50"] == 100.0  # 11 candidates: every target within 50
     # the clean source run, recomputed here: CLIP4Cir's combiner over the tiny CLIP, the reference removed
     base = load_model(f"local-dir:{clip}")
     model = load_composed({"model": {"name": "tiny-clip", "combiner": str(ckpt)}}, base)
     q = load_triplets(repo / "data/cirr-c/manifest.json")
     gal = torch.load(repo / "data/embeddings/tiny-clip/cirr-c/gallery.pt", weights_only=True)
-    assert gal["protocol"] == {"protocol": "cirr", "exclude_reference": True}
+    assert gal["protocol"] == {"protocol": "cirr", "exclude_reference": True, "recall_subset": True}
     with torch.no_grad():
         z = torch.cat([model.encode("composed", b) for b in query_loader(model, q, batch_size=4)])
     s = z @ gal["image"].T
@@ -466,5 +525,16 @@ def test_a_cirr_benchmark_runs_through_the_stage_clis(tmp_path):
     rank = (s > s.gather(1, torch.as_tensor([int((owner == t).nonzero()) for t in q.targets])[:, None])).sum(1)
     for k in (1, 5, 10):
         assert docs["source/seed42/clean-s0.json"]["metrics"][f"R@{k}"] == pytest.approx(
+            100.0 * float((rank < k).float().mean()))
+    # Recall_subset: within img_set.members (6 per triplet here), the reference removed
+    pos = {int(g): i for i, g in enumerate(owner.tolist())}
+    out = torch.ones_like(s, dtype=torch.bool)
+    for i, ms in enumerate(q.members):
+        out[i, [pos[m] for m in ms]] = False
+    s = s.masked_fill(out, float("-inf"))
+    rank = (s > s.gather(1, torch.as_tensor([pos[int(t)] for t in q.targets])[:, None])).sum(1)
+    assert (s > float("-inf")).sum(1).tolist() == [5] * 10
+    for k in (1, 2, 3):
+        assert docs["source/seed42/clean-s0.json"]["metrics"][f"R_subset@{k}"] == pytest.approx(
             100.0 * float((rank < k).float().mean()))
     assert docs["tcr/seed42/ocr-s2.json"]["counters"]  # tcr adapted on the corrupted modification texts

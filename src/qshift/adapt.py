@@ -78,11 +78,12 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
     dom_hits: dict[str, dict[int, int]] = defaultdict(lambda: {k: 0 for k in ks})
     dom_n: dict[str, int] = defaultdict(int)
     tta = build_method(method, model, q_mod, g_emb, hparams, steps=steps, amp=amp)
-    cand = groups = None  # the real CIR benchmarks' scoring rules (qshift.cir.candidate_mask); builtin: none
+    cand = groups = subset = None  # the real CIR benchmarks' scoring rules (qshift.cir.candidate_mask); builtin: none
     if composed:
-        from .cir import candidate_mask, group_names, query_loader
+        from .cir import SUBSET_KS, candidate_mask, group_names, query_loader, subset_mask
 
         cand, groups = candidate_mask(queries, gallery), group_names(queries, gallery)
+        subset, sub_hits = subset_mask(queries, gallery), {k: 0 for k in SUBSET_KS}
     grp_hits: dict[str, dict[int, int]] = defaultdict(lambda: {k: 0 for k in ks})
     grp_n: dict[str, int] = defaultdict(int)
     if composed:
@@ -109,6 +110,12 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
             if cand is not None:  # CIRR: the reference is no candidate; FashionIQ: its category's gallery only
                 scores = scores.masked_fill(cand(order[done:done + b]).to(scores.device), float("-inf"))
             h, rank = hits_and_ranks(scores, owners[order[done:done + b]], g_owner, ks)
+            if subset is not None:  # CIRR: Recall_subset@1/2/3 within the query's image set
+                hs, _ = hits_and_ranks(out.scores.masked_fill(subset(order[done:done + b]).to(out.scores.device),
+                                                              float("-inf")), owners[order[done:done + b]], g_owner,
+                                       SUBSET_KS)
+                for k in SUBSET_KS:
+                    sub_hits[k] += int(hs[k].sum())
             if groups is not None:  # FashionIQ: R@K per category
                 hk = {k: h[k].cpu().tolist() for k in ks}
                 for i, q in enumerate(order[done:done + b].tolist()):
@@ -160,7 +167,8 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
     return {
         "status": "ok",
         "metrics": {**{f"R@{k}": 100.0 * hits[k] / n for k in ks},
-                    **({"mAP": 100.0 * ap_sum / n} if with_map else {})},
+                    **({"mAP": 100.0 * ap_sum / n} if with_map else {}),
+                    **({f"R_subset@{k}": 100.0 * sub_hits[k] / n for k in SUBSET_KS} if subset is not None else {})},
         **extra,
         "n_queries": n,
         "n_gallery": int(g_emb.shape[0]),

@@ -44,6 +44,7 @@ class CIRSplit:
     meta: dict = field(default_factory=dict)
     owner_kind: str = "image"
     groups: list | None = None  # (N,) FashionIQ's category per triplet (sentence key ``group``); None: no groups
+    members: list | None = None  # (N,) CIRR's img_set members per triplet (imgids; sentence key ``members``)
 
     @property
     def n_queries(self) -> int:
@@ -64,7 +65,7 @@ def load_triplets(path: str | Path, split: str = "test", check_files: bool = Tru
     if not images:
         present = sorted({im["split"] for im in doc["images"]})
         raise InputError(f"CIR manifest {path} has no triplets in split {split!r} (present: {present})")
-    sentids, ref_ids, paths, texts, targets, groups = [], [], [], [], [], []
+    sentids, ref_ids, paths, texts, targets, groups, members = [], [], [], [], [], [], []
     for im in images:
         p = root / im.get("filepath", "") / im["filename"]
         for s in im["sentences"]:
@@ -80,9 +81,11 @@ def load_triplets(path: str | Path, split: str = "test", check_files: bool = Tru
             texts.append(normalize_caption(s["raw"], words, norm))  # empty: a valid query
             targets.append(s["target"])
             groups.append(s.get("group"))
+            members.append(s.get("members"))
     return CIRSplit(str(doc.get("dataset", path.parent.name)), path, np.asarray(sentids), np.asarray(ref_ids),
                     paths, texts, np.asarray(targets, dtype=np.int64), dict(doc.get("meta", {})),
-                    groups=groups if any(g is not None for g in groups) else None)
+                    groups=groups if any(g is not None for g in groups) else None,
+                    members=members if all(m is not None for m in members) else None)
 
 
 @dataclass
@@ -116,7 +119,7 @@ def load_gallery_split(dataset_dir: str | Path, split: str = "test") -> CIRGalle
             raise InputError(f"CIR gallery image {p} (imgid {im['imgid']!r}, listed in {path}) not found")
         paths.append(p)
     meta = doc.get("meta") or {}
-    protocol = {k: meta[k] for k in ("protocol", "exclude_reference", "per_group") if meta.get(k)}
+    protocol = {k: meta[k] for k in ("protocol", "exclude_reference", "per_group", "recall_subset") if meta.get(k)}
     groups = [im.get("group") for im in images] if protocol.get("per_group") else None
     if groups is not None and any(g is None for g in groups):
         raise InputError(f"CIR gallery {path} scores per group (meta.per_group), but "
@@ -246,6 +249,27 @@ def candidate_mask(queries: CIRSplit, gallery: dict):
         return out
 
     return mask
+
+
+SUBSET_KS = (1, 2, 3)  # CIRR's Recall_subset@K
+
+
+def subset_mask(queries: CIRSplit, gallery: dict):
+    """CIRR's Recall_subset (``recall_subset``): per query, the gallery items outside its
+    ``img_set.members`` or equal to its reference are not candidates (CLIP4Cir's
+    ``compute_cirr_val_metrics``: the ranking without the reference, kept to the members); a
+    function of a batch's query indices as :func:`candidate_mask`, or None."""
+    if not (gallery.get("protocol") or {}).get("recall_subset"):
+        return None
+    if queries.members is None:
+        raise InputError(f"CIR queries {queries.manifest}: the gallery reports CIRR's Recall_subset, but the "
+                         f"triplets carry no 'members'; rebuild both from the same prepared dataset")
+    g_owner = torch.as_tensor(gallery["image_owner"])
+    pos = {int(g): i for i, g in enumerate(g_owner.tolist())}
+    keep = torch.ones(queries.n_queries, len(g_owner), dtype=torch.bool)
+    for i, ms in enumerate(queries.members):
+        keep[i, [pos[int(m)] for m in ms if int(m) in pos and int(m) != int(queries.image_ids[i])]] = False
+    return lambda idx: keep[torch.as_tensor(np.asarray(idx, dtype=np.int64))]
 
 
 def group_names(queries: CIRSplit, gallery: dict) -> list | None:

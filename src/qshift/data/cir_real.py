@@ -37,9 +37,15 @@ CLIP4Cir and most CIR papers report their analyses; it is written as QShift's ``
 Protocols (``meta.protocol``; applied when a CIR run is scored, :func:`qshift.cir.candidate_mask`):
 
 - ``cirr`` — R@1/5/10/50 over the whole validation gallery with each query's *reference image
-  removed from the candidates* (CLIP4Cir's ``compute_cirr_val_metrics``);
+  removed from the candidates*, and Recall_subset@1/2/3 within the triplet's ``img_set.members``
+  (CLIP4Cir's ``compute_cirr_val_metrics``);
 - ``fashion-iq`` — R@10/R@50 per category over that category's gallery only (the reference
   stays a candidate, as in CLIP4Cir's ``compute_fiq_val_metrics``), and their mean.
+
+Modification texts go through the project's caption normalisation when read (TCR's: lowercase,
+its punctuation set removed, at most 30 words), as every query text does — the corrupted copies
+keep no manifest metadata, so a per-benchmark rule would differ between clean and corrupted
+queries.
 
 Bad input is an :class:`~qshift.errors.InputError` naming the triplet (pairid / category and
 index), the annotation file and the image; a missing image is never skipped: a partial
@@ -110,7 +116,7 @@ def validate_cir_dataset(name: str, d: Mapping[str, Any]) -> None:
     """The CIR-specific keys of a ``datasets.<name>`` entry of kind cirr / fashion-iq."""
     where = f"datasets.{name}"
     kind = d.get("kind")
-    if d.get("task", "cir") != "cir":
+    if d.get("task") != "cir":
         raise ConfigError(f"params: {where} is kind {kind!r}, a composed image retrieval dataset: set task: cir")
     split = d.get("split", "val")
     if split not in SPLITS:
@@ -416,7 +422,7 @@ def prepare_cir(name: str, d: Mapping[str, Any], raw_dir: str | os.PathLike, out
     err = missing_error(bench, have, str(src))
     if err is not None:
         raise err
-    protocol = ({"protocol": "cirr", "exclude_reference": True} if kind == "cirr" else
+    protocol = ({"protocol": "cirr", "exclude_reference": True, "recall_subset": True} if kind == "cirr" else
                 {"protocol": "fashion-iq", "per_group": True, "groups": categories(d)})
     meta = {"generator": "qshift.data.cir_real", "task": "cir", "targets": TARGETS, "source_split": info["split"],
             **protocol,

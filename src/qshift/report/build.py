@@ -42,6 +42,7 @@ def direction_title(name: str) -> str:
     from ..tasks import direction
 
     return direction(name).title
+SUBSET_METRICS = ("R_subset@1", "R_subset@2", "R_subset@3")  # CIRR (qshift.cir.subset_mask)
 GROUP_NOTE = ("FashionIQ convention: each category (dress, shirt, toptee) is ranked against its own gallery; "
               "R@10 / R@50 per category and their unweighted mean (the tables below), beside R@K over all queries.")
 IDENTITY_NOTE = ("Identity-level matching (person re-identification): a query's hit is any gallery image of "
@@ -172,6 +173,8 @@ def measure(g: Grid, direction: str, summary: dict) -> Direction:
     cfg, found = g.cfg, g.found
     identity = any("mAP" in (doc.get("metrics") or {}) for r, doc in found.items() if r.direction == direction)
     extra = tuple(f"R@{k}" for k in direction_ks(direction) if f"R@{k}" not in METRICS)  # cir: R@50 (qshift.tasks)
+    extra += tuple(k for k in SUBSET_METRICS if any(k in (doc.get("metrics") or {}) for r, doc in found.items()
+                                                    if r.direction == direction))  # CIRR's Recall_subset@K
     tables = {k: direction_table(cfg, direction, found, k, g.diverged)
               for k in METRICS + (("mAP",) if identity else ()) + extra}
     tables.update(group_tables(cfg, direction, found, ("R@10", "R@50"), g.diverged))  # FashionIQ's categories
@@ -227,7 +230,7 @@ def results_blocks(d: Direction) -> list[Block]:
             h += [Heading(3, "R@1 with 95% intervals; paired Δ to source"), Table.grid(*stats.ci_rows(r1, unc)),
                   Table.grid(*stats.delta_rows(unc)), Para(stats.note(unc), "note")]
     noted = False
-    for k in (k for k in d.tables if k.startswith("R@") and k not in METRICS):  # a task's further R@K (cir: R@50)
+    for k in (k for k in d.tables if k.startswith(("R@", "R_subset@")) and k not in METRICS):  # cir: R@50, ...
         if " " in k and not noted:  # FashionIQ's per-category tables (tables.group_tables) follow
             md, h, noted = md + [Para(GROUP_NOTE)], h + [Para(GROUP_NOTE, "note")], True
         md += [Para(f"{k} (%):"), metric_block(d.tables[k])]
