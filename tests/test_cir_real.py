@@ -1,7 +1,8 @@
 """The real composed image retrieval path, offline: CIRR and FashionIQ adapters on tiny fixture
 annotation files (the benchmarks' own layouts) with generated images, their scoring conventions
-on hand-checkable galleries, the CLIP4Cir combiner loaded from a checkpoint, and one run of the
-stage CLIs (download -> prepare -> encode_gallery -> adapt source + tcr) on a fixture CIRR
+on hand-checkable galleries and against CLIP4Cir's own validation code, the CLIP4Cir combiner
+loaded from a checkpoint, and one pipeline run (Snakemake: download -> prepare -> corrupt ->
+encode_gallery -> adapt source + tcr -> report) on a fixture CIRR with a tiny saved open_clip
 (qshift.data.cir_real, qshift.cir, qshift.models.composed)."""
 
 from __future__ import annotations
@@ -471,10 +472,10 @@ def test_the_scores_match_clip4cirs_own_validation_code(tmp_path):
                                          for k, v in m.items()}, abs=1e-4)
 
 
-# -- one CIRR-format benchmark through the real stage CLIs ---------------------------------------------
+# -- one CIRR-format benchmark through the pipeline (Snakemake runs the real stage CLIs) ---------------
 
 @pytest.mark.pipeline
-def test_a_cirr_benchmark_runs_through_the_stage_clis(tmp_path):
+def test_a_cirr_benchmark_runs_through_the_pipeline(tmp_path):
     import yaml
 
     from _tiny import make_tiny_clip_dir
@@ -497,11 +498,14 @@ def test_a_cirr_benchmark_runs_through_the_stage_clis(tmp_path):
     p["adapt"].update(methods=["source", "tcr"], batch_size=4)
     p["threads"] = 1
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    for cmd in (["download.py"], ["prepare.py"], ["corrupt_images.py", "--corruption", "gaussian_noise", "--severity", "3"],
-                ["corrupt_text.py", "--corruption", "ocr", "--level", "2"], ["encode_gallery.py"],
-                ["adapt.py", "--method", "source", "--direction", "cir"],
-                ["adapt.py", "--method", "tcr", "--direction", "cir"]):
-        run(["python", f"stages/{cmd[0]}", *cmd[1:]], repo, timeout=600)
+    # the preset's DAG: download -> prepare -> corrupt -> pretrain (load) -> encode_gallery -> adapt_cir -> report
+    run(["snakemake", "--cores", "2"], repo, timeout=900)
+    rec = json.loads((repo / "data/raw/cirr-c/download.json").read_text())
+    assert rec["kind"] == "cirr" and rec["split"] == "val" and rec["n_triplets"] == 10
+    report = (repo / "reports/report.md").read_text()
+    assert "Composed image retrieval" in report and "R@50 (%)" in report and "R_subset@3 (%)" in report
+    again = run(["snakemake", "--cores", "1", "-n"], repo)
+    assert "Nothing to be done" in again.stdout + again.stderr  # a rerun does nothing
     res = repo / "results/cirr-c/tiny-clip/cir"
     files = sorted(p.relative_to(res).as_posix() for p in res.rglob("*.json"))
     assert {"source/seed42/clean-s0.json", "source/seed42/gaussian_noise-s3.json", "source/seed42/ocr-s2.json",
