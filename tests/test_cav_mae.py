@@ -175,6 +175,21 @@ def test_released_checkpoint_keys_load_as_a_real_model():
     assert geometry == {"image_size": 224, "target_length": 1024}
 
 
+@pytest.mark.parametrize("cls", ["CAVMAE", "CAVMAEFT"])
+def test_parameter_names_are_the_released_models(cls):
+    """At the released configuration (ViT-B, 11 + 1 blocks, 1024 frames, 224 px) every encoder
+    parameter has the reference class's name and shape; the reference's other keys are the ones
+    the loader ignores (MAE decoder, classifier head)."""
+    from qshift.models.cav_mae import _IGNORED, CavMaeEncoder
+
+    ref = json.loads((DATA / "reference_keys.json").read_text())[cls]
+    with torch.device("meta"):
+        ours = {k: list(v.shape) for k, v in CavMaeEncoder().state_dict().items()}
+    assert {k: ref[k] for k in ours} == ours
+    rest = sorted(set(ref) - set(ours))
+    assert rest and all(_IGNORED.match(k) for k in rest)
+
+
 def test_bad_checkpoints_name_the_file(tmp_path):
     garbled = tmp_path / "garbled.pth"
     garbled.write_bytes(b"not a torch file" * 10)
