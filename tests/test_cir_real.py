@@ -372,6 +372,9 @@ def test_the_composed_model_feeds_clip4cir_the_raw_features(tmp_path):
     assert all(not p.requires_grad for p in model.combiner.parameters())  # frozen; TTA adapts the towers
     with pytest.raises(ConfigError, match=r"model.combiner 'avg'; valid: sum, trained or the path"):
         validate_cir({**cfg, "model": {"combiner": "avg"}})
+    with pytest.raises(ConfigError, match=r"model.combiner: trained is the combiner the built-in CIR .*use "
+                                          r"model.combiner: sum or the path"):
+        validate_cir({**cfg, "model": {"name": "clip", "source": "open_clip:ViT-B-16@openai", "combiner": "trained"}})
 
 
 def test_fashioniq_is_scored_per_category_in_the_stream(tmp_path):

@@ -182,6 +182,11 @@ class Job:
         if self.cir:  # a CIR cell also depends on the task's code (image-text fingerprints unchanged)
             self.code += "+" + file_hash(Path(__file__).with_name("cir.py")) + file_hash(
                 Path(__file__).parent / "models" / "composed.py")
+            from .cir import combiner_kind
+            from .models.composed import is_checkpoint
+
+            if is_checkpoint(combiner_kind(cfg)):  # a CLIP4Cir checkpoint: its bytes, not only its path
+                self.code += "+" + file_hash(Path(combiner_kind(cfg)))
         self._shared: dict | None = None
 
     def plan(self, run: Run) -> tuple[dict, dict, dict, str]:

@@ -307,6 +307,12 @@ def validate_cir(cfg: dict) -> None:
     if kind not in COMBINERS and not is_checkpoint(kind):
         raise ConfigError(f"params: model.combiner {kind!r}; valid: {', '.join(COMBINERS)} or the path of a "
                           f"CLIP4Cir combiner checkpoint (.pt)")
+    from .config import trains_model
+
+    if kind == "trained" and "source" in (cfg.get("model") or {}) and not trains_model(cfg):
+        raise ConfigError(f"params: model.combiner: trained is the combiner the built-in CIR benchmark's pretrain "
+                          f"stage fits beside its CLIP; model.source {cfg['model']['source']!r} is a pretrained "
+                          f"model: use model.combiner: sum or the path of a CLIP4Cir combiner checkpoint (.pt)")
     hp = (cfg.get("pretrain") or {}).get("combiner") or {}
     if not isinstance(hp, dict):
         raise ConfigError(f"params: pretrain.combiner must be a mapping, got {hp!r}")
