@@ -33,6 +33,13 @@ def main() -> None:
     cfg = cli.load(args)
     ds = cfg["benchmark"]
     log = cli.start_log(f"logs/examples/{ds}.log")
+    from qshift.tasks import cfg_task, hook
+
+    task_examples = hook(cfg_task(cfg).name, "examples")  # video-audio: frame strips + log-mel thumbnails
+    if task_examples is not None:
+        stats = task_examples(cfg, Path(cfg["report"]["dir"]) / "corruptions")
+        log.info("examples: %s", stats)
+        return
     manifest = Path(MANIFEST.format(dataset=ds))
     doc = read_manifest(manifest)
     dataset = doc.get("dataset", ds)
@@ -66,12 +73,20 @@ def main() -> None:
                          corrupt=lambda n, t, lv, sd: corrupt_text(n, t, lv, sd, cfg=cfg),  # params name the models
                          seed_for=[pipeline_seed(dataset, s["sentid"]) for s in sents],
                          labels=TEXT_LABELS)
+    from qshift.tasks import is_cir
+
+    composed = None
+    if is_cir(cfg):  # composed image retrieval: the captions are modification texts (qshift.cir)
+        from qshift.cir import composed_examples
+
+        composed = composed_examples(manifest.parent, [s["sentid"] for s in sents], out / "text_examples.md", src)
     write_json(out / "examples.json", {
         "dataset": dataset, "seed": "derive_seed(dataset, id, corruption, severity or level)",
         "contact_sheet": {"image": str(src), "imgid": im["imgid"], "corruptions": list(BENCHMARK_IMAGE),
                           "severities": list(range(1, 6)),
                           **({"implementation": {"name": impl, **options}} if options else {})},
         "text": {"sentids": [s["sentid"] for s in sents], **text},
+        **({"composed": composed} if composed is not None else {}),
     })
     log.info("examples: %s, %s (%d text types not run)", out / "contact_sheet.png", out / "text_examples.md",
              len(text["not_run"]))

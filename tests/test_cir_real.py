@@ -509,6 +509,12 @@ def test_a_cirr_benchmark_runs_through_the_pipeline(tmp_path):
     assert "Composed image retrieval" in report and "R@50 (%)" in report and "R_subset@3 (%)" in report
     again = run(["snakemake", "--cores", "1", "-n"], repo)
     assert "Nothing to be done" in again.stdout + again.stderr  # a rerun does nothing
+    ex = json.loads((repo / "reports/corruptions/examples.json").read_text())  # the examples sheet's queries
+    trip = {t["pairid"]: t for t in cirr_triplets(cirr_names())}
+    assert ex["composed"] and all(Path(e["reference"]).stem == trip[e["triplet"]]["reference"] and
+                                  Path(e["target"]).stem == trip[e["triplet"]]["target_hard"] for e in ex["composed"])
+    assert [e["modification"] for e in ex["composed"]] == [c["clean"] for c in ex["text"]["captions"]]
+    assert "## Composed queries" in (repo / "reports/corruptions/text_examples.md").read_text()
     res = repo / "results/cirr-c/tiny-clip/cir"
     files = sorted(p.relative_to(res).as_posix() for p in res.rglob("*.json"))
     assert {"source/seed42/clean-s0.json", "source/seed42/gaussian_noise-s3.json", "source/seed42/ocr-s2.json",

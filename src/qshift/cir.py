@@ -285,6 +285,44 @@ def check_gallery(doc: dict, path) -> None:
         raise InputError(f"CIR gallery embeddings {path} are missing keys: {', '.join(missing)}")
 
 
+# -- the examples sheet -------------------------------------------------------------------------------
+
+def composed_examples(dataset_dir: str | Path, sentids, md_path: str | Path | None = None,
+                      sheet_image: str | Path | None = None) -> list[dict]:
+    """The composed queries behind the examples stage's captions (modification texts): per
+    sentid its triplet (pairid where the benchmark has one), reference and target image; with
+    ``md_path``, a "Composed queries" section is appended to the text examples."""
+    from .io import read_json, write_text
+
+    dataset_dir = Path(dataset_dir)
+    man, tg = dataset_dir / "manifest.json", targets_path(dataset_dir)
+    doc, gdoc = read_json(man, "CIR manifest"), read_json(tg, "CIR gallery")
+    target_file = {im["imgid"]: (image_root(gdoc, tg) / im.get("filepath", "") / im["filename"])
+                   for im in gdoc["images"]}
+    by_sent = {s["sentid"]: (im, s) for im in doc["images"] if im["split"] == "test" for s in im["sentences"]}
+    out = []
+    for sid in sentids:
+        if sid not in by_sent:
+            raise InputError(f"CIR manifest {man} has no test triplet with sentid {sid!r}")
+        im, s = by_sent[sid]
+        ref = image_root(doc, man) / im.get("filepath", "") / im["filename"]
+        out.append({"sentid": sid, "triplet": s.get("pairid", sid), "modification": s["raw"],
+                    "reference": str(ref), "target": str(target_file.get(s.get("target"), "")),
+                    **({"group": s["group"]} if "group" in s else {})})
+    if md_path is not None:
+        lines = ["## Composed queries", "",
+                 "Each caption above is the modification text of a composed query; with its reference image it "
+                 "is the query, and the target is what it should retrieve. Image corruptions shift the reference "
+                 "(the contact sheet" + (f" shows `{Path(sheet_image).name}`" if sheet_image else "") + "), text "
+                 "corruptions the modification text, one side per cell.", "",
+                 "| caption | triplet | reference image | target image |", "|---|---|---|---|"]
+        for i, e in enumerate(out):
+            lines.append(f"| {i + 1} | {e['triplet']}{' (' + e['group'] + ')' if 'group' in e else ''} | "
+                         f"`{Path(e['reference']).name}` | `{Path(e['target']).name}` |")
+        write_text(md_path, Path(md_path).read_text() + "\n".join(lines) + "\n")
+    return out
+
+
 # -- the composed model -------------------------------------------------------------------------------
 
 def combiner_kind(cfg: dict) -> str:
