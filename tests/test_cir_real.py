@@ -440,6 +440,41 @@ def test_the_report_has_fashioniq_tables_per_category_and_their_mean():
     assert "FashionIQ convention" in md and "R@10 toptee (%):" in md and "R@50 category mean (%):" in md
 
 
+def test_a_transformers_clip_composes_with_sum_and_a_clip4cir_combiner(tmp_path):
+    from test_models import make_tiny_hf_clip
+    from qshift.adapt import run_stream
+    from qshift.cir import encode_cir_gallery, load_composed, load_triplets, query_loader
+    from qshift.gallery import load_gallery
+    from qshift.models import load_model
+    from qshift.models.composed import CLIP4CirCombiner
+
+    base = load_model(f"hf-clip:{make_tiny_hf_clip(tmp_path / 'hf')}")
+    torch.manual_seed(1)
+    c = CLIP4CirCombiner(16, 12, 20)
+    torch.save({"epoch": 0, "Combiner": c.state_dict()}, tmp_path / "c16.pt")
+    data, _ = prepared(tmp_path / "d", "cirr")
+    q = load_triplets(data / "manifest.json")
+    for combiner in ("sum", str(tmp_path / "c16.pt")):
+        model = load_composed({"model": {"name": "hf", "combiner": combiner}}, base)
+        batch = next(iter(query_loader(model, q, batch_size=4)))
+        from qshift.models.composed import unpack
+
+        imgs, toks = unpack(batch)
+        with torch.no_grad():
+            fi, ft = base.module.get_image_features(pixel_values=imgs), base.module.get_text_features(input_ids=toks)
+            fi, ft = (x if isinstance(x, torch.Tensor) else x.pooler_output for x in (fi, ft))
+            if combiner == "sum":
+                want = torch.nn.functional.normalize(torch.nn.functional.normalize(fi, dim=-1)
+                                                     + torch.nn.functional.normalize(ft, dim=-1), dim=-1)
+            else:
+                want = c.eval()(fi, ft)
+            torch.testing.assert_close(model.encode("composed", batch), want)
+        encode_cir_gallery(model, data, tmp_path / "g.pt", batch_size=8)
+        body = run_stream(model, "source", {}, "cir", q, load_gallery(tmp_path / "g.pt"), batch_size=4, seed=0,
+                          progress=False)
+        assert body["n_gallery"] == 12 and 0.0 <= body["metrics"]["R@1"] <= body["metrics"]["R@10"] <= 100.0
+
+
 def test_the_scores_match_clip4cirs_own_validation_code(tmp_path):
     """CLIP4Cir's validate.py (cirr_val_retrieval, fashioniq_val_retrieval) computed
     tests/data/cir_protocol_golden.json on these fixtures with the same tiny CLIP and combiner
