@@ -1,0 +1,676 @@
+"""The video-audio retrieval task (directions ``v2a`` and ``a2v``): clips, query sets, hooks.
+
+REST (arXiv 2511.14416) names video-audio retrieval as its third task (Fig. 1: AS-C, a
+"temporal-sequence query shift" of video queries whose frames turn noisy, then blurred). Its
+protocol is not published: the directions, the per-frame / per-clip seeding, the streams, the
+built-in benchmark and what adapts are this project's **reconstruction** (docs/rest.md). The
+corruption suites and severities are READ's (ICLR 2024, same lab; :mod:`qshift.corrupt.video`,
+:mod:`qshift.corrupt.audio`).
+
+A *clip set* is a folder::
+
+    clips.json   {"format": "qshift-va-clips", "dataset", "split", "n", "ids": [...],
+                  "sample_rate", "frames": "frames.npy" | null, "audio": "audio.npy" | null,
+                  "meta": {...}}        (meta.stream / "domains": streams)
+    frames.npy   uint8   [N, T, H, W, 3]   (RGB)
+    audio.npy    float32 [N, samples]      (mono, in [-1, 1], one sample rate)
+
+The arrays are memory-mapped and read in batches (:class:`ClipSet`), so no job holds a whole
+split in memory. A prepared dataset (``data/<benchmark>/``) holds one clip set per split
+(``train/``, ``val/``, ``test/``) and ``manifest.json``. Query sets hold the corrupted
+modality only: ``data/queries/<benchmark>/video/<corruption>-s<severity>/`` (frames.npy) for
+v2a, ``.../audio/<corruption>-s<severity>/`` (audio.npy) for a2v, and streams under
+``video-stream/<name>/`` / ``audio-stream/<name>/``. The gallery (encoded once, frozen): every
+test clip's video and audio embeddings (``gallery.pt``: ``task: video-audio``), a query's
+correct gallery item being its own clip.
+
+Bad input is a clear error naming the file (and clip): a missing or malformed ``clips.json``,
+arrays of the wrong dtype/shape, a zero-length clip (no frames / no samples), a NaN or inf
+waveform sample (checked per clip as it is read), ids that are not unique.
+
+Streams (``streams.video`` / ``streams.audio``, like ``streams.image``): ``mixed`` and
+``sequential`` streams over (corruption, severity) domains of successive clips
+(:mod:`qshift.streams`' assignment; ``clean`` may be a domain: clean -> noise -> blur), and for
+video ``segments``: every clip's frames cut into one contiguous segment per domain (frames 0-1
+clean, 2 noise, 3 blur) — a shift inside each clip. Each clip (frame) is corrupted with the
+seed it has in the per-corruption set, so a stream's query equals that domain's own query.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import ConfigError, InputError, UnknownNameError
+
+log = logging.getLogger("qshift.stage")
+
+FORMAT = "qshift-va-clips"
+MANIFEST_FORMAT = "qshift-va-dataset"
+CLIPS = "clips.json"
+VIDEO_QUERIES = "data/queries/{dataset}/video/{corruption}-s{severity}"
+AUDIO_QUERIES = "data/queries/{dataset}/audio/{corruption}-s{severity}"
+STREAM_QUERIES = "data/queries/{dataset}/{side}-stream/{stream}"
+SIDE = {"v2a": "video", "a2v": "audio"}
+GALLERY_KEYS = ("task", "video", "audio", "video_owner", "audio_owner", "model", "manifest_sha256", "split")
+STREAM_KINDS = ("mixed", "sequential", "segments")
+
+
+# -- clip sets --------------------------------------------------------------------------------------
+
+class ClipSetWriter:
+    """Writes a clip set clip by clip into memory-mapped arrays (bounded memory)."""
+
+    def __init__(self, folder: str | Path, n: int, frames_shape=None, samples: int | None = None,
+                 sample_rate: int | None = None):
+        from numpy.lib.format import open_memmap
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.n, self.sample_rate = n, sample_rate
+        self.frames = (open_memmap(self.folder / "frames.npy", mode="w+", dtype=np.uint8, shape=(n, *frames_shape))
+                       if frames_shape is not None else None)
+        self.audio = (open_memmap(self.folder / "audio.npy", mode="w+", dtype=np.float32, shape=(n, samples))
+                      if samples is not None else None)
+
+    def put(self, i: int, frames: np.ndarray | None = None, audio: np.ndarray | None = None) -> None:
+        if frames is not None:
+            self.frames[i] = frames
+        if audio is not None:
+            self.audio[i] = audio
+
+    def close(self, dataset: str, split: str, ids, meta: dict | None = None) -> Path:
+        for arr in (self.frames, self.audio):
+            if arr is not None:
+                arr.flush()
+        doc = {"format": FORMAT, "dataset": dataset, "split": split, "n": self.n, "ids": [int(i) for i in ids],
+               "sample_rate": self.sample_rate, "frames": "frames.npy" if self.frames is not None else None,
+               "audio": "audio.npy" if self.audio is not None else None, "meta": meta or {}}
+        (self.folder / CLIPS).write_text(json.dumps(doc) + "\n")
+        self.frames = self.audio = None
+        return self.folder / CLIPS
+
+
+@dataclass
+class ClipSet:
+    """A clip set opened for batched reads (module docstring)."""
+
+    folder: Path
+    manifest: Path  # clips.json (what errors and results name)
+    dataset: str
+    split: str
+    ids: np.ndarray
+    sample_rate: int | None
+    frames_file: Path | None
+    audio_file: Path | None
+    meta: dict = field(default_factory=dict)
+    owner_kind: str = "clip"
+    _frames: np.ndarray | None = None
+    _audio: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    n_queries = n
+
+    @property
+    def query_ids(self) -> np.ndarray:  # the outcomes' query ids (qshift.outcomes)
+        return self.ids
+
+    @property
+    def frames_shape(self) -> tuple:
+        return tuple(self._frames.shape) if self._frames is not None else ()
+
+    @property
+    def samples(self) -> int:
+        return int(self._audio.shape[1]) if self._audio is not None else 0
+
+    def frames(self, idx) -> np.ndarray:
+        if self._frames is None:
+            raise InputError(f"clip set {self.manifest} holds no video frames")
+        return np.asarray(self._frames[np.asarray(idx)])
+
+    def audio(self, idx) -> np.ndarray:
+        if self._audio is None:
+            raise InputError(f"clip set {self.manifest} holds no audio")
+        return np.asarray(self._audio[np.asarray(idx)])
+
+    def clip(self, i: int) -> str:
+        return f"clip {int(self.ids[i])} (row {i}) of {self.manifest}"
+
+    def checked_wave(self, i: int) -> np.ndarray:
+        wave = np.asarray(self._audio[i]) if self._audio is not None else self.audio([i])[0]
+        if not np.isfinite(wave).all():
+            raise InputError(f"{self.clip(i)}: the waveform has {int((~np.isfinite(wave)).sum())} NaN/inf samples "
+                             f"({self.audio_file})")
+        return wave
+
+
+def _open_array(path: Path, what: str, dtype, ndim: int, n: int, clips: Path) -> np.ndarray:
+    if not path.is_file():
+        raise InputError(f"clip set {clips}: {what} file {path} not found")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"clip set {clips}: {what} file {path} is unreadable: {e}") from None
+    if arr.dtype != dtype or arr.ndim != ndim:
+        raise InputError(f"clip set {clips}: {path} must be {np.dtype(dtype).name} with {ndim} dimensions, got "
+                         f"{arr.dtype} {arr.shape}")
+    if arr.shape[0] != n:
+        raise InputError(f"clip set {clips}: {path} has {arr.shape[0]} clips, {CLIPS} lists {n}")
+    if any(s == 0 for s in arr.shape[1:]):
+        raise InputError(f"clip set {clips}: {path} has shape {arr.shape}: zero-length clips (no "
+                         f"{'frames' if what == 'frames' else 'samples'})")
+    return arr
+
+
+def read_clipset(folder: str | Path) -> ClipSet:
+    """Open a clip set folder (or its clips.json); errors name the file."""
+    folder = Path(folder)
+    if folder.name == CLIPS:
+        folder = folder.parent
+    path = folder / CLIPS
+    if not path.is_file():
+        raise InputError(f"clip set {path} not found (the prepare / corruption stages of a video-audio benchmark "
+                         f"write it)")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"clip set {path} is not valid JSON: {e}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise InputError(f"{path} is not a clip set (format {FORMAT!r})")
+    ids = doc.get("ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise InputError(f"clip set {path}: 'ids' must be a non-empty list of integer clip ids")
+    if len(set(ids)) != len(ids):
+        raise InputError(f"clip set {path}: clip ids are not unique")
+    n = len(ids)
+    frames = audio = None
+    if doc.get("frames"):
+        frames = _open_array(folder / doc["frames"], "frames", np.uint8, 5, n, path)
+        if frames.shape[-1] != 3:
+            raise InputError(f"clip set {path}: frames must be RGB [N, T, H, W, 3], got {frames.shape}")
+    if doc.get("audio"):
+        audio = _open_array(folder / doc["audio"], "audio", np.float32, 2, n, path)
+        sr = doc.get("sample_rate")
+        if isinstance(sr, bool) or not isinstance(sr, int) or sr <= 0:
+            raise InputError(f"clip set {path}: sample_rate must be a positive integer, got {sr!r}")
+    if frames is None and audio is None:
+        raise InputError(f"clip set {path} holds neither frames nor audio")
+    return ClipSet(folder, path, str(doc.get("dataset", "")), str(doc.get("split", "")), np.asarray(ids, np.int64),
+                   doc.get("sample_rate"), folder / doc["frames"] if frames is not None else None,
+                   folder / doc["audio"] if audio is not None else None, dict(doc.get("meta") or {}),
+                   _frames=frames, _audio=audio)
+
+
+# -- batches ------------------------------------------------------------------------------------------
+
+class _Clips(Dataset):
+    def __init__(self, clips: ClipSet, modality: str, transform, order):
+        self.clips, self.modality, self.transform = clips, modality, transform
+        self.order = np.arange(clips.n) if order is None else np.asarray(order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, j):
+        i = int(self.order[j])
+        try:
+            if self.modality == "video":
+                return self.transform(self.clips.frames([i])[0])
+            return self.transform(self.clips.checked_wave(i), self.clips.sample_rate)
+        except InputError as e:
+            msg = str(e)
+            raise InputError(msg if str(self.clips.manifest) in msg else f"{self.clips.clip(i)}: {msg}") from None
+
+
+def clip_loader(model, modality: str, clips: ClipSet, order=None, batch_size: int = 64,
+                num_workers: int = 0) -> DataLoader:
+    """Batches of ``model.video_transform`` / ``audio_transform`` outputs, in ``order``."""
+    transform = model.video_transform if modality == "video" else model.audio_transform
+    return DataLoader(_Clips(clips, modality, transform, order), batch_size=batch_size, shuffle=False,
+                      num_workers=num_workers)
+
+
+def query_loader(model, modality: str, queries: ClipSet, order=None, batch_size: int = 64, num_workers: int = 0):
+    return clip_loader(model, modality, queries, order, batch_size, num_workers)
+
+
+@torch.no_grad()
+def encode_clips(model, modality: str, clips: ClipSet, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+    from .progress import tqdm
+
+    loader = clip_loader(model, modality, clips, batch_size=batch_size)
+    return torch.cat([model.encode(modality, b).cpu() for b in tqdm(loader, desc=f"gallery {modality}",
+                                                                    leave=False, disable=not progress)])
+
+
+# -- the dataset, query sets and gallery --------------------------------------------------------------
+
+def dataset_dir(cfg: dict) -> Path:
+    from .config import DATASET_DIR
+
+    return Path(DATASET_DIR.format(dataset=cfg["benchmark"]))
+
+
+def test_set(cfg: dict) -> Path:
+    return dataset_dir(cfg) / "test"
+
+
+def query_cells(cfg: dict, direction: str) -> list[tuple[str, int]]:
+    from .results import CLEAN
+
+    side = _side_cfg(cfg, SIDE[direction])
+    return [(CLEAN, 0)] + [(c, int(s)) for c in side.get("names") or [] for s in side.get("severities") or []]
+
+
+def _side_cfg(cfg: dict, side: str) -> dict:
+    return dict(((cfg.get("corrupt") or {}).get(side)) or {})
+
+
+def query_set_path(cfg: dict, direction: str, corruption: str, severity: int, seed=None) -> str:
+    pattern = VIDEO_QUERIES if SIDE[direction] == "video" else AUDIO_QUERIES
+    return pattern.format(dataset=cfg["benchmark"], corruption=corruption, severity=severity)
+
+
+def stream_path(cfg: dict, direction: str, stream: str, seed=None) -> str:
+    return STREAM_QUERIES.format(dataset=cfg["benchmark"], side=SIDE[direction], stream=stream)
+
+
+def queries_path(cfg: dict, direction: str, corruption: str, severity: int, seed=None) -> str:
+    from .config import is_stream
+    from .results import CLEAN
+
+    if corruption == CLEAN:
+        return str(test_set(cfg) / CLIPS)
+    if is_stream(cfg, direction, corruption):
+        return stream_path(cfg, direction, corruption) + "/" + CLIPS
+    return query_set_path(cfg, direction, corruption, severity) + "/" + CLIPS
+
+
+def registry(side: str):
+    from .corrupt.audio import AUDIO_CORRUPTIONS
+    from .corrupt.video import VIDEO_CORRUPTIONS
+
+    return VIDEO_CORRUPTIONS if side == "video" else AUDIO_CORRUPTIONS
+
+
+def check_cell(cfg: dict, direction: str, corruption: str, severity: int) -> None:
+    from .config import streams
+    from .results import CLEAN
+
+    named = streams(cfg, direction)
+    if corruption == CLEAN or corruption in named:
+        if severity != 0:
+            what = "the clean reference run" if corruption == CLEAN else f"stream {corruption!r}"
+            raise ConfigError(f"{what} takes --severity 0, got {severity}")
+        return
+    reg = registry(SIDE[direction])
+    if corruption not in reg:
+        raise UnknownNameError(f"{reg.kind} or stream for {direction} queries", corruption,
+                               reg.names() + [CLEAN] + sorted(named))
+
+
+def load_queries(cfg: dict, run) -> ClipSet:
+    clips = read_clipset(Path(queries_path(cfg, run.direction, run.corruption, run.severity, run.seed)).parent)
+    side = SIDE[run.direction]
+    if (side == "video" and clips.frames_file is None) or (side == "audio" and clips.audio_file is None):
+        raise InputError(f"query set {clips.manifest} holds no {side}: {run.direction} queries are {side}")
+    return clips
+
+
+def query_owner(queries: ClipSet, direction: str) -> np.ndarray:
+    return queries.ids  # a query's correct gallery item is its own clip's other modality
+
+
+def check_gallery(doc: dict, path) -> None:
+    missing = [k for k in GALLERY_KEYS if k not in doc]
+    if missing:
+        raise InputError(f"video-audio gallery embeddings {path} are missing keys: {', '.join(missing)}")
+
+
+def encode_gallery(cfg: dict, model, out: str | Path, progress: bool = False) -> dict:
+    """Both modalities of every test clip, encoded once by the frozen source model."""
+    from .io import atomic_path, sha256_file
+
+    clips = read_clipset(test_set(cfg))
+    video = encode_clips(model, "video", clips, cfg["model"].get("batch_size", 256), progress)
+    audio = encode_clips(model, "audio", clips, cfg["model"].get("batch_size", 256), progress)
+    owner = torch.as_tensor(clips.ids)
+    doc = {"task": "video-audio", "split": "test", "video": video, "audio": audio, "video_owner": owner,
+           "audio_owner": owner.clone(), "owner": "clip", "model": model.name,
+           "manifest_sha256": sha256_file(clips.manifest)}
+    with atomic_path(out, ".pt") as tmp, open(tmp, "wb") as fh:
+        torch.save(doc, fh)
+    return {"n_clips": clips.n, "dim": int(video.shape[1])}
+
+
+# -- corrupting query sets ----------------------------------------------------------------------------
+
+def _video_options(cfg: dict, dataset: str) -> tuple[str, dict | None]:
+    image = (cfg.get("corrupt") or {}).get("image") or {}
+    impl = image.get("implementation", "imagecorruptions")
+    if impl == "imagecorruptions":
+        return impl, None
+    from .corrupt import mm_robustness
+
+    return impl, mm_robustness.options({"mm_robustness": image.get("mm_robustness")}, dataset)
+
+
+def noise_dir(cfg: dict) -> str | None:
+    nd = _side_cfg(cfg, "audio").get("noise_dir")
+    return None if nd in (None, "") else str(nd)
+
+
+def _clip_seed(dataset: str, clip_id, corruption: str, severity: int) -> int:
+    from .io import query_seed
+
+    return query_seed(dataset, int(clip_id), corruption, severity)
+
+
+def build_query_set(cfg: dict, side: str, corruption: str, severity: int, out: str | Path | None = None,
+                    chunk: int = 64, progress: bool = False) -> dict:
+    """The test clips' ``side`` (video | audio) under one corruption, written chunk by chunk."""
+    from .corrupt.audio import corrupt_audio
+    from .corrupt.video import corrupt_video, frame_seed
+    from .io import atomic_dir
+    from .progress import tqdm
+
+    reg = registry(side)
+    reg.check(corruption)
+    if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
+        raise ConfigError(f"{side} corruption severity must be an integer in 1..5, got {severity!r}")
+    src = read_clipset(test_set(cfg))
+    ds = src.dataset or cfg["benchmark"]
+    direction = "v2a" if side == "video" else "a2v"
+    out = Path(out or query_set_path(cfg, direction, corruption, severity))
+    impl, options = _video_options(cfg, ds) if side == "video" else ("", None)
+    nd = noise_dir(cfg) if side == "audio" else None
+    with atomic_dir(out) as tmp:
+        w = ClipSetWriter(tmp, src.n, frames_shape=src.frames_shape[1:] if side == "video" else None,
+                          samples=src.samples if side == "audio" else None, sample_rate=src.sample_rate)
+        for a in tqdm(range(0, src.n, chunk), desc=f"{side} {corruption} s{severity}", disable=not progress,
+                      leave=False):
+            idx = np.arange(a, min(src.n, a + chunk))
+            for i in idx:
+                cid = int(src.ids[i])
+                if side == "video":
+                    fr = corrupt_video(corruption, src.frames([i])[0], severity,
+                                       lambda t, c=cid: frame_seed(ds, c, corruption, severity, t), impl, options,
+                                       what=src.clip(i))
+                    w.put(int(i), frames=fr)
+                else:
+                    wav = corrupt_audio(corruption, src.checked_wave(int(i)), severity,
+                                        _clip_seed(ds, cid, corruption, severity), src.sample_rate, nd,
+                                        what=src.clip(i))
+                    w.put(int(i), audio=wav)
+        meta = {"source": os.path.relpath(src.folder, out), "corruption": corruption, "severity": severity,
+                "modality": side, "seed": cfg["seed"]}
+        if side == "video" and impl != "imagecorruptions":
+            meta["implementation"] = {"name": impl, **(options or {})}
+        if side == "audio":
+            meta["noise"] = "synthetic beds (qshift.corrupt.audio)" if nd is None else f"recordings from {nd}"
+        w.close(ds, "test", src.ids.tolist(), meta)
+    return {"n": src.n, "out": str(out)}
+
+
+# -- streams ------------------------------------------------------------------------------------------
+
+def stream_domains(spec: dict) -> list[tuple[str, int]]:
+    from .results import CLEAN
+
+    out = []
+    for c in spec["corruptions"]:
+        if c == CLEAN:
+            out.append((CLEAN, 0))
+        else:
+            out += [(c, int(s)) for s in spec["severities"]]
+    return out
+
+
+def validate_va_stream(name: str, spec, side: str, reserved: set) -> None:
+    from .results import CLEAN
+    from .streams import NAME
+
+    where = f"params: streams.{side}.{name}"
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ConfigError(f"params: streams.{side} has stream name {name!r}; names use a-z, 0-9 and _ only")
+    if name in reserved:
+        raise ConfigError(f"{where}: the name collides with a corruption name (or 'clean'); pick another name")
+    if not isinstance(spec, dict) or set(spec) - {"kind", "corruptions", "severities"}:
+        raise ConfigError(f"{where} must be a mapping with keys kind, corruptions, severities")
+    kinds = STREAM_KINDS if side == "video" else STREAM_KINDS[:2]
+    if spec.get("kind") not in kinds:
+        raise ConfigError(f"{where}.kind is {spec.get('kind')!r}; valid: {', '.join(kinds)}")
+    cs, levels = spec.get("corruptions"), spec.get("severities")
+    if not isinstance(cs, list) or not cs or len(set(cs)) != len(cs):
+        raise ConfigError(f"{where}.corruptions must be a non-empty list without repeats")
+    for c in cs:
+        if c != CLEAN:
+            registry(side).check(c)
+    if not isinstance(levels, list) or not levels or any(s not in range(1, 6) for s in levels):
+        raise ConfigError(f"{where}.severities must be a non-empty list of integers in 1..5")
+    if len(stream_domains(spec)) < 2:
+        raise ConfigError(f"{where} has a single domain; a stream needs at least two")
+
+
+def build_stream(cfg: dict, side: str, name: str, out: str | Path | None = None, progress: bool = False) -> dict:
+    """A query stream over successive test clips (mixed / sequential) or inside each clip (segments)."""
+    from collections import Counter
+
+    from .config import streams
+    from .corrupt.audio import corrupt_audio
+    from .corrupt.video import corrupt_segments, corrupt_video, frame_seed
+    from .io import atomic_dir, derive_seed
+    from .progress import tqdm
+    from .results import CLEAN
+    from .streams import assign_domains, domain_label
+
+    direction = "v2a" if side == "video" else "a2v"
+    defs = streams(cfg, direction)
+    if name not in defs:
+        raise UnknownNameError(f"{side} stream", name, sorted(defs))
+    spec = defs[name]
+    src = read_clipset(test_set(cfg))
+    ds = src.dataset or cfg["benchmark"]
+    domains = stream_domains(spec)
+    labels = [domain_label(c, s) for c, s in domains]
+    out = Path(out or stream_path(cfg, direction, name))
+    impl, options = _video_options(cfg, ds) if side == "video" else ("", None)
+    nd = noise_dir(cfg) if side == "audio" else None
+    segments = spec["kind"] == "segments"
+    if segments:
+        dom, order = np.zeros(src.n, np.int64), None
+    else:
+        dom, order = assign_domains(src.n, len(domains), spec["kind"], derive_seed("stream", ds, name, cfg["seed"]))
+    with atomic_dir(out) as tmp:
+        w = ClipSetWriter(tmp, src.n, frames_shape=src.frames_shape[1:] if side == "video" else None,
+                          samples=src.samples if side == "audio" else None, sample_rate=src.sample_rate)
+        for i in tqdm(range(src.n), desc=f"stream {name}", disable=not progress, leave=False):
+            cid = int(src.ids[i])
+            if segments:
+                w.put(i, frames=corrupt_segments(src.frames([i])[0], domains,
+                                                 lambda c, s, t, cid=cid: frame_seed(ds, cid, c, s, t), impl, options,
+                                                 src.clip(i)))
+                continue
+            c, s = domains[dom[i]]
+            if side == "video":
+                fr = src.frames([i])[0]
+                if c != CLEAN:
+                    fr = corrupt_video(c, fr, s, lambda t, cid=cid, c=c, s=s: frame_seed(ds, cid, c, s, t), impl,
+                                       options, src.clip(i))
+                w.put(i, frames=fr)
+            else:
+                wav = src.checked_wave(i)
+                if c != CLEAN:
+                    wav = corrupt_audio(c, wav, s, _clip_seed(ds, cid, c, s), src.sample_rate, nd, src.clip(i))
+                w.put(i, audio=wav)
+        stream = {"name": name, "kind": spec["kind"], "domains": ["+".join(labels)] if segments else labels,
+                  "seed": cfg["seed"], "segments": labels if segments else None}
+        if order is not None:
+            stream["order"] = [int(i) for i in order]
+        per_clip = ["+".join(labels)] * src.n if segments else [labels[d] for d in dom]
+        w.close(ds, "test", src.ids.tolist(), {"source": os.path.relpath(src.folder, out), "modality": side,
+                                               "stream": stream, "domains": per_clip})
+    return dict(Counter(per_clip))
+
+
+def stream_info(queries: ClipSet, direction: str) -> dict | None:
+    stream = queries.meta.get("stream")
+    if not stream:
+        return None
+    if queries.meta.get("modality") != SIDE[direction]:
+        raise InputError(f"query stream {queries.manifest} corrupts {queries.meta.get('modality')} queries; direction "
+                         f"{direction} needs a {SIDE[direction]} stream")
+    labels = queries.meta.get("domains")
+    if not isinstance(labels, list) or len(labels) != queries.n:
+        raise InputError(f"query stream {queries.manifest}: meta.domains must list one domain per clip")
+    order = stream.get("order")
+    if order is not None:
+        order = np.asarray(order, dtype=np.int64)
+        if sorted(order.tolist()) != list(range(queries.n)):
+            raise InputError(f"query stream {queries.manifest}: meta.stream.order is not a permutation of its clips")
+    return {"name": stream.get("name"), "kind": stream.get("kind"), "domains": list(stream.get("domains", [])),
+            "order": order, "query_domain": labels}
+
+
+# -- validation ---------------------------------------------------------------------------------------
+
+def validate(cfg: dict) -> None:
+    """The video-audio grid's own keys, before any work."""
+    from .config import check_name
+    from .results import CLEAN
+
+    for side in ("video", "audio"):
+        sc = _side_cfg(cfg, side)
+        if not isinstance((cfg.get("corrupt") or {}).get(side, {}), dict):
+            raise ConfigError(f"params: corrupt.{side} must be a mapping with keys names, severities")
+        unknown = set(sc) - {"names", "severities"} - ({"noise_dir"} if side == "audio" else set())
+        if unknown:
+            raise ConfigError(f"params: corrupt.{side} has unknown key(s) {', '.join(sorted(unknown))}; valid: "
+                              f"names, severities{', noise_dir' if side == 'audio' else ''}")
+        for n in sc.get("names") or []:
+            check_name(f"corrupt.{side}.names entry", n)
+            registry(side).check(n)
+        for s in sc.get("severities") or []:
+            if isinstance(s, bool) or s not in range(1, 6):
+                raise ConfigError(f"params: corrupt.{side}.severities has {s!r}; valid: 1..5 (READ's severities)")
+    nd = _side_cfg(cfg, "audio").get("noise_dir")
+    if nd not in (None, "") and not isinstance(nd, str):
+        raise ConfigError(f"params: corrupt.audio.noise_dir must be a folder path or null, got {nd!r}")
+    if cfg.get("seed_corruptions"):
+        raise ConfigError("params: seed_corruptions: true is not supported for the video-audio task (one draw of "
+                          "each query set); set seed_corruptions: false")
+    if (cfg.get("tune") or {}).get("enabled"):
+        raise ConfigError("params: tune.enabled: true is not supported for the video-audio task (tuning's "
+                          "validation queries are image-text ones); set tune.enabled: false")
+    st = cfg.get("streams") or {}
+    reserved = {CLEAN, *registry("video").names(), *registry("audio").names()}
+    for side in ("video", "audio"):
+        defs = st.get(side) or {}
+        if not isinstance(defs, dict):
+            raise ConfigError(f"params: streams.{side} must be a mapping of stream name -> definition")
+        for name, spec in defs.items():
+            validate_va_stream(name, spec, side, reserved)
+
+
+# -- stage hooks --------------------------------------------------------------------------------------
+
+def prepare(cfg: dict, out_dir: str | Path, progress: bool = True) -> dict:
+    from .config import dataset_params
+
+    d = dataset_params(cfg)
+    if d.get("kind", "builtin") != "builtin":
+        raise ConfigError(f"params: datasets.{cfg['benchmark']}: kind {d.get('kind')!r} for a video-audio dataset; "
+                          f"the built-in one is kind: builtin")
+    from .data.builtin_va import generate_builtin_va
+
+    return generate_builtin_va(out_dir, n_train=d["n_train"], n_val=d.get("n_val", 0), n_test=d["n_test"],
+                               image_size=d.get("image_size", 32), n_frames=d.get("n_frames", 4), seed=cfg["seed"],
+                               dataset=cfg["benchmark"], progress=progress)
+
+
+def pretrain(cfg: dict, model_dir: str | Path, device, progress: bool = True) -> dict:
+    from .models.tiny_va import train_tiny_va
+
+    return train_tiny_va(dataset_dir(cfg), model_dir, (cfg.get("pretrain") or {}).get("va"), cfg["seed"], device,
+                         name=cfg["model"]["name"], progress=progress)
+
+
+def examples(cfg: dict, out_dir: str | Path, n_clips: int = 3) -> dict:
+    """A contact sheet of query examples: per corruption, the frame strips (video) and log-mel
+    thumbnails (audio) of a few test clips (clean first), plus a Markdown table of the audio
+    corruptions' measured SNRs (``text_examples.md``: the sheet's text companion) and examples.json."""
+    from PIL import Image, ImageDraw
+
+    from .corrupt.audio import corrupt_audio, snr_db
+    from .corrupt.video import corrupt_video, frame_seed
+    from .io import write_json, write_text
+    from .models.video_audio import log_mel
+
+    out_dir = Path(out_dir)
+    src = read_clipset(test_set(cfg))
+    ds = src.dataset or cfg["benchmark"]
+    idx = list(range(min(n_clips, src.n)))
+    impl, options = _video_options(cfg, ds)
+    nd = noise_dir(cfg)
+    vc, ac = _side_cfg(cfg, "video"), _side_cfg(cfg, "audio")
+    vsev = max(vc.get("severities") or [3])
+    asev = max(ac.get("severities") or [3])
+    rows, snrs = [], {}
+    for name in ["clean"] + list(vc.get("names") or []):
+        strips = []
+        for i in idx:
+            fr = src.frames([i])[0]
+            if name != "clean":
+                fr = corrupt_video(name, fr, vsev, lambda t, c=int(src.ids[i]): frame_seed(ds, c, name, vsev, t),
+                                   impl, options, src.clip(i))
+            strips.append(np.concatenate(list(fr), axis=1))
+        rows.append((f"video {name}" + (f" s{vsev}" if name != "clean" else ""), np.concatenate(strips, axis=1)))
+    for name in ["clean"] + list(ac.get("names") or []):
+        thumbs = []
+        for i in idx:
+            wav = src.checked_wave(i)
+            if name != "clean":
+                cw = corrupt_audio(name, wav, asev, _clip_seed(ds, int(src.ids[i]), name, asev), src.sample_rate, nd)
+                snrs.setdefault(name, []).append(snr_db(wav, cw))
+                wav = cw
+            m = log_mel(torch.from_numpy(np.ascontiguousarray(wav)), src.sample_rate).numpy().T[::-1]
+            m = np.clip((m + 14) / 16, 0, 1)  # log energies about -14..2 -> 0..1
+            img = np.asarray(Image.fromarray((m * 255).astype(np.uint8)).resize(
+                (src.frames_shape[3] * src.frames_shape[1], src.frames_shape[2])))
+            thumbs.append(np.repeat(img[:, :, None], 3, axis=2))
+        rows.append((f"audio {name}" + (f" s{asev}" if name != "clean" else ""), np.concatenate(thumbs, axis=1)))
+    label_w, scale = 150, 2
+    width = max(r.shape[1] for _, r in rows) * scale + label_w
+    height = sum(r.shape[0] * scale + 4 for _, r in rows)
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw, y = ImageDraw.Draw(sheet), 0
+    for label, r in rows:
+        im = Image.fromarray(r).resize((r.shape[1] * scale, r.shape[0] * scale), Image.NEAREST)
+        sheet.paste(im, (label_w, y))
+        draw.text((4, y + 4), label, fill=(0, 0, 0))
+        y += im.height + 4
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from .io import atomic_path
+
+    with atomic_path(out_dir / "contact_sheet.png", ".png") as tmp:
+        sheet.save(tmp, format="PNG")
+    lines = ["# Audio corruption examples", "",
+             f"Measured SNR (dB) of the audio corruptions at severity {asev} on {len(idx)} test clips "
+             f"(environmental noise: {'synthetic beds' if nd is None else 'recordings from ' + nd}).", "",
+             "| corruption | mean SNR (dB) |", "|---|---|"]
+    lines += [f"| {k} | {np.mean(v):.1f} |" for k, v in snrs.items()]
+    write_text(out_dir / "text_examples.md", "\n".join(lines) + "\n")
+    write_json(out_dir / "examples.json", {"task": "video-audio", "clips": [int(src.ids[i]) for i in idx],
+                                           "rows": [label for label, _ in rows],
+                                           "snr_db": {k: float(np.mean(v)) for k, v in snrs.items()}})
+    return {"rows": len(rows), "clips": len(idx)}
