@@ -20,8 +20,13 @@ def main() -> None:
     model = load_model(cfg["model"]["source"], pick_device(cfg["device"]), cfg["model"].get("cache_dir"),
                        preprocess=cfg["model"].get("preprocess", "native"))
     out = GALLERY.format(model=cfg["model"]["name"], dataset=cfg["benchmark"])
-    from qshift.tasks import is_cir
+    from qshift.tasks import cfg_task, hook, is_cir
 
+    task_encode = hook(cfg_task(cfg).name, "encode_gallery")  # video-audio: both modalities of the test clips
+    if task_encode is not None:
+        stats = task_encode(cfg, model, out)
+        log.info("encode_gallery: %s -> %s", stats, out)
+        return
     if is_cir(cfg):  # composed image retrieval: the test split's target images (+ distractors), image tower
         from qshift.cir import encode_cir_gallery
         from qshift.config import DATASET_DIR

@@ -1,6 +1,8 @@
 """Stage `prepare`: the benchmark's data in the manifest format.
 
 Built-in benchmark: procedurally rendered scenes with 5 captions each, from the seed.
+Built-in video-audio benchmark (``task: video-audio``): generated clips (frames + soundtrack),
+one clip set per split (src/qshift/data/builtin_va.py).
 Built-in CIR benchmark (``task: cir``): captioned training scenes + (reference, modification, target)
 triplets and their target gallery (src/qshift/data/builtin_cir.py).
 Downloaded benchmarks (COCO, Flickr30k, NoCaps, Fashion-Gen, CUHK-/ICFG-PEDES, remote sensing): the download stage's data/raw/<benchmark>/ turned
@@ -21,7 +23,12 @@ def main() -> None:
     bench = cfg["benchmark"]
     d = dataset_params(cfg)
     log = cli.start_log(LOGS["prepare"].format(dataset=bench))
-    if dataset_kind(d) == "builtin" and d.get("task") == "cir":  # composed image retrieval triplets
+    from qshift.tasks import dataset_task, hook
+
+    task_prepare = hook(dataset_task(cfg), "prepare")  # video-audio: the built-in clips (qshift.va)
+    if task_prepare is not None:
+        stats = task_prepare(cfg, DATASET_DIR.format(dataset=bench), progress=cli.progress_enabled(args))
+    elif dataset_kind(d) == "builtin" and d.get("task") == "cir":  # composed image retrieval triplets
         from qshift.data.builtin_cir import generate_builtin_cir
 
         stats = generate_builtin_cir(DATASET_DIR.format(dataset=bench), n_train=d["n_train"], n_restval=d["n_restval"],

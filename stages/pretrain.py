@@ -21,6 +21,15 @@ def main() -> None:
     name, source = cfg["model"]["name"], cfg["model"]["source"]
     log = cli.start_log(LOGS["pretrain"].format(model=name))
     set_threads(cfg.get("threads", 0))
+    from qshift.tasks import cfg_task, hook
+
+    task_pretrain = hook(cfg_task(cfg).name, "pretrain") if trains_model(cfg) else None
+    if task_pretrain is not None:  # video-audio: the two-tower (src/qshift/models/tiny_va.py)
+        device = pick_device(cfg["device"])
+        metrics = task_pretrain(cfg, MODEL_DIR.format(model=name), device, progress=cli.progress_enabled(args))
+        write_json("reports/pretrain.json", {"model": name, "device": str(device), "trained": True, **metrics})
+        log.info("pretrain: %s", ", ".join(f"{k}={v}" for k, v in metrics.items()))
+        return
     if trains_model(cfg):
         from qshift.models.train import pretrain
 

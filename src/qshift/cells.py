@@ -130,7 +130,11 @@ def check_cell(cfg: dict, direction: str, corruption: str, severity: int) -> Non
     from .config import streams
     from .corrupt import IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS
     from .errors import UnknownNameError
+    from .tasks import hook
 
+    task_check = hook(direction, "check_cell")  # video-audio: the video / audio registries (qshift.va)
+    if task_check is not None:
+        return task_check(cfg, direction, corruption, severity)
     if direction == "cir":  # composed queries: an image (reference) or a text (modification) corruption
         if corruption == CLEAN:
             if severity != 0:
@@ -182,6 +186,11 @@ class Job:
         if self.cir:  # a CIR cell also depends on the task's code (image-text fingerprints unchanged)
             self.code += "+" + file_hash(Path(__file__).with_name("cir.py")) + file_hash(
                 Path(__file__).parent / "models" / "composed.py")
+        from .tasks import cfg_task
+
+        extra = cfg_task(cfg).hooks.get("code")  # another task's own code (video-audio: qshift.va, ...)
+        if extra:
+            self.code += "+" + "".join(file_hash(Path(__file__).parent / f) or "-" for f in extra)
             from .cir import combiner_kind
             from .models.composed import is_checkpoint
 
@@ -257,6 +266,11 @@ def load_queries(cfg: dict, run: Run):
     error naming the file."""
     from .data.manifest import load_split
 
+    from .tasks import hook
+
+    task_load = hook(run.direction, "load_queries")  # video-audio: a clip set (qshift.va)
+    if task_load is not None:
+        return task_load(cfg, run)
     path = queries_path(cfg, run.direction, run.corruption, run.severity, run.seed)
     if run.direction == "cir":  # triplets (qshift.cir): an empty modification text is a valid query
         from .cir import load_triplets

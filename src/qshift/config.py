@@ -54,6 +54,9 @@ LOGS = {
     "corrupt_images": "logs/corrupt_images/{dataset}/{corruption}-s{severity}.log",
     "corrupt_text": "logs/corrupt_text/{dataset}/{corruption}-s{severity}.log",
     "corrupt_stream": "logs/corrupt_stream/{dataset}/{side}/{stream}.log",
+    # the video-audio task's query sets (qshift.va; stages/corrupt_va.py)
+    "corrupt_video": "logs/corrupt_video/{dataset}/{corruption}-s{severity}.log",
+    "corrupt_audio": "logs/corrupt_audio/{dataset}/{corruption}-s{severity}.log",
     # the same stages drawing with another seed (seed_corruptions)
     "corrupt_images_drawn": "logs/corrupt_images/{dataset}/seed{draw}/{corruption}-s{severity}.log",
     "corrupt_text_drawn": "logs/corrupt_text/{dataset}/seed{draw}/{corruption}-s{severity}.log",
@@ -457,10 +460,10 @@ def validate_streams(cfg: dict) -> None:
         return
     if not isinstance(st, dict):
         raise ConfigError("params: streams must be a mapping with keys methods, image, text")
-    unknown = set(st) - {"methods", "image", "text"}
+    unknown = set(st) - {"methods", "image", "text", "video", "audio"}  # video, audio: qshift.va
     if unknown:
         raise ConfigError(f"params: streams has unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-                          f"valid: methods, image, text")
+                          f"valid: methods, image, text, video, audio")
     methods = st.get("methods") or []
     if not isinstance(methods, list):
         raise ConfigError("params: streams.methods must be a list")
@@ -499,11 +502,14 @@ def probes_angle(cfg: dict, method: str) -> bool:
 
 
 def streams(cfg: dict, direction: str) -> dict[str, dict]:
-    """The direction's stream definitions (``streams.image`` for i2t, ``streams.text`` for t2i)."""
-    if direction not in ("i2t", "t2i"):  # streams are the image-text task's (qshift.tasks)
+    """The direction's stream definitions: ``streams.<side>`` of its one query side (qshift.tasks:
+    i2t image, t2i text, v2a video, a2v audio); none for cir (two sides)."""
+    from .tasks import direction as task_direction
+
+    sides = task_direction(direction).sides
+    if len(sides) != 1:
         return {}
-    side = "image" if direction == "i2t" else "text"
-    return dict((cfg.get("streams") or {}).get(side) or {})
+    return dict((cfg.get("streams") or {}).get(sides[0]) or {})
 
 
 def is_stream(cfg: dict, direction: str, corruption: str) -> bool:
@@ -693,6 +699,11 @@ def query_cells(cfg: dict, direction: str) -> list[tuple[str, int]]:
     """(corruption, severity) cells of a direction, the clean reference first. Text types
     that cannot run here (a model-based type with no model configured) are left out; the
     report lists them as not run."""
+    from .tasks import hook
+
+    task_cells = hook(direction, "query_cells")  # video-audio: corrupt.video / corrupt.audio (qshift.va)
+    if task_cells is not None:
+        return task_cells(cfg, direction)
     if direction == "cir":  # composed queries: the image cells (reference) then the text cells (modification)
         image = query_cells(cfg, "i2t")
         return image + [c for c in query_cells(cfg, "t2i") if c[0] != CLEAN]
@@ -728,6 +739,11 @@ def runs(cfg: dict, seeds: list[int] | None = None) -> Iterator[Run]:
 def query_set_path(cfg: dict, direction: str, corruption: str, severity: int, seed: int | None = None) -> str:
     """The output of the stage that builds a corrupted query set (a folder for images, a
     manifest for text), drawn for run seed ``seed`` (:func:`draw_seed`)."""
+    from .tasks import hook
+
+    task_path = hook(direction, "query_set_path")  # video-audio: clip sets (qshift.va)
+    if task_path is not None:
+        return task_path(cfg, direction, corruption, severity, seed)
     dataset, draw = cfg["benchmark"], draw_seed(cfg, seed)
     if direction == "cir":  # a corrupted reference image (the i2t set) or modification text (the t2i set)
         direction = "i2t" if cir_side(corruption) == "image" else "t2i"
@@ -740,6 +756,11 @@ def query_set_path(cfg: dict, direction: str, corruption: str, severity: int, se
 
 def queries_path(cfg: dict, direction: str, corruption: str, severity: int, seed: int | None = None) -> str:
     """The manifest holding a run's queries (the clean test split for the reference run)."""
+    from .tasks import hook
+
+    task_path = hook(direction, "queries_path")  # video-audio: a clip set's clips.json (qshift.va)
+    if task_path is not None:
+        return task_path(cfg, direction, corruption, severity, seed)
     if corruption == CLEAN:
         return MANIFEST.format(dataset=cfg["benchmark"])
     if is_stream(cfg, direction, corruption):
@@ -765,6 +786,11 @@ def cir_side(corruption: str) -> str:
 
 def stream_path(cfg: dict, direction: str, stream: str, seed: int | None = None) -> str:
     """A stream's output: a folder (image streams) or a manifest (text streams)."""
+    from .tasks import hook
+
+    task_path = hook(direction, "stream_path")  # video-audio: a clip set folder (qshift.va)
+    if task_path is not None:
+        return task_path(cfg, direction, stream, seed)
     draw = draw_seed(cfg, seed)
     if draw is not None:
         return DRAWN["image-stream" if direction == "i2t" else "text-stream"].format(

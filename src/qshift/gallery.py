@@ -53,6 +53,11 @@ class Captions(Dataset):
 def make_loader(model: RetrievalModel, modality: str, split: Split, order=None, batch_size: int = 64,
                 num_workers: int = 0) -> DataLoader:
     """Batches of preprocessed queries/gallery items in ``order`` (default: file order)."""
+    from .tasks import hook, modality_task
+
+    task = modality_task(modality)  # another task's query modality (video-audio: video, audio)
+    if task is not None and hook(task.name, "query_loader") is not None:
+        return hook(task.name, "query_loader")(model, modality, split, order, batch_size, num_workers)
     if modality == "image":
         paths = split.image_paths if order is None else [split.image_paths[i] for i in order]
         ds, collate = ImageFiles(paths, model.image_transform()), None
@@ -108,6 +113,13 @@ def load_gallery(path: str | Path) -> dict:
 
         check_gallery(doc, path)
         return doc
+    if isinstance(doc, dict) and isinstance(doc.get("task"), str):  # another task's gallery (video-audio)
+        from .tasks import TASKS, hook
+
+        check = hook(doc["task"], "check_gallery") if doc["task"] in TASKS else None
+        if check is not None:
+            check(doc, path)
+            return doc
     missing = [k for k in GALLERY_KEYS if k not in doc]
     if missing:
         raise InputError(f"gallery embeddings {path} are missing keys: {', '.join(missing)}")
@@ -132,5 +144,10 @@ def gallery_owner_kind(gallery: dict) -> str:
 def query_owner(split: Split, direction: str) -> np.ndarray:
     """Each query's owner id: its image's (i2t) or its caption's image's (t2i) — the image id,
     or the person identity for identity-level benchmarks (qshift.evaluation)."""
+    from .tasks import hook
+
+    task_owner = hook(direction, "query_owner")  # video-audio: the query's own clip (qshift.va)
+    if task_owner is not None:
+        return task_owner(split, direction)
     owner = split.image_owner
     return owner if direction == "i2t" else owner[split.txt2img]

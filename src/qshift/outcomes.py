@@ -35,7 +35,9 @@ KEYS = ("query_id", "index", "rank")
 def query_outcomes(queries: Split, direction: str, order, ranks, arrival_domains=None) -> dict[str, np.ndarray]:
     """The outcome arrays of a run (``order``: query indices in arrival order)."""
     order = np.asarray(order, dtype=np.int64)
-    ids = queries.image_ids if direction == "i2t" else queries.sentids
+    ids = getattr(queries, "query_ids", None)  # a task's query set may name its own (video-audio: clip ids)
+    if ids is None:
+        ids = queries.image_ids if direction == "i2t" else queries.sentids
     out = {"query_id": np.asarray(ids, dtype=np.int64)[order], "index": order.astype(np.int32),
            "rank": np.asarray(ranks, dtype=np.int32).reshape(-1)}
     if len(out["rank"]) != len(order):

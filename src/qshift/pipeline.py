@@ -75,6 +75,8 @@ DERIVED: dict[str, Derived] = {
     "grad_angle": Derived(("observe.grad_angle",), lambda cfg, wc: qc.probes_angle(cfg, wc["method"])),
     "stream": Derived(("streams.{side}.${item.stream}",),
                       lambda cfg, wc: ((cfg.get("streams") or {}).get(wc["side"]) or {}).get(wc["stream"])),
+    # the video-audio task's user-supplied environmental recordings (a preset key: qshift.va)
+    "audio_noise": Derived((), lambda cfg, wc: get_dotted(cfg, "corrupt.audio.noise_dir")),
 }
 
 
@@ -179,6 +181,33 @@ def _adapt_cir_stage() -> Stage:
                   cache=False, persist=True),))
 
 
+def _va_stages() -> list[Stage]:
+    """Video-audio retrieval (qshift.va; benchmark builtin-va): the corrupted video / audio query sets
+    and streams (stages/corrupt_va.py, clip sets) and one adapt job per (direction, method, seed).
+    Snakemake only (workflow/rules/va.smk); dvc_guard refuses the task under DVC."""
+    code = ("src/qshift/va.py", "src/qshift/corrupt", "src/qshift/streams.py")
+    video = ("seed", "corrupt.image.implementation", "corrupt.image.mm_robustness")
+    out = [Stage("corrupt_video", "stages/corrupt_va.py", "--side video", code, (qc.DATASET_DIR,), video,
+                 resources={"mem_mb": 2000, "runtime": 60}, dvc=False),
+           Stage("corrupt_audio", "stages/corrupt_va.py", "--side audio", code, (qc.DATASET_DIR,),
+                 ("seed", "audio_noise"), resources={"mem_mb": 2000, "runtime": 30}, dvc=False)]
+    for side in ("video", "audio"):
+        out.append(Stage(f"corrupt_stream_{side}", "stages/corrupt_va.py", f"--side {side} --stream ${{item.stream}}",
+                         code, (qc.DATASET_DIR,), (*video, "audio_noise", "stream"), context={"side": side},
+                         resources={"mem_mb": 2000, "runtime": 60}, dvc=False))
+    base = _adapt_stage("i2t")
+    folder = qc.RESULT.rsplit("/", 1)[0]
+    for direction in ("v2a", "a2v"):
+        out.append(Stage(
+            f"adapt_{direction}", base.script, f"--method ${{item.method}} --direction {direction} --seed ${{item.seed}}",
+            base.code + ("src/qshift/va.py", "src/qshift/tasks.py", "src/qshift/models/video_audio.py",
+                         "src/qshift/models/tiny_va.py"), base.inputs, base.params, matrix=base.matrix,
+            resources=base.resources, dvc=False,
+            outs=(Out(_dvc_path(folder, direction=direction, method="${item.method}", seed="${item.seed}"),
+                      cache=False, persist=True),)))
+    return out
+
+
 GPU = {"gpu": 1, "gpu_model": ""}
 # fetching a pretrained source (no training): the pretrain job's resources then
 FETCH_RESOURCES = {"mem_mb": 8000, "runtime": 120}
@@ -227,6 +256,7 @@ def _stages() -> list[Stage]:
         _adapt_stage("i2t"),
         _adapt_stage("t2i"),
         _adapt_cir_stage(),
+        *_va_stages(),
         Stage("observe", "stages/observe.py", code=("src/qshift/observations.py",),
               resources={"mem_mb": 2000, "runtime": 15},
               inputs=("results/{dataset}/{model}",), params=("adapt", "streams", "observe"),

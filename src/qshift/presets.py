@@ -132,6 +132,12 @@ def dvc_guard(raw: dict, resolved: dict, environ: dict | None = None) -> None:
                           f"dvc.yaml holds the image-text stages only (its stage list cannot depend on the "
                           f"benchmark); run it with Snakemake: snakemake --cores 2 --config "
                           f"benchmark={resolved.get('benchmark')}")
+    from .tasks import cfg_task
+
+    if cfg_task(resolved).name == "video-audio":
+        raise ConfigError(f"benchmark {resolved.get('benchmark')!r} is a video-audio retrieval benchmark: dvc.yaml "
+                          f"holds the image-text stages only (its stage list cannot depend on the benchmark); run "
+                          f"it with Snakemake: snakemake --cores 2 --config benchmark={resolved.get('benchmark')}")
     if resolved.get("seed_corruptions") and any(draw_seed(resolved, s) is not None for s in run_seeds(resolved)):
         raise ConfigError("seed_corruptions: true needs query sets drawn per run seed, which dvc.yaml (a fixed "
                           "stage list) has no stages for; run the pipeline with Snakemake (`snakemake --cores 2`), "

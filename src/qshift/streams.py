@@ -203,6 +203,11 @@ def stream_info(split: Split, direction: str) -> dict | None:
     The per-query domains are read from the manifest's entries (image streams) or sentences
     (text streams), the one place they are written.
     """
+    from .tasks import hook
+
+    task_info = hook(direction, "stream_info")  # video-audio: clip-set streams (qshift.va)
+    if task_info is not None:
+        return task_info(split, direction)
     stream = split.meta.get("stream")
     if not stream:
         return None

@@ -40,8 +40,8 @@ loader and gallery) plus its data adapter. A task that needs its own code path i
 function declares a *hook* (``Task.hooks``: name -> ``"module:function"``, imported when first
 used) and the shared function asks :func:`hook` for it — one generic line there instead of an
 ``if direction == ...`` chain. Hook names (and the functions that consult them):
-``validate`` (config.validate), ``query_cells`` / ``query_set_path`` / ``queries_path``
-(config), ``check_cell`` / ``load_queries`` (cells), ``query_owner`` / ``query_loader`` /
+``validate`` (config.validate), ``query_cells`` / ``query_set_path`` / ``queries_path`` /
+``stream_path`` (config), ``check_cell`` / ``load_queries`` (cells), ``query_owner`` / ``query_loader`` /
 ``check_gallery`` (gallery), ``stream_info`` (streams), ``prepare`` / ``pretrain`` /
 ``encode_gallery`` / ``examples`` (the stage CLIs), and ``code`` (extra files a cell's
 fingerprint covers). A pipeline runs one task (``adapt.directions`` may
@@ -123,7 +123,7 @@ register_task(Task(
            "the other tower and the gallery embeddings stay frozen",
     description="video-audio retrieval: a clip's frames <-> its soundtrack",
     hooks={name: f"qshift.va:{name}" for name in (
-        "validate", "query_cells", "query_set_path", "queries_path", "check_cell", "load_queries", "query_owner",
+        "validate", "query_cells", "query_set_path", "queries_path", "stream_path", "check_cell", "load_queries", "query_owner",
         "query_loader", "check_gallery", "stream_info", "prepare", "pretrain", "encode_gallery", "examples")}
     | {"code": ("va.py", "corrupt/video.py", "corrupt/audio.py", "models/video_audio.py", "models/tiny_va.py")}))
 

@@ -153,6 +153,14 @@ def load_model(source: str, device: torch.device | str = "cpu",
         raise ConfigError(f"model source {source!r} must look like SCHEME:IDENTIFIER; "
                           f"schemes: {', '.join(schemes())}")
     _register_loaders()
+    from .video_audio import VA_MARKER
+
+    if scheme == "local-dir" and (Path(ident) / VA_MARKER).is_file():  # the built-in video-audio two-tower
+        from .tiny_va import load_tiny_va
+
+        model = load_tiny_va(ident, torch.device(device))
+        model.module.eval()
+        return model
     loader = LOADERS.get(scheme)
     model = loader(ident, torch.device(device), Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR))
     model.module.eval()
