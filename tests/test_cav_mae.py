@@ -347,8 +347,10 @@ def test_audioset_list_streams_clips_and_records_skips(tmp_path, monkeypatch):
                               max_samples=20000, dataset="as-test", progress=False)
     assert stats["listed"] == 6 and stats["kept"] == 3 and stats["skipped"] == 3
     assert stats["skipped_by_kind"] == {"missing": 1, "no-audio": 1, "unreadable": 1}
-    meta = json.loads((out / "test" / "clips.json").read_text())
-    assert meta["ids"] == ["AAAAAAAAAAA_30.000", "BBBBBBBBBBB_10.000", "EEEEEEEEEEE_20.000"]
+    doc = json.loads((out / "test" / "clips.json").read_text())
+    meta = doc["meta"]
+    assert doc["ids"] == [0, 1, 2] and doc["sample_rate"] == 16000
+    assert meta["clip_ids"] == ["AAAAAAAAAAA_30.000", "BBBBBBBBBBB_10.000", "EEEEEEEEEEE_20.000"]
     assert {s["id"]: s["kind"] for s in meta["skips"]} == {"CCCCCCCCCCC_0.000": "no-audio",
                                                             "DDDDDDDDDDD_5.000": "unreadable",
                                                             "ZZZZZZZZZZZ_1.000": "missing"}
@@ -362,7 +364,14 @@ def test_audioset_list_streams_clips_and_records_skips(tmp_path, monkeypatch):
     with pytest.raises(InputError, match=r"CCCCCCCCCCC_0\.000\.mp4.*no audio track"):
         prepare_clip_list(csv, "audioset-csv", videos, out, image_size=32, on_error="fail",
                           progress=False)
-    assert json.loads((out / "test" / "clips.json").read_text())["ids"] == meta["ids"]
+    assert json.loads((out / "test" / "clips.json").read_text())["meta"]["clip_ids"] == meta["clip_ids"]
+    # the video-audio task reads it as a clip set
+    from qshift.va import read_clipset
+
+    clips = read_clipset(out / "test")
+    assert clips.n == 3 and clips.frames_shape == (3, 2, 32, 32, 3) and clips.samples == 20000
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["task"] == "video-audio" and manifest["meta"]["skipped"] == 3
 
 
 def test_vggsound_and_cav_mae_json_lists(tmp_path):
@@ -401,3 +410,37 @@ def test_decoded_clip_through_cav_mae_transforms(tmp_path):
     assert video.shape == (1, 2, 3, 32, 32) and audio.shape == (1, 64, 128)
     with torch.no_grad():
         assert model.encode_video(video).shape == model.encode_audio(audio).shape == (1, 16)
+
+
+def test_clip_list_dataset_entry(tmp_path, monkeypatch):
+    """datasets.<name> with kind: clip-list: the list by URL (local HTTP server) into data/raw,
+    the clips from the user's folder; bad entries fail before any work, naming the key."""
+    from test_download import Server
+
+    from qshift.data.av_lists import prepare_dataset
+
+    monkeypatch.chdir(tmp_path)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_clip(videos / "KlsG1EnBEjc_361.mp4", n=6)
+    body = json.dumps({"data": [{"video_id": "KlsG1EnBEjc_361", "labels": "vgg_235"},
+                                {"video_id": "absent_1", "labels": "vgg_1"}]}).encode()
+    server = Server()
+    try:
+        server.files["/lists/vgg_retrieval.json"] = body
+        d = {"kind": "clip-list", "task": "video-audio", "clips": str(videos), "image_size": 32,
+             "list": {"format": "cav-mae-json", "url": server.url("/lists/vgg_retrieval.json")}}
+        stats = prepare_dataset(d, "vgg-test", tmp_path / "data" / "vgg-test", progress=False)
+        assert stats["kept"] == 1 and stats["skipped_by_kind"] == {"missing": 1}
+        assert (tmp_path / "data" / "raw" / "vgg-test" / "lists" / "vgg_retrieval.json").read_bytes() == body
+    finally:
+        server.close()
+    with pytest.raises(ConfigError, match=r"datasets.vgg-test.clips is required"):
+        prepare_dataset({**d, "clips": None}, "vgg-test", tmp_path / "data" / "x", progress=False)
+    with pytest.raises(ConfigError, match=r"datasets.vgg-test.list.format 'json'; valid"):
+        prepare_dataset({**d, "list": {"format": "json", "path": "x"}}, "vgg-test", tmp_path / "data" / "x")
+    with pytest.raises(ConfigError, match=r"datasets.vgg-test: unknown key\(s\) frames"):
+        prepare_dataset({**d, "frames": 3}, "vgg-test", tmp_path / "data" / "x")
+    with pytest.raises(InputError, match=r"datasets.vgg-test.clips .*nowhere is not a folder"):
+        prepare_dataset({**d, "clips": str(tmp_path / "nowhere")}, "vgg-test", tmp_path / "data" / "x")
+    assert not (tmp_path / "data" / "x").exists()

@@ -40,13 +40,16 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..io import atomic_dir, write_json
-from .av import CAV_MAE_SAMPLES, SAMPLE_RATE, ClipError, decode_clip
+from .av import SAMPLE_RATE, ClipError, decode_clip
 
 log = logging.getLogger("qshift.download")
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".flv", ".m4v")
 ON_ERROR = ("skip", "fail")
-CLIPS_FORMAT = "qshift-av-clips/1"
+# AudioSet / VGGSound clips are 10 s: 160,000 samples at 16 kHz (998 fbank frames; CAV-MAE pads
+# the rest of its 1024 with zero *fbank* frames, which the model's audio_transform does when it is
+# given a clip's true length, clips.json meta.audio_samples)
+CLIP_SAMPLES = 10 * SAMPLE_RATE
 
 
 @dataclass
@@ -200,13 +203,16 @@ class _Appender:
 
 def prepare_clip_list(list_path: str | Path, list_format: str, clips_dir: str | Path, out_dir: str | Path, *,
                       split: str | None = "test", n_frames: int = 1, image_size: int = 224,
-                      max_samples: int = CAV_MAE_SAMPLES, max_clips: int | None = None, on_error: str = "skip",
+                      max_samples: int = CLIP_SAMPLES, max_clips: int | None = None, on_error: str = "skip",
                       dataset: str = "clips", progress: bool = True) -> dict:
-    """Decode the listed clips found in ``clips_dir`` into ``out_dir/test`` (module docstring):
+    """Decode the listed clips found in ``clips_dir`` into a video-audio dataset folder
+    ``out_dir`` (the layout of :mod:`qshift.va`: ``manifest.json`` and the clip set ``test/``):
     ``frames.npy`` uint8 ``[N, n_frames, S, S, 3]``, ``audio.npy`` float32 ``[N, max_samples]``
-    (zero-padded; ``audio_samples`` in ``clips.json`` holds each clip's true length),
-    ``clips.json`` (ids, labels, files, per-clip decode info, ``skips``). Returns statistics."""
+    (zero-padded), ``clips.json`` (integer ids 0..N-1; ``meta``: the list's clip ids, labels,
+    files, each clip's true ``audio_samples``, per-clip decode info, and ``skips``). Returns
+    statistics."""
     from ..progress import tqdm
+    from ..va import CLIPS, FORMAT, MANIFEST_FORMAT
 
     if on_error not in ON_ERROR:
         raise ConfigError(f"params: datasets.{dataset}.on_error {on_error!r}; valid: {', '.join(ON_ERROR)}")
@@ -257,18 +263,90 @@ def prepare_clip_list(list_path: str | Path, list_format: str, clips_dir: str | 
         if not kept:
             raise InputError(f"clip list {list_path}: none of its {len(entries)} clips could be used (e.g. "
                              f"{skips[0]['reason']}); see the clip folder {clips_dir}")
-        write_json(d / "clips.json", {
-            "format": CLIPS_FORMAT, "dataset": dataset, "split": "test", "sample_rate": SAMPLE_RATE,
-            "n_frames": n_frames, "image_size": image_size, "max_samples": max_samples,
-            "ids": [k["id"] for k in kept], "labels": [k["labels"] for k in kept],
-            "files": [k["file"] for k in kept], "audio_samples": [k["audio_samples"] for k in kept],
-            "info": [k["info"] for k in kept], "skips": skips,
-            "list": str(list_path), "list_format": list_format})
+        meta = {"clip_ids": [k["id"] for k in kept], "labels": [k["labels"] for k in kept],
+                "files": [k["file"] for k in kept], "audio_samples": [k["audio_samples"] for k in kept],
+                "decode": [k["info"] for k in kept], "skips": skips, "list": str(list_path),
+                "list_format": list_format, "n_frames": n_frames, "image_size": image_size, "synthetic": False}
+        write_json(d / CLIPS, {"format": FORMAT, "dataset": dataset, "split": "test", "n": len(kept),
+                               "ids": list(range(len(kept))), "sample_rate": SAMPLE_RATE, "frames": "frames.npy",
+                               "audio": "audio.npy", "meta": meta})
+        write_json(tmp / "manifest.json", {
+            "format": MANIFEST_FORMAT, "dataset": dataset, "task": "video-audio", "splits": {"test": "test"},
+            "sample_rate": SAMPLE_RATE,
+            "meta": {"synthetic": False, "image_size": image_size, "n_frames": n_frames, "list": str(list_path),
+                     "list_format": list_format, "clips_dir": str(clips_dir), "listed": len(entries),
+                     "kept": len(kept), "skipped": len(skips)}})
     by_kind: dict[str, int] = {}
     for s in skips:
         by_kind[s["kind"]] = by_kind.get(s["kind"], 0) + 1
     if skips:
         log.warning("%s: %d of %d clips skipped (%s); the list is in %s", dataset, len(skips), len(entries),
-                    ", ".join(f"{k}: {v}" for k, v in sorted(by_kind.items())), Path(out_dir) / "test" / "clips.json")
+                    ", ".join(f"{k}: {v}" for k, v in sorted(by_kind.items())), Path(out_dir) / "test" / CLIPS)
     return {"listed": len(entries), "kept": len(kept), "skipped": len(skips), "skipped_by_kind": by_kind,
             "n_frames": n_frames, "image_size": image_size, "seconds": round(time.perf_counter() - start, 2)}
+
+
+# -- params.yaml: datasets.<name> with kind: clip-list ------------------------------------------------
+KIND = "clip-list"
+DATASET_KEYS = ("kind", "task", "list", "clips", "split", "n_frames", "image_size", "max_samples", "max_clips",
+                "on_error", "description")
+LIST_KEYS = ("format", "url", "sha256", "path")
+
+
+def check_dataset(d: dict, dataset: str) -> None:
+    """Validate a ``kind: clip-list`` dataset entry (before any work); errors name the key."""
+    where = f"params: datasets.{dataset}"
+    unknown = sorted(set(d) - set(DATASET_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(DATASET_KEYS)}")
+    lst = d.get("list")
+    if not isinstance(lst, dict):
+        raise ConfigError(f"{where}.list must be a mapping with keys {', '.join(LIST_KEYS)}")
+    bad = sorted(set(lst) - set(LIST_KEYS))
+    if bad:
+        raise ConfigError(f"{where}.list: unknown key(s) {', '.join(bad)}; valid: {', '.join(LIST_KEYS)}")
+    if lst.get("format") not in LIST_FORMATS:
+        raise ConfigError(f"{where}.list.format {lst.get('format')!r}; valid: {', '.join(LIST_FORMATS)}")
+    if not lst.get("path") and not lst.get("url"):
+        raise ConfigError(f"{where}.list: set path (a local clip list) or url")
+    if not d.get("clips"):
+        raise ConfigError(f"{where}.clips is required: the folder holding the downloaded clips (users download "
+                          f"the videos themselves; files named YTID_START.mp4 / .mkv / ...)")
+    if d.get("on_error", "skip") not in ON_ERROR:
+        raise ConfigError(f"{where}.on_error {d.get('on_error')!r}; valid: {', '.join(ON_ERROR)}")
+    for key, lo in (("n_frames", 1), ("image_size", 16), ("max_samples", 400), ("max_clips", 1)):
+        v = d.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+            raise ConfigError(f"{where}.{key} must be an integer >= {lo}, got {v!r}")
+
+
+def resolve_list(d: dict, dataset: str) -> Path:
+    """The clip list file: ``list.path``, else ``list.url`` downloaded once into data/raw/<dataset>/."""
+    from urllib.parse import urlparse
+
+    from ..config import RAW_DIR
+    from .download import fetch
+
+    lst = d["list"]
+    if lst.get("path"):
+        p = Path(lst["path"]).expanduser()
+        if not p.is_file():
+            raise InputError(f"params: datasets.{dataset}.list.path {p} not found")
+        return p
+    name = Path(urlparse(lst["url"]).path).name or "clips.list"
+    dest = Path(RAW_DIR.format(dataset=dataset)) / "lists" / name
+    fetch(lst["url"], dest, lst.get("sha256"))
+    return dest
+
+
+def prepare_dataset(d: dict, dataset: str, out_dir: str | Path, progress: bool = True) -> dict:
+    check_dataset(d, dataset)
+    clips = Path(d["clips"]).expanduser()
+    if not clips.is_dir():
+        raise InputError(f"params: datasets.{dataset}.clips {clips} is not a folder (download the clips there "
+                         f"first: qshift fetches no video)")
+    path = resolve_list(d, dataset)
+    return prepare_clip_list(path, d["list"]["format"], clips, out_dir, split=d.get("split", "test"),
+                             n_frames=d.get("n_frames") or 1, image_size=d.get("image_size") or 224,
+                             max_samples=d.get("max_samples") or CLIP_SAMPLES, max_clips=d.get("max_clips"),
+                             on_error=d.get("on_error", "skip"), dataset=dataset, progress=progress)
