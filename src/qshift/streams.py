@@ -46,6 +46,11 @@ def domain_label(corruption: str, severity: int) -> str:
 
 def stream_domains(spec: dict, direction: str) -> list[tuple[str, int]]:
     """The stream's (corruption, severity) domains in order: corruptions x severities."""
+    from .tasks import hook
+
+    task_domains = hook(direction, "stream_domains")  # video-audio: qshift.va.reported_domains
+    if task_domains is not None:
+        return task_domains(spec, direction)
     levels = spec[SIDES[direction][1]]
     return [(c, int(s)) for c in spec["corruptions"] for s in levels]
 

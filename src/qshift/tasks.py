@@ -42,7 +42,7 @@ used) and the shared function asks :func:`hook` for it — one generic line ther
 ``if direction == ...`` chain. Hook names (and the functions that consult them):
 ``validate`` (config.validate), ``query_cells`` / ``query_set_path`` / ``queries_path`` /
 ``stream_path`` (config), ``check_cell`` / ``load_queries`` (cells), ``query_owner`` / ``query_loader`` /
-``check_gallery`` (gallery), ``stream_info`` (streams), ``prepare`` / ``pretrain`` /
+``check_gallery`` (gallery), ``stream_info`` / ``stream_domains`` (streams), ``prepare`` / ``pretrain`` /
 ``encode_gallery`` / ``examples`` (the stage CLIs), and ``code`` (extra files a cell's
 fingerprint covers). A pipeline runs one task (``adapt.directions`` may
 not mix tasks: each has its own dataset and gallery).
@@ -125,6 +125,7 @@ register_task(Task(
     hooks={name: f"qshift.va:{name}" for name in (
         "validate", "query_cells", "query_set_path", "queries_path", "stream_path", "check_cell", "load_queries", "query_owner",
         "query_loader", "check_gallery", "stream_info", "prepare", "pretrain", "encode_gallery", "examples")}
+    | {"stream_domains": "qshift.va:reported_domains"}
     | {"code": ("va.py", "corrupt/video.py", "corrupt/audio.py", "models/video_audio.py", "models/tiny_va.py")}))
 
 

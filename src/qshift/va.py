@@ -436,6 +436,12 @@ def stream_domains(spec: dict) -> list[tuple[str, int]]:
     return out
 
 
+def reported_domains(spec: dict, direction: str | None = None) -> list[tuple[str, int]]:
+    """The domains a stream's results break down by (report, stats): each block's for mixed and
+    sequential streams; none for ``segments`` (every clip holds every domain)."""
+    return [] if spec.get("kind") == "segments" else stream_domains(spec)
+
+
 def validate_va_stream(name: str, spec, side: str, reserved: set) -> None:
     from .results import CLEAN
     from .streams import NAME
@@ -588,9 +594,14 @@ def prepare(cfg: dict, out_dir: str | Path, progress: bool = True) -> dict:
     from .config import dataset_params
 
     d = dataset_params(cfg)
+    if d.get("kind") == "clip-list":  # AudioSet / VGGSound clips decoded from the user's folder
+        from .config import RAW_DIR
+        from .data.av_lists import prepare_dataset
+
+        return prepare_dataset(d, cfg["benchmark"], RAW_DIR.format(dataset=cfg["benchmark"]), out_dir, progress)
     if d.get("kind", "builtin") != "builtin":
         raise ConfigError(f"params: datasets.{cfg['benchmark']}: kind {d.get('kind')!r} for a video-audio dataset; "
-                          f"the built-in one is kind: builtin")
+                          f"valid: builtin (generated clips), clip-list (AudioSet / VGGSound clip lists)")
     from .data.builtin_va import generate_builtin_va
 
     return generate_builtin_va(out_dir, n_train=d["n_train"], n_val=d.get("n_val", 0), n_test=d["n_test"],
