@@ -413,11 +413,13 @@ def test_decoded_clip_through_cav_mae_transforms(tmp_path):
 
 
 def test_clip_list_dataset_entry(tmp_path, monkeypatch):
-    """datasets.<name> with kind: clip-list: the list by URL (local HTTP server) into data/raw,
-    the clips from the user's folder; bad entries fail before any work, naming the key."""
+    """datasets.<name> with kind: clip-list through the download and prepare code: the list by URL
+    (local HTTP server) into the download cache and data/raw, the clips from the user's folder;
+    bad entries fail before any work, naming the key."""
     from test_download import Server
 
     from qshift.data.av_lists import prepare_dataset
+    from qshift.data.karpathy import download_dataset, validate_dataset
 
     monkeypatch.chdir(tmp_path)
     videos = tmp_path / "videos"
@@ -425,22 +427,32 @@ def test_clip_list_dataset_entry(tmp_path, monkeypatch):
     write_clip(videos / "KlsG1EnBEjc_361.mp4", n=6)
     body = json.dumps({"data": [{"video_id": "KlsG1EnBEjc_361", "labels": "vgg_235"},
                                 {"video_id": "absent_1", "labels": "vgg_1"}]}).encode()
+    dl = {"cache_dir": str(tmp_path / "cache"), "mirror": {}, "retries": 1, "backoff": 0.01, "timeout": 10}
     server = Server()
     try:
         server.files["/lists/vgg_retrieval.json"] = body
         d = {"kind": "clip-list", "task": "video-audio", "clips": str(videos), "image_size": 32,
-             "list": {"format": "cav-mae-json", "url": server.url("/lists/vgg_retrieval.json")}}
-        stats = prepare_dataset(d, "vgg-test", tmp_path / "data" / "vgg-test", progress=False)
+             "list": {"format": "cav-mae-json", "url": server.url("/lists/vgg_retrieval.json"), "sha256": None,
+                      "path": None}}
+        validate_dataset("vgg-test", d)
+        raw = tmp_path / "data" / "raw" / "vgg-test"
+        info = download_dataset("vgg-test", d, dl, raw, progress=False)
+        assert info["kind"] == "clip-list" and (raw / "lists" / "vgg_retrieval.json").read_bytes() == body
+        stats = prepare_dataset(d, "vgg-test", raw, tmp_path / "data" / "vgg-test", progress=False)
         assert stats["kept"] == 1 and stats["skipped_by_kind"] == {"missing": 1}
-        assert (tmp_path / "data" / "raw" / "vgg-test" / "lists" / "vgg_retrieval.json").read_bytes() == body
     finally:
         server.close()
+    validate_dataset("vgg-test", {**d, "clips": None})  # the folder is required when downloading, not in every run
     with pytest.raises(ConfigError, match=r"datasets.vgg-test.clips is required"):
-        prepare_dataset({**d, "clips": None}, "vgg-test", tmp_path / "data" / "x", progress=False)
-    with pytest.raises(ConfigError, match=r"datasets.vgg-test.list.format 'json'; valid"):
-        prepare_dataset({**d, "list": {"format": "json", "path": "x"}}, "vgg-test", tmp_path / "data" / "x")
-    with pytest.raises(ConfigError, match=r"datasets.vgg-test: unknown key\(s\) frames"):
-        prepare_dataset({**d, "frames": 3}, "vgg-test", tmp_path / "data" / "x")
+        download_dataset("vgg-test", {**d, "clips": None}, dl, tmp_path / "data" / "raw" / "x", progress=False)
     with pytest.raises(InputError, match=r"datasets.vgg-test.clips .*nowhere is not a folder"):
-        prepare_dataset({**d, "clips": str(tmp_path / "nowhere")}, "vgg-test", tmp_path / "data" / "x")
-    assert not (tmp_path / "data" / "x").exists()
+        download_dataset("vgg-test", {**d, "clips": str(tmp_path / "nowhere")}, dl, tmp_path / "data" / "raw" / "x")
+    with pytest.raises(ConfigError, match=r"datasets.vgg-test.list.format 'json'; valid"):
+        validate_dataset("vgg-test", {**d, "list": {"format": "json", "path": "x"}})
+    with pytest.raises(ConfigError, match=r"datasets.vgg-test: unknown key\(s\) frames"):
+        validate_dataset("vgg-test", {**d, "frames": 3})
+    with pytest.raises(ConfigError, match=r"must say task: video-audio"):
+        validate_dataset("vgg-test", {**d, "task": "image-text"})
+    with pytest.raises(InputError, match=r"download.json is missing.*run the download stage"):
+        prepare_dataset(d, "vgg-test", tmp_path / "data" / "raw" / "none", tmp_path / "data" / "x")
+    assert not (tmp_path / "data" / "x").exists() and not (tmp_path / "data" / "raw" / "x").exists()

@@ -294,11 +294,16 @@ LIST_KEYS = ("format", "url", "sha256", "path")
 
 
 def check_dataset(d: dict, dataset: str) -> None:
-    """Validate a ``kind: clip-list`` dataset entry (before any work); errors name the key."""
+    """Validate a ``kind: clip-list`` entry's structure (config validation: every dataset entry,
+    so the user's clip folder is only required when the benchmark is downloaded)."""
+    from .download import check_sha256
+
     where = f"params: datasets.{dataset}"
     unknown = sorted(set(d) - set(DATASET_KEYS))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(DATASET_KEYS)}")
+    if d.get("task") != "video-audio":
+        raise ConfigError(f"{where}: a kind: {KIND} dataset must say task: video-audio, got {d.get('task')!r}")
     lst = d.get("list")
     if not isinstance(lst, dict):
         raise ConfigError(f"{where}.list must be a mapping with keys {', '.join(LIST_KEYS)}")
@@ -309,9 +314,10 @@ def check_dataset(d: dict, dataset: str) -> None:
         raise ConfigError(f"{where}.list.format {lst.get('format')!r}; valid: {', '.join(LIST_FORMATS)}")
     if not lst.get("path") and not lst.get("url"):
         raise ConfigError(f"{where}.list: set path (a local clip list) or url")
-    if not d.get("clips"):
-        raise ConfigError(f"{where}.clips is required: the folder holding the downloaded clips (users download "
-                          f"the videos themselves; files named YTID_START.mp4 / .mkv / ...)")
+    check_sha256(lst.get("sha256"), f"datasets.{dataset}.list.sha256")
+    for key in ("clips", "split"):
+        if d.get(key) is not None and not isinstance(d[key], str):
+            raise ConfigError(f"{where}.{key} must be a string or null, got {d[key]!r}")
     if d.get("on_error", "skip") not in ON_ERROR:
         raise ConfigError(f"{where}.on_error {d.get('on_error')!r}; valid: {', '.join(ON_ERROR)}")
     for key, lo in (("n_frames", 1), ("image_size", 16), ("max_samples", 400), ("max_clips", 1)):
@@ -320,33 +326,54 @@ def check_dataset(d: dict, dataset: str) -> None:
             raise ConfigError(f"{where}.{key} must be an integer >= {lo}, got {v!r}")
 
 
-def resolve_list(d: dict, dataset: str) -> Path:
-    """The clip list file: ``list.path``, else ``list.url`` downloaded once into data/raw/<dataset>/."""
-    from urllib.parse import urlparse
-
-    from ..config import RAW_DIR
-    from .download import fetch
-
-    lst = d["list"]
-    if lst.get("path"):
-        p = Path(lst["path"]).expanduser()
-        if not p.is_file():
-            raise InputError(f"params: datasets.{dataset}.list.path {p} not found")
-        return p
-    name = Path(urlparse(lst["url"]).path).name or "clips.list"
-    dest = Path(RAW_DIR.format(dataset=dataset)) / "lists" / name
-    fetch(lst["url"], dest, lst.get("sha256"))
-    return dest
-
-
-def prepare_dataset(d: dict, dataset: str, out_dir: str | Path, progress: bool = True) -> dict:
-    check_dataset(d, dataset)
+def clips_folder(d: dict, dataset: str) -> Path:
+    if not d.get("clips"):
+        raise ConfigError(f"params: datasets.{dataset}.clips is required: the folder holding the downloaded clips "
+                          f"(you download the videos yourself; files named YTID_START.mp4 / .mkv / ...)")
     clips = Path(d["clips"]).expanduser()
     if not clips.is_dir():
         raise InputError(f"params: datasets.{dataset}.clips {clips} is not a folder (download the clips there "
                          f"first: qshift fetches no video)")
-    path = resolve_list(d, dataset)
-    return prepare_clip_list(path, d["list"]["format"], clips, out_dir, split=d.get("split", "test"),
+    return clips
+
+
+def download_clip_list(dataset: str, d: dict, dl: dict, raw_dir: str | Path, progress: bool = True) -> dict:
+    """Stage ``download`` for ``kind: clip-list``: the clip list (``list.path``, or ``list.url``
+    fetched into ``download.cache_dir``, resumable, sha256-checked when given) copied to
+    ``raw_dir/lists/``; the clip folder is checked, not copied (videos are never downloaded)."""
+    import shutil
+
+    from .karpathy import DOWNLOAD_JSON, _obtain
+
+    check_dataset(d, dataset)
+    clips = clips_folder(d, dataset)
+    src, rec = _obtain(dataset, "list", d["list"], dl, progress)
+    if src.is_dir():
+        raise InputError(f"datasets.{dataset}.list: {src} is a folder; expected the clip list file")
+    with atomic_dir(raw_dir) as tmp:
+        (tmp / "lists").mkdir()
+        shutil.copyfile(src, tmp / "lists" / src.name)
+        info = {"dataset": dataset, "kind": KIND, "files": [rec], "list": f"lists/{src.name}",
+                "list_format": d["list"]["format"], "clips": str(clips.resolve()),
+                "note": "clip list only: the videos are the user's (datasets.<name>.clips), decoded by prepare"}
+        write_json(tmp / DOWNLOAD_JSON, info)
+    return info
+
+
+def prepare_dataset(d: dict, dataset: str, raw_dir: str | Path, out_dir: str | Path, progress: bool = True) -> dict:
+    """Stage ``prepare`` for ``kind: clip-list``: the downloaded list + the clip folder -> clip set."""
+    from .karpathy import DOWNLOAD_JSON
+
+    check_dataset(d, dataset)
+    clips = clips_folder(d, dataset)
+    info_path = Path(raw_dir) / DOWNLOAD_JSON
+    try:
+        info = json.loads(info_path.read_text())
+        path = Path(raw_dir) / info["list"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(f"{info_path} is missing or not a clip-list download record; run the download stage "
+                         f"for datasets.{dataset}") from None
+    return prepare_clip_list(path, d["list"]["format"], clips, out_dir, split=d.get("split") or "test",
                              n_frames=d.get("n_frames") or 1, image_size=d.get("image_size") or 224,
                              max_samples=d.get("max_samples") or CLIP_SAMPLES, max_clips=d.get("max_clips"),
                              on_error=d.get("on_error", "skip"), dataset=dataset, progress=progress)

@@ -61,7 +61,8 @@ DOWNLOAD_JSON = "download.json"
 SPLIT = "test"
 # karpathy: COCO, Flickr30k and every Karpathy-/BLIP-style file (RSICD, RSITMD, UCM-captions,
 # a Fashion-Gen image folder + caption list); the others: qshift.data.formats
-KINDS = ("builtin", "karpathy", "nocaps", "fashion-gen", "pedes", "cirr", "fashion-iq")  # cirr, fashion-iq: cir_real
+KINDS = ("builtin", "karpathy", "nocaps", "fashion-gen", "pedes", "cirr", "fashion-iq",  # cirr, fashion-iq: cir_real
+         "clip-list")  # clip-list: video-audio clips (AudioSet / VGGSound lists; qshift.data.av_lists)
 # the sources each kind reads (nocaps: images from the annotations' URLs unless images.path/url)
 ROLES = {"karpathy": ("annotations", "images"), "pedes": ("annotations", "images"),
          "nocaps": ("annotations", "images"), "fashion-gen": ("annotations",),
@@ -110,6 +111,10 @@ def validate_dataset(name: str, d: Any) -> None:
         raise ConfigError(f"params: {where}.kind is {kind!r}; valid: {', '.join(KINDS)}")
     if kind == "builtin":
         return
+    if kind == "clip-list":
+        from .av_lists import check_dataset
+
+        return check_dataset(dict(d), name)
     for role in ROLES[kind]:
         src = d.get(role)
         if src is None and role in OPTIONAL_ROLES.get(kind, ()):
@@ -332,6 +337,10 @@ def download_dataset(name: str, d: Mapping[str, Any], dl: Mapping[str, Any], raw
         return info
     validate_dataset(name, d)
     validate_download(dl)
+    if kind == "clip-list":  # video-audio clip lists; the videos are the user's (qshift.data.av_lists)
+        from .av_lists import download_clip_list
+
+        return download_clip_list(name, dict(d), dl, raw_dir, progress)
     if kind in ("cirr", "fashion-iq"):  # composed image retrieval triplets (qshift.data.cir_real)
         from .cir_real import download_cir
 
