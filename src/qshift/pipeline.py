@@ -304,7 +304,8 @@ HEADER = """\
 #   dvc exp run -S '++methods.tcr.lr=1e-3'     # an experiment with one value changed
 #   dvc exp show ; dvc metrics show ; dvc plots show   # reports/metrics.json, reports/plots/
 # The image-text task's stages only: the composed image retrieval task (benchmark builtin-cir,
-# stage adapt_cir) runs under Snakemake, since a DVC stage list cannot depend on the benchmark.
+# stage adapt_cir) and the video-audio task (benchmark builtin-va: corrupt_video, corrupt_audio,
+# adapt_v2a, adapt_a2v) run under Snakemake, since a DVC stage list cannot depend on the benchmark.
 """
 
 PLOTS = """\
