@@ -645,21 +645,27 @@ def examples(cfg: dict, out_dir: str | Path, n_clips: int = 3) -> dict:
                 fr = corrupt_video(name, fr, vsev, lambda t, c=int(src.ids[i]): frame_seed(ds, c, name, vsev, t),
                                    impl, options, src.clip(i))
             strips.append(np.concatenate(list(fr), axis=1))
-        rows.append((f"video {name}" + (f" s{vsev}" if name != "clean" else ""), np.concatenate(strips, axis=1)))
-    for name in ["clean"] + list(ac.get("names") or []):
-        thumbs = []
+        rows.append((f"video: {name}" + (f" s{vsev}" if name != "clean" else ""), np.concatenate(strips, axis=1)))
+    anames = ["clean"] + list(ac.get("names") or [])
+    mels: dict[str, list[np.ndarray]] = {n: [] for n in anames}
+    for name in anames:
         for i in idx:
             wav = src.checked_wave(i)
             if name != "clean":
                 cw = corrupt_audio(name, wav, asev, _clip_seed(ds, int(src.ids[i]), name, asev), src.sample_rate, nd)
                 snrs.setdefault(name, []).append(snr_db(wav, cw))
                 wav = cw
-            m = log_mel(torch.from_numpy(np.ascontiguousarray(wav)), src.sample_rate).numpy().T[::-1]
-            m = np.clip((m + 14) / 16, 0, 1)  # log energies about -14..2 -> 0..1
+            mels[name].append(log_mel(torch.from_numpy(np.array(wav)), src.sample_rate).numpy().T[::-1])
+    for name in anames:  # one grey scale per clip: its clean log-mel's 1st percentile .. the max over its versions
+        thumbs = []
+        for j in range(len(idx)):
+            lo = np.percentile(mels["clean"][j], 1)
+            hi = max(float(mels[n][j].max()) for n in anames)
+            m = np.clip((mels[name][j] - lo) / max(hi - lo, 1e-6), 0, 1)
             img = np.asarray(Image.fromarray((m * 255).astype(np.uint8)).resize(
                 (src.frames_shape[3] * src.frames_shape[1], src.frames_shape[2])))
             thumbs.append(np.repeat(img[:, :, None], 3, axis=2))
-        rows.append((f"audio {name}" + (f" s{asev}" if name != "clean" else ""), np.concatenate(thumbs, axis=1)))
+        rows.append((f"audio: {name}" + (f" s{asev}" if name != "clean" else ""), np.concatenate(thumbs, axis=1)))
     label_w, scale = 150, 2
     width = max(r.shape[1] for _, r in rows) * scale + label_w
     height = sum(r.shape[0] * scale + 4 for _, r in rows)
