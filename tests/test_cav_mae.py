@@ -456,3 +456,105 @@ def test_clip_list_dataset_entry(tmp_path, monkeypatch):
     with pytest.raises(InputError, match=r"download.json is missing.*run the download stage"):
         prepare_dataset(d, "vgg-test", tmp_path / "data" / "raw" / "none", tmp_path / "data" / "x")
     assert not (tmp_path / "data" / "x").exists() and not (tmp_path / "data" / "raw" / "x").exists()
+
+
+# -- end to end: the as-c preset on fixture clips and a tiny CAV-MAE checkpoint --------------------
+
+def _varied_clip(path: Path, k: int) -> Path:
+    """Clip k: its own frame colour and tone, so the two modalities of a clip belong together."""
+    import av
+
+    c = av.open(str(path), "w")
+    v = c.add_stream("mpeg4", rate=10)
+    v.width, v.height, v.pix_fmt = 48, 48, "yuv420p"
+    a = c.add_stream("aac", rate=22050)
+    a.layout = "mono"
+    rgb = np.array([(37 * k) % 256, (91 * k + 40) % 256, (53 * k + 120) % 256], np.uint8)
+    for i in range(12):
+        img = np.zeros((48, 48, 3), np.uint8) + rgb
+        img[:, (4 * i) % 48] = 255
+        for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            c.mux(p)
+    for p in v.encode():
+        c.mux(p)
+    t = np.arange(int(22050 * 1.2)) / 22050
+    x = (0.4 * np.sin(2 * np.pi * (220 + 90 * k) * t))[None].astype(np.float32)
+    fr = av.AudioFrame.from_ndarray(x, format="fltp", layout="mono")
+    fr.sample_rate, fr.pts = 22050, 0
+    for p in a.encode(fr):
+        c.mux(p)
+    for p in a.encode():
+        c.mux(p)
+    c.close()
+    return path
+
+
+def as_c_fixture_params(params: dict, repo: Path, videos: Path, clip_list: Path) -> dict:
+    import yaml
+
+    p = yaml.safe_load(yaml.safe_dump(params))
+    p["benchmark"] = "as-c"
+    d = p["datasets"]["audioset-retrieval"]
+    d.update(clips=str(videos), image_size=32, max_samples=10480)  # 64 fbank frames: the tiny model's length
+    d["list"].update(path=str(clip_list), url=None)
+    preset = p["benchmarks"]["as-c"]
+    preset["model"].update(name="cav-mae-tiny", source="cav-mae:heads=2@tiny_cav_mae.pth", batch_size=4)
+    preset["corrupt"]["video"] = {"names": ["gaussian_noise"], "severities": [5]}
+    preset["corrupt"]["audio"] = {"names": ["gaussian_noise"], "severities": [5], "noise_dir": None}
+    preset["streams"] = {"methods": ["tcr"], "video": {"temporal": {
+        "kind": "sequential", "corruptions": ["clean", "gaussian_noise"], "severities": [5]}}}
+    p["adapt"]["methods"] = ["source", "tcr"]
+    p["threads"] = 1
+    return p
+
+
+@pytest.mark.pipeline
+def test_as_c_fixture_runs_through_snakemake(tmp_path):
+    import shutil
+
+    import yaml
+    from pipeline_utils import REPO, make_repo, run
+
+    repo = make_repo(tmp_path / "repo")
+    shutil.copy(DATA / "tiny_cav_mae_pretrain.pth", repo / "tiny_cav_mae.pth")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    ids = [f"clip{k:02d}xxxxx_{10 * k}" for k in range(10)]
+    for k, vid in enumerate(ids):
+        _varied_clip(videos / f"{vid}.mp4", k)
+    write_clip(videos / "noaudio0000_0.mp4", audio=False)
+    (videos / "corrupt0000_0.mp4").write_bytes(b"\x00not a video" * 50)
+    listed = ids[:5] + ["noaudio0000_0", "corrupt0000_0", "missing0000_0"] + ids[5:]
+    clip_list = tmp_path / "audioset_eval_5_per_class_for_retrieval_cleaned.json"
+    clip_list.write_text(json.dumps({"data": [{"video_id": v, "labels": "/m/0"} for v in listed]}))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump(as_c_fixture_params(params, repo, videos, clip_list),
+                                                     sort_keys=False))
+    run(["snakemake", "--cores", "2"], repo, timeout=900)
+    meta = json.loads((repo / "data/as-c/test/clips.json").read_text())
+    assert meta["n"] == 10 and meta["meta"]["clip_ids"] == ids
+    assert {s["id"]: s["kind"] for s in meta["meta"]["skips"]} == {
+        "noaudio0000_0": "no-audio", "corrupt0000_0": "unreadable", "missing0000_0": "missing"}
+    res = repo / "results/as-c/cav-mae-tiny"
+    files = sorted(p.relative_to(res).as_posix() for p in res.rglob("*.json") if p.parent.name != "tuned")
+    assert files == ["a2v/source/seed42/clean-s0.json", "a2v/source/seed42/gaussian_noise-s5.json",
+                     "a2v/tcr/seed42/gaussian_noise-s5.json", "v2a/source/seed42/clean-s0.json",
+                     "v2a/source/seed42/gaussian_noise-s5.json", "v2a/tcr/seed42/gaussian_noise-s5.json",
+                     "v2a/tcr/seed42/temporal-s0.json"]
+    clean = json.loads((res / "v2a/source/seed42/clean-s0.json").read_text())
+    assert clean["n_queries"] == 10 and clean["n_gallery"] == 10 and set(clean["metrics"]) == {"R@1", "R@5", "R@10"}
+    # the clean source run equals CAV-MAE's retrieval recomputed here from the prepared clips
+    from qshift.models import load_model
+    from qshift.va import encode_clips, read_clipset
+
+    model = load_model(f"cav-mae:heads=2@{repo / 'tiny_cav_mae.pth'}")
+    clips = read_clipset(repo / "data/as-c/test")
+    zv, za = encode_clips(model, "video", clips), encode_clips(model, "audio", clips)
+    ranks = (zv @ za.T).argsort(dim=1, descending=True)
+    r1 = float((ranks[:, 0] == torch.arange(10)).float().mean()) * 100
+    assert clean["metrics"]["R@1"] == pytest.approx(r1, abs=1e-6)
+    pretrain = json.loads((repo / "reports/pretrain.json").read_text())
+    assert pretrain["trained"] is False and pretrain["loaded_as"] == "cav-mae-tiny_cav_mae"
+    assert "Video-to-audio retrieval" in (repo / "reports/report.md").read_text()
+    again = run(["snakemake", "--cores", "1", "-n"], repo)
+    assert "Nothing to be done" in again.stdout + again.stderr

@@ -158,7 +158,7 @@ def cav_mae_fbank(wave: np.ndarray, sample_rate: int, *, target_length: int = CA
     if w.shape[0] < size:
         raise InputError(f"{source}: audio of {w.shape[0]} samples is shorter than one 25 ms frame ({size} samples "
                          f"at {sample_rate} Hz)")
-    t = torch.from_numpy(w)
+    t = torch.tensor(w)  # a copy: clip sets hand over read-only memory-mapped rows
     t = t - t.mean()
     fb = kaldi_fbank(t, float(sample_rate), num_mel_bins=mel_bins, window_type="hanning", dither=0.0,
                      frame_shift=10.0, use_energy=False)
