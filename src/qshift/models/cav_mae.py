@@ -16,8 +16,8 @@ head are not used for retrieval), with the same parameter names, so the released
 Retrieval embeddings exactly as CAV-MAE's ``src/retrieval.py``: ``forward_feat`` (the modality
 branch + the shared blocks with modality-specific norms), the mean over all tokens, L2-normalised.
 Video: CAV-MAE embeds one frame (``frame_use = 5`` of the 10 frames its preprocessing extracts);
-with ``frames > 1`` (a qshift option) each frame is embedded and the token means are averaged
-before normalising.
+a clip with ``T > 1`` frames (``datasets.<name>.n_frames``; a qshift extension) has each frame
+embedded and the token means averaged before normalising.
 
 Checked against the reference code on a tiny random configuration
 (``tests/data/cav_mae/``; agreement ~1e-6).
@@ -25,8 +25,7 @@ Checked against the reference code on a tiny random configuration
 Sources: ``cav-mae:PATH`` (a ``.pth`` state dict: CAV-MAE's ``torch.save(model.state_dict())`` of a
 ``DataParallel`` model, so keys start with ``module.``; a bare state dict or ``{"model": ...}`` /
 ``{"state_dict": ...}`` work too) or ``cav-mae:https://...`` (downloaded once, resumably, into the
-model cache ``model.cache_dir/cav-mae/``). Options before an ``@``: ``cav-mae:heads=12,frames=1,
-norms=branch@PATH``. The architecture (width, depths, image size, audio length) is read from the
+model cache ``model.cache_dir/cav-mae/``). Options before an ``@``: ``cav-mae:heads=12,norms=branch@PATH``. The architecture (width, depths, image size, audio length) is read from the
 weights' shapes; the attention heads cannot be, so ``heads`` defaults to width / 64 (12 for the
 released ViT-B models).
 
@@ -171,17 +170,14 @@ class CavMaeModel(VideoAudioModel):
     ``encode_audio``, ``video_transform``, ``audio_transform``, ``norm_layers``)."""
 
     def __init__(self, name: str, module: CavMaeEncoder, device: torch.device, *, image_size: int = IMAGE_SIZE,
-                 target_length: int = 1024, frames: int = 1, norms: str = "branch"):
+                 target_length: int = 1024, norms: str = "branch"):
         if norms not in NORM_SCOPES:
             raise ConfigError(f"cav-mae norms={norms!r}; valid: {', '.join(NORM_SCOPES)}")
-        if frames < 1:
-            raise ConfigError(f"cav-mae frames={frames}; must be >= 1")
         self.name = name
         self.module = module.to(device).eval()
         self.device = device
         self.image_size = image_size
         self.target_length = target_length
-        self.frames = frames
         self.norms = norms
         self.sample_rate = CAV_MAE_SAMPLE_RATE
         self.mel_bins = CAV_MAE_MEL_BINS
@@ -250,7 +246,7 @@ class CavMaeModel(VideoAudioModel):
 
 
 # --- loading -----------------------------------------------------------------------------------
-_OPTIONS = {"heads": int, "frames": int, "norms": str}
+_OPTIONS = {"heads": int, "norms": str}
 
 
 def parse_source(ident: str) -> tuple[dict, str]:
@@ -262,7 +258,7 @@ def parse_source(ident: str) -> tuple[dict, str]:
             key, eq, value = part.partition("=")
             if not eq or key not in _OPTIONS:
                 raise ConfigError(f"cav-mae source option {part!r}; valid: {', '.join(k + '=' for k in _OPTIONS)} "
-                                  f"(cav-mae:heads=12,frames=1,norms=branch@PATH_OR_URL)")
+                                  f"(cav-mae:heads=12,norms=branch@PATH_OR_URL)")
             try:
                 opts[key] = _OPTIONS[key](value)
             except ValueError:
@@ -366,8 +362,7 @@ def load_cav_mae(ident: str, device: torch.device, cache_dir: Path | None = None
     state = read_state_dict(path)
     enc, geometry = build_encoder(state, path, opts.get("heads"))
     return CavMaeModel(f"cav-mae-{path.stem}", enc, device, image_size=geometry["image_size"],
-                       target_length=geometry["target_length"], frames=opts.get("frames", 1),
-                       norms=opts.get("norms", "branch"))
+                       target_length=geometry["target_length"], norms=opts.get("norms", "branch"))
 
 
 LOADERS.register("cav-mae")(load_cav_mae)
