@@ -558,3 +558,34 @@ def test_as_c_fixture_runs_through_snakemake(tmp_path):
     assert "Video-to-audio retrieval" in (repo / "reports/report.md").read_text()
     again = run(["snakemake", "--cores", "1", "-n"], repo)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_short_clips_keep_their_true_length(tmp_path, monkeypatch):
+    """A clip shorter than the audio row is read back at its true length (meta.audio_samples), so
+    CAV-MAE's fbank is padded with zero fbank frames as its dataloader does; corrupted audio query
+    sets and audio streams carry the lengths."""
+    from qshift import va
+    from qshift.audio_features import cav_mae_fbank
+
+    monkeypatch.chdir(tmp_path)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_clip(videos / "long000000_0.mp4", n=20)  # 2 s
+    write_clip(videos / "short00000_0.mp4", n=20, seconds=0.5)
+    lst = tmp_path / "list.json"
+    lst.write_text(json.dumps({"data": [{"video_id": "long000000_0"}, {"video_id": "short00000_0"}]}))
+    prepare_clip_list(lst, "cav-mae-json", videos, tmp_path / "data" / "va-short", image_size=32,
+                      max_samples=24000, dataset="va-short", progress=False)
+    clips = va.read_clipset(tmp_path / "data" / "va-short" / "test")
+    n = clips.meta["audio_samples"]
+    assert n[0] == 24000 and 7000 < n[1] < 9500
+    short = clips.checked_wave(1)
+    assert short.shape == (n[1],) and np.array_equal(short, clips.audio([1])[0][:n[1]])
+    model = _tiny("pretrain")
+    batch = next(iter(va.clip_loader(model, "audio", clips, batch_size=2)))
+    np.testing.assert_allclose(batch[1].numpy(), cav_mae_fbank(short, 16000, target_length=64).numpy(), atol=1e-6)
+    cfg = {"benchmark": "va-short", "seed": 42, "corrupt": {"audio": {"names": ["gaussian_noise"], "severities": [5]}}}
+    va.build_query_set(cfg, "audio", "gaussian_noise", 5, out=tmp_path / "data" / "q")
+    q = va.read_clipset(tmp_path / "data" / "q")
+    assert q.meta["audio_samples"] == n and q.checked_wave(1).shape == (n[1],)
+    assert float(np.abs(q.audio([1])[0][n[1]:]).max()) == 0.0  # the padding stays silent, uncorrupted

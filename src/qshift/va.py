@@ -84,7 +84,9 @@ class ClipSetWriter:
         if frames is not None:
             self.frames[i] = frames
         if audio is not None:
-            self.audio[i] = audio
+            n = len(audio)
+            self.audio[i, :n] = audio  # a clip shorter than the row (its true length: meta.audio_samples)
+            self.audio[i, n:] = 0.0
 
     def close(self, dataset: str, split: str, ids, meta: dict | None = None) -> Path:
         for arr in (self.frames, self.audio):
@@ -147,7 +149,17 @@ class ClipSet:
         return f"clip {int(self.ids[i])} (row {i}) of {self.manifest}"
 
     def checked_wave(self, i: int) -> np.ndarray:
+        """Clip ``i``'s waveform: its true length when ``meta.audio_samples`` records one (real
+        clips of different lengths, zero-padded in audio.npy: qshift.data.av_lists)."""
         wave = np.asarray(self._audio[i]) if self._audio is not None else self.audio([i])[0]
+        lengths = self.meta.get("audio_samples")
+        if lengths is not None:
+            if not isinstance(lengths, list) or len(lengths) != self.n:
+                raise InputError(f"clip set {self.manifest}: meta.audio_samples must list one length per clip")
+            n = lengths[i]
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= wave.shape[0]:
+                raise InputError(f"{self.clip(i)}: meta.audio_samples {n!r} is not a length in 1..{wave.shape[0]}")
+            wave = wave[:n]
         if not np.isfinite(wave).all():
             raise InputError(f"{self.clip(i)}: the waveform has {int((~np.isfinite(wave)).sum())} NaN/inf samples "
                              f"({self.audio_file})")
@@ -414,6 +426,8 @@ def build_query_set(cfg: dict, side: str, corruption: str, severity: int, out: s
                     w.put(int(i), audio=wav)
         meta = {"source": os.path.relpath(src.folder, out), "corruption": corruption, "severity": severity,
                 "modality": side, "seed": cfg["seed"]}
+        if side == "audio" and "audio_samples" in src.meta:
+            meta["audio_samples"] = src.meta["audio_samples"]
         if side == "video" and impl != "imagecorruptions":
             meta["implementation"] = {"name": impl, **(options or {})}
         if side == "audio":
@@ -524,8 +538,10 @@ def build_stream(cfg: dict, side: str, name: str, out: str | Path | None = None,
         if order is not None:
             stream["order"] = [int(i) for i in order]
         per_clip = ["+".join(labels)] * src.n if segments else [labels[d] for d in dom]
+        lengths = ({"audio_samples": src.meta["audio_samples"]}
+                   if side == "audio" and "audio_samples" in src.meta else {})
         w.close(ds, "test", src.ids.tolist(), {"source": os.path.relpath(src.folder, out), "modality": side,
-                                               "stream": stream, "domains": per_clip})
+                                               "stream": stream, "domains": per_clip, **lengths})
     return dict(Counter(per_clip))
 
 

@@ -25,8 +25,9 @@ Checked against the reference code on a tiny random configuration
 Sources: ``cav-mae:PATH`` (a ``.pth`` state dict: CAV-MAE's ``torch.save(model.state_dict())`` of a
 ``DataParallel`` model, so keys start with ``module.``; a bare state dict or ``{"model": ...}`` /
 ``{"state_dict": ...}`` work too) or ``cav-mae:https://...`` (downloaded once, resumably, into the
-model cache ``model.cache_dir/cav-mae/``). Options before an ``@``: ``cav-mae:heads=12,norms=branch@PATH``. The architecture (width, depths, image size, audio length) is read from the
-weights' shapes; the attention heads cannot be, so ``heads`` defaults to width / 64 (12 for the
+model cache ``model.cache_dir/cav-mae/``). Options before an ``@``:
+``cav-mae:heads=12,norms=branch@PATH``. The architecture (width, depths, image size, audio
+length) is read from the weights' shapes; the attention heads cannot be, so ``heads`` defaults to width / 64 (12 for the
 released ViT-B models).
 
 Which normalisation layers TTA adapts (``norms=``), for the query modality ``m``:
