@@ -563,7 +563,7 @@ def test_stage_cli(server: Server, tmp_path: Path, capsys) -> None:
     assert err.startswith("error: params: datasets.flickr30k.images has neither a url nor a path")
     assert _run_stage(tmp_path, params, "--set", "benchmark=nope")[0] == 2
     err = capsys.readouterr().err
-    assert "benchmark 'nope' has no entry under 'benchmarks'; valid: builtin, " in err and ", coco-c, " in err
+    assert "benchmark 'nope' has no entry under 'benchmarks'; valid: as-c, builtin, " in err and ", coco-c, " in err
 
 
 def test_params_entries_validate() -> None:
