@@ -175,6 +175,24 @@ def test_fashioniq_joins_the_captions_and_keeps_each_category_gallery(tmp_path):
     assert q.captions[0] == "is dress number 0 and has longer sleeves"
 
 
+def test_images_from_an_archive_and_only_the_split_s_images(tmp_path):
+    from qshift.cir import load_gallery_split
+    from qshift.data.karpathy import download_dataset, prepare_real
+
+    ann, imgs = write_fiq(tmp_path / "src")
+    (imgs / "B0X99999.jpg").write_bytes(_png(7, "JPEG"))  # in the archive, in no image list
+    d = {"kind": "fashion-iq", "task": "cir", "categories": ["toptee", "dress"], "annotations": {"path": str(ann)},
+         "images": {"path": str(_zip(imgs, tmp_path / "images.zip"))}}
+    info = download_dataset("fashion-iq", d, {**DL, "cache_dir": str(tmp_path / "c")}, tmp_path / "raw",
+                            progress=False)
+    got = sorted(p.name for p in (tmp_path / "raw" / "images").iterdir() if p.suffix == ".jpg")
+    assert got == sorted(f"{n}.jpg" for n in FIQ["toptee"] + FIQ["dress"]) and info["n_images"] == len(got)
+    prepare_real("fashion-iq", d, tmp_path / "raw", tmp_path / "data", progress=False)
+    gal = load_gallery_split(tmp_path / "data")
+    assert gal.groups == ["toptee"] * len(FIQ["toptee"]) + ["dress"] * len(FIQ["dress"])  # the params' order
+    assert [p.parent.name for p in gal.image_paths] == gal.groups  # images/<category>/<asin>.jpg
+
+
 def test_unknown_category_lists_the_valid_ones(tmp_path):
     from qshift.data.karpathy import validate_dataset
 
