@@ -97,3 +97,51 @@ def test_compact_and_expand_round_trip_keeps_argmax_pooling():
     rest = torch.ones(len(before), dtype=torch.bool)
     rest[used] = False
     assert torch.equal(after[rest], before[rest])
+
+
+def test_trimmed_text_batch_encodes_like_the_full_context():
+    """Training trims each text batch to its longest caption; under the causal mask that is the
+    same function as open_clip's encode_text (up to float rounding), for mixed lengths."""
+    import open_clip
+
+    from qshift.models.openclip import build_from_config, tiny_clip_config
+    from qshift.models.train import encode_text_trimmed
+
+    torch.manual_seed(0)
+    model = build_from_config(tiny_clip_config(CFG["embed_dim"], CFG["vision"], CFG["text"], 0.07)).eval()
+    caps = ["a red ball", "a small blue box to the left of a big green circle on stripes", "ball"]
+    toks = open_clip.tokenize(caps, context_length=40)
+    assert int((toks != 0).sum(1).max()) < 40  # there is padding to trim
+    with torch.no_grad():
+        full, trimmed = model.encode_text(toks), encode_text_trimmed(model, toks)
+    assert trimmed.shape == full.shape
+    torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=1e-5)
+    bad = toks.clone()
+    bad[0, 2] = 49407  # a batch whose EOT sits elsewhere pools elsewhere: the check can fail
+    with torch.no_grad():
+        assert not torch.allclose(encode_text_trimmed(model, bad)[0], full[0])
+
+
+def test_matmul_precision_runs_what_the_hardware_has_and_restores_it():
+    from qshift.models.train import matmul_precision
+
+    cpu = torch.device("cpu")
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    with matmul_precision("fp32", cpu) as ran:
+        assert ran == "fp32" and torch.backends.mkldnn.matmul.fp32_precision == before
+    with matmul_precision("fast", cpu) as ran:
+        assert ran in ("bf16", "fp32")
+        if ran == "bf16":
+            assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
+    with pytest.raises(ValueError, match="pretrain.matmul 'half'; valid: fp32, fast"):
+        with matmul_precision("half", cpu):
+            pass
+
+
+def test_fast_matmul_is_recorded_and_deterministic(manifest, tmp_path):
+    cfg = {**CFG, "matmul": "fast"}
+    runs = [pretrain(manifest, tmp_path / n, cfg, seed=3, device=torch.device("cpu"), progress=False) for n in "ab"]
+    assert runs[0]["matmul"] in ("bf16", "fp32")
+    assert (tmp_path / "a" / WEIGHTS_NAME).read_bytes() == (tmp_path / "b" / WEIGHTS_NAME).read_bytes()
+    assert torch.backends.mkldnn.matmul.fp32_precision == "none"  # evaluation and later stages: fp32

@@ -335,3 +335,12 @@ def test_load_params_clean_method_outside_the_grid(tmp_path):
 
     with pytest.raises(ConfigError, match=r"clean_methods has 'tent', which is not in adapt.methods"):
         load_params(_params_with(tmp_path, edit))
+
+
+@pytest.mark.parametrize("override, problem", [("pretrain.matmul=half", "pretrain.matmul is 'half'; valid: fp32, fast"),
+                                               ("pretrain.trim_text=3", "pretrain.trim_text must be true or false")])
+def test_load_params_bad_pretrain_speedup_names_the_value(tmp_path, override, problem):
+    path = _params_with(tmp_path, lambda c: None)
+    with pytest.raises(ConfigError) as e:
+        load_params(path, [override])
+    assert problem in str(e.value)

@@ -332,6 +332,11 @@ def validate_run_params(cfg: dict) -> None:
     _int_param(cfg, "threads", 0, required=False)
     _int_param(cfg, "pretrain.steps", 1, required=False)
     _int_param(cfg, "pretrain.batch_size", 1, required=False)
+    pre = cfg.get("pretrain") if isinstance(cfg.get("pretrain"), dict) else {}
+    if pre.get("matmul", "fp32") not in ("fp32", "fast"):
+        raise ConfigError(f"params: pretrain.matmul is {pre['matmul']!r}; valid: fp32, fast")
+    if not isinstance(pre.get("trim_text", False), bool):
+        raise ConfigError(f"params: pretrain.trim_text must be true or false, got {pre['trim_text']!r}")
     if "amp" in cfg and not isinstance(cfg["amp"], bool):
         raise ConfigError(f"params: amp must be true or false, got {cfg['amp']!r}")
 

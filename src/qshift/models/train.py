@@ -15,10 +15,25 @@ CLIP with the standard tokenizer (unseen ids keep their initial values, as they 
 full-vocabulary training; ``tests/test_pretrain.py`` checks both give identical weights).
 The EOT id (49407, the largest) stays the largest compact id, so open_clip's argmax pooling
 finds it.
+
+Two opt-in speed-ups (``benchmarks/pretrain_speed.py`` prints what they buy; both change the
+trained weights in the last bits, so they are pretraining parameters, part of the stage's
+trigger, and off by default to keep the published default numbers):
+
+``pretrain.trim_text: true`` trims each step's text batch to its longest caption
+(:func:`encode_text_trimmed`: under the causal mask the padding after the EOT never reaches the
+pooled token; equal to ``encode_text`` up to float rounding, tested), so the text tower runs
+~23 positions, not 40.
+
+``pretrain.matmul`` (``fp32`` | ``fast``): with ``fast`` the training matmuls run with
+reduced-precision inputs and fp32 accumulation where the hardware has it — oneDNN's bf16
+(AMX / AVX512-BF16) on the CPU, TF32 on CUDA — and in fp32 elsewhere (what ran is recorded as
+``metrics.matmul``). Evaluation and every later stage compute in fp32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -90,6 +105,45 @@ def expand_vocabulary(model: torch.nn.Module, used: torch.Tensor) -> None:
     del model._full_token_embedding
 
 
+def encode_text_trimmed(model: torch.nn.Module, text: torch.Tensor) -> torch.Tensor:
+    """open_clip's ``encode_text`` (argmax/EOT pooling, no normalisation) on the first L
+    positions, L = the longest caption of the batch: under the causal mask a position sees only
+    earlier ones, so the padding after every EOT cannot change the pooled features."""
+    length = max(1, int((text != 0).sum(1).max()))
+    x = model.token_embedding(text[:, :length]) + model.positional_embedding[:length]
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), text[:, :length].argmax(dim=-1)]
+    return x @ model.text_projection
+
+
+MATMUL = ("fp32", "fast")
+
+
+@contextlib.contextmanager
+def matmul_precision(kind: str, device: torch.device):
+    """Reduced-precision matmul inputs for the block (``fast``), restored after; yields what ran:
+    ``bf16`` (oneDNN on a CPU with bf16 support), ``tf32`` (CUDA) or ``fp32``."""
+    if kind not in MATMUL:
+        raise ValueError(f"pretrain.matmul {kind!r}; valid: {', '.join(MATMUL)}")
+    if kind == "fp32":
+        yield "fp32"
+        return
+    if device.type == "cuda":
+        backend, value = torch.backends.cuda.matmul, "tf32"
+    elif device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        backend, value = torch.backends.mkldnn.matmul, "bf16"
+    else:
+        yield "fp32"
+        return
+    old = backend.fp32_precision
+    backend.fp32_precision = value
+    try:
+        yield value
+    finally:
+        backend.fp32_precision = old
+
+
 def normalise(images_u8: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
@@ -130,6 +184,37 @@ def evaluate(model, tokenizer, images_u8: torch.Tensor, split: Split, device, ba
     return {**{f"i2t_{k}": v for k, v in i2t.items()}, **{f"t2i_{k}": v for k, v in t2i.items()}}
 
 
+def _train_steps(model, opt, pc: dict, images: torch.Tensor, tokens: torch.Tensor, cap_start: np.ndarray,
+                 caps_per: np.ndarray, rng: np.random.Generator, bar, losses: list, device, amp: bool) -> None:
+    """The optimisation loop: each step a batch of images (a fresh permutation per epoch), one of
+    each image's captions at random, symmetric InfoNCE."""
+    steps, bs = int(pc["steps"]), int(pc["batch_size"])
+    encode = encode_text_trimmed if pc.get("trim_text", False) else type(model).encode_text
+    perm, pos = rng.permutation(len(images)), 0
+    for step in bar:
+        if pos + bs > len(perm):
+            perm, pos = rng.permutation(len(images)), 0
+        idx = perm[pos:pos + bs]
+        pos += bs
+        cap = cap_start[idx] + rng.integers(0, caps_per[idx])
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, pc["lr"], int(pc["warmup"]), steps)
+        with autocast(device, amp):
+            img = F.normalize(model.encode_image(normalise(images[idx]).to(device)), dim=-1)
+            txt = F.normalize(encode(model, tokens[cap].to(device)), dim=-1)
+            logits = model.logit_scale.exp() * img @ txt.T
+            labels = torch.arange(len(idx), device=device)
+            loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", temp=f"{1 / model.logit_scale.exp().item():.3f}")
+
+
 def pretrain(manifest: str | Path, out_dir: str | Path, cfg: dict, seed: int, device: torch.device,
              amp: bool = False, progress: bool = True, compact_vocab: bool = True,
              eval_splits: tuple[str, ...] = ("val", "test")) -> dict:
@@ -165,40 +250,20 @@ def pretrain(manifest: str | Path, out_dir: str | Path, cfg: dict, seed: int, de
     opt = torch.optim.AdamW(_param_groups(model, pc["weight_decay"]), lr=pc["lr"], betas=(0.9, 0.98), eps=1e-6)
     rng = np.random.default_rng(seed)
     steps, bs = int(pc["steps"]), int(pc["batch_size"])
-    perm, pos = rng.permutation(train.n_images), 0
     data_seconds = time.perf_counter() - t_start
     t0 = time.perf_counter()
     bar = tqdm(range(steps), desc="pretrain", unit="step", disable=not progress)
     losses = []
     model.train()
-    for step in bar:
-        if pos + bs > len(perm):
-            perm, pos = rng.permutation(train.n_images), 0
-        idx = perm[pos:pos + bs]
-        pos += bs
-        cap = cap_start[idx] + rng.integers(0, caps_per[idx])
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, pc["lr"], int(pc["warmup"]), steps)
-        with autocast(device, amp):
-            img = F.normalize(model.encode_image(normalise(images[idx]).to(device)), dim=-1)
-            txt = F.normalize(model.encode_text(tokens[cap].to(device)), dim=-1)
-            logits = model.logit_scale.exp() * img @ txt.T
-            labels = torch.arange(len(idx), device=device)
-            loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        losses.append(loss.item())
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", temp=f"{1 / model.logit_scale.exp().item():.3f}")
+    with matmul_precision(pc.get("matmul", "fp32"), device) as matmul:
+        _train_steps(model, opt, pc, images, tokens, cap_start, caps_per, rng, bar, losses, device, amp)
     train_seconds = time.perf_counter() - t0
     if compact_vocab:
         expand_vocabulary(model, used)
 
     # deterministic figures only: they are saved inside the model folder (timings are not)
-    metrics = {"steps": steps, "batch_size": bs, "vocabulary": len(used) if compact_vocab else model.vocab_size,
+    metrics = {"steps": steps, "batch_size": bs, "matmul": matmul,
+               "vocabulary": len(used) if compact_vocab else model.vocab_size,
                "final_loss": float(np.mean(losses[-20:])), "temperature": 1 / model.logit_scale.exp().item()}
     for split_name in eval_splits:
         try:

@@ -1,0 +1,100 @@
+"""Seconds per pretraining step of the built-in CLIP, for what the speed-ups change.
+
+Times ``--steps`` optimisation steps (after ``--warmup`` untimed ones) of the configured model
+(params.yaml ``pretrain``) at its batch size on a synthetic batch, in four variants: the text
+batch at the full context or trimmed to its longest caption (what training does), and matmuls
+in fp32 or ``pretrain.matmul: fast`` (oneDNN bf16 on a CPU that has it, TF32 on CUDA). Prints
+one row per variant: seconds per step, the speed-up over the first row, and the projected
+training time of ``pretrain.steps`` steps. It changes nothing on disk.
+
+    python benchmarks/pretrain_speed.py [--params params.yaml] [--steps 10] [--warmup 2] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from qshift.config import load_params
+from qshift.models.openclip import build_from_config, tiny_clip_config
+from qshift.models.train import encode_text_trimmed, matmul_precision, normalise
+from qshift.runtime import pick_device
+
+
+def _batch(pc: dict, device, caption_len: int = 24):
+    bs, size, ctx = int(pc["batch_size"]), int(pc["vision"]["image_size"]), int(pc["text"]["context_length"])
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (bs, 3, size, size), dtype=torch.uint8, generator=g)
+    length = min(caption_len, ctx)
+    tokens = torch.zeros(bs, ctx, dtype=torch.long)
+    tokens[:, :length - 1] = torch.randint(1, 120, (bs, length - 1), generator=g)
+    tokens[:, length - 1] = 49407  # EOT: the largest id, where open_clip pools
+    return images.to(device), tokens.to(device)
+
+
+def time_steps(pc: dict, device, trim: bool, matmul: str, steps: int, warmup: int) -> tuple[float, str]:
+    torch.manual_seed(0)
+    model = build_from_config(tiny_clip_config(pc["embed_dim"], pc["vision"], pc["text"],
+                                               pc["init_temperature"])).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=float(pc["lr"]))
+    images, tokens = _batch(pc, device)
+    labels = torch.arange(len(images), device=device)
+
+    def step():
+        img = F.normalize(model.encode_image(normalise(images.cpu()).to(device)), dim=-1)
+        txt = F.normalize(encode_text_trimmed(model, tokens) if trim else model.encode_text(tokens), dim=-1)
+        logits = model.logit_scale.exp() * img @ txt.T
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    with matmul_precision(matmul, device) as ran:
+        for _ in range(warmup):
+            step()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        return (time.perf_counter() - t0) / steps, ran
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = load_params(args.params)
+    pc, device = cfg["pretrain"], pick_device(cfg["device"])
+    rows = []
+    for trim, matmul in ((False, "fp32"), (True, "fp32"), (False, "fast"), (True, "fast")):
+        sec, ran = time_steps(pc, device, trim, matmul, args.steps, args.warmup)
+        sec = round(sec, 4)
+        rows.append({"text": "trimmed" if trim else "full context", "matmul": ran, "s_per_step": sec,
+                     "speedup": round(rows[0]["s_per_step"] / sec, 2) if rows else 1.0,
+                     "train_s": round(sec * int(pc["steps"]), 1)})
+    if args.json:
+        print(json.dumps({"device": str(device), "threads": args.threads, "batch_size": pc["batch_size"],
+                          "steps": pc["steps"], "rows": rows}))
+        return
+    print(f"pretraining step cost on {device} ({args.threads} threads), batch {pc['batch_size']}, "
+          f"projected over pretrain.steps={pc['steps']}")
+    print(f"{'text':<14}{'matmul':<8}{'s/step':>9}{'speed-up':>10}{'train s':>9}")
+    for r in rows:
+        print(f"{r['text']:<14}{r['matmul']:<8}{r['s_per_step']:>9.4f}{r['speedup']:>9.2f}x{r['train_s']:>9.1f}")
+    if not all(math.isfinite(r["s_per_step"]) for r in rows):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
