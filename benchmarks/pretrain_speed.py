@@ -3,11 +3,12 @@
 Times ``--steps`` optimisation steps (after ``--warmup`` untimed ones) of the configured model
 (params.yaml ``pretrain``) at its batch size on a synthetic batch, in four variants: the text
 batch at the full context or trimmed to its longest caption (what training does), and matmuls
-in fp32 or ``pretrain.matmul: fast`` (oneDNN bf16 on a CPU that has it, TF32 on CUDA). Prints
-one row per variant: seconds per step, the speed-up over the first row, and the projected
+in fp32 or ``pretrain.matmul: fast`` (TF32 on CUDA; on the CPU fast is fp32, and ``--cpu-bf16``
+adds the rows of oneDNN's implicit bf16 matmuls, which ``fast`` does not use because they
+measured slower for this model). Prints one row per variant: seconds per step, the speed-up over the first row, and the projected
 training time of ``pretrain.steps`` steps. It changes nothing on disk.
 
-    python benchmarks/pretrain_speed.py [--params params.yaml] [--steps 10] [--warmup 2] [--threads 2]
+    python benchmarks/pretrain_speed.py [--params params.yaml] [--steps 10] [--warmup 2] [--threads 2] [--cpu-bf16]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 
 from qshift.config import load_params
 from qshift.models.openclip import build_from_config, tiny_clip_config
-from qshift.models.train import encode_text_trimmed, matmul_precision, normalise
+from qshift.models.train import _fp32_precision, encode_text_trimmed, matmul_precision, normalise
 from qshift.runtime import pick_device
 
 
@@ -56,7 +57,9 @@ def time_steps(pc: dict, device, trim: bool, matmul: str, steps: int, warmup: in
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    with matmul_precision(matmul, device) as ran:
+    ctx = _fp32_precision(torch.backends.mkldnn.matmul, "bf16") if matmul == "cpu-bf16" else matmul_precision(
+        matmul, device)
+    with ctx as ran:
         for _ in range(warmup):
             step()
         t0 = time.perf_counter()
@@ -71,13 +74,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cpu-bf16", action="store_true", help="also time oneDNN's implicit bf16 matmuls (CPU)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_params(args.params)
     pc, device = cfg["pretrain"], pick_device(cfg["device"])
     rows = []
-    for trim, matmul in ((False, "fp32"), (True, "fp32"), (False, "fast"), (True, "fast")):
+    variants = [(False, "fp32"), (True, "fp32"), (False, "fast"), (True, "fast")]
+    if args.cpu_bf16 and device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        variants += [(False, "cpu-bf16"), (True, "cpu-bf16")]
+    for trim, matmul in variants:
         sec, ran = time_steps(pc, device, trim, matmul, args.steps, args.warmup)
         sec = round(sec, 4)
         rows.append({"text": "trimmed" if trim else "full context", "matmul": ran, "s_per_step": sec,

@@ -174,5 +174,5 @@ def test_pretrain_speed_benchmark_prints_its_four_variants(tmp_path):
     rows = doc["rows"]
     assert [r["text"] for r in rows] == ["full context", "trimmed", "full context", "trimmed"]
     assert rows[0]["matmul"] == rows[1]["matmul"] == "fp32" and rows[0]["speedup"] == 1.0
-    assert rows[3]["matmul"] in ("bf16", "fp32")
+    assert rows[3]["matmul"] == "fp32"  # fast on the CPU
     assert all(r["s_per_step"] > 0 and r["train_s"] == round(r["s_per_step"] * doc["steps"], 1) for r in rows)

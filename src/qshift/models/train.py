@@ -25,10 +25,9 @@ trigger, and off by default to keep the published default numbers):
 pooled token; equal to ``encode_text`` up to float rounding, tested), so the text tower runs
 ~23 positions, not 40.
 
-``pretrain.matmul`` (``fp32`` | ``fast``): with ``fast`` the training matmuls run with
-reduced-precision inputs and fp32 accumulation where the hardware has it — oneDNN's bf16
-(AMX / AVX512-BF16) on the CPU, TF32 on CUDA — and in fp32 elsewhere (what ran is recorded as
-``metrics.matmul``). Evaluation and every later stage compute in fp32.
+``pretrain.matmul`` (``fp32`` | ``fast``): with ``fast`` the training matmuls run in TF32 on
+CUDA (fp32 elsewhere: on the CPU oneDNN's bf16 path was measured slower for this model); what
+ran is recorded as ``metrics.matmul``. Evaluation and every later stage compute in fp32.
 """
 
 from __future__ import annotations
@@ -122,18 +121,20 @@ MATMUL = ("fp32", "fast")
 
 @contextlib.contextmanager
 def matmul_precision(kind: str, device: torch.device):
-    """Reduced-precision matmul inputs for the block (``fast``), restored after; yields what ran:
-    ``bf16`` (oneDNN on a CPU with bf16 support), ``tf32`` (CUDA) or ``fp32``."""
+    """TF32 matmuls on CUDA for the block (``fast``), restored after; yields what ran (``tf32`` or
+    ``fp32``). On the CPU ``fast`` stays fp32: oneDNN's implicit bf16 (AMX) made this model's step
+    2.4x *slower* on the 2-core reference machine (many small matmuls, a reorder each;
+    ``benchmarks/pretrain_speed.py --cpu-bf16`` measures it)."""
     if kind not in MATMUL:
         raise ValueError(f"pretrain.matmul {kind!r}; valid: {', '.join(MATMUL)}")
-    if kind == "fp32":
-        yield "fp32"
-        return
-    if device.type == "cuda":
-        backend, value = torch.backends.cuda.matmul, "tf32"
-    elif device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        backend, value = torch.backends.mkldnn.matmul, "bf16"
-    else:
+    with _fp32_precision(torch.backends.cuda.matmul if kind == "fast" and device.type == "cuda" else None,
+                         "tf32") as ran:
+        yield ran
+
+
+@contextlib.contextmanager
+def _fp32_precision(backend, value: str):
+    if backend is None:
         yield "fp32"
         return
     old = backend.fp32_precision
