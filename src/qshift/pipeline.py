@@ -76,7 +76,8 @@ DERIVED: dict[str, Derived] = {
     "stream": Derived(("streams.{side}.${item.stream}",),
                       lambda cfg, wc: ((cfg.get("streams") or {}).get(wc["side"]) or {}).get(wc["stream"])),
     # the video-audio task's user-supplied environmental recordings (a preset key: qshift.va)
-    "audio_noise": Derived((), lambda cfg, wc: get_dotted(cfg, "corrupt.audio.noise_dir")),
+    "audio_noise": Derived((), lambda cfg, wc: [get_dotted(cfg, "corrupt.audio.noise_dir"),
+                                                get_dotted(cfg, "corrupt.audio.bed_rms")]),
 }
 
 

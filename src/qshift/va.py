@@ -382,6 +382,12 @@ def noise_dir(cfg: dict) -> str | None:
     return None if nd in (None, "") else str(nd)
 
 
+def bed_rms(cfg: dict) -> float | None:
+    """corrupt.audio.bed_rms: the synthetic noise beds' level (None: qshift.corrupt.audio.BED_RMS)."""
+    v = _side_cfg(cfg, "audio").get("bed_rms")
+    return None if v is None else float(v)
+
+
 def _clip_seed(dataset: str, clip_id, corruption: str, severity: int) -> int:
     from .io import query_seed
 
@@ -422,7 +428,7 @@ def build_query_set(cfg: dict, side: str, corruption: str, severity: int, out: s
                 else:
                     wav = corrupt_audio(corruption, src.checked_wave(int(i)), severity,
                                         _clip_seed(ds, cid, corruption, severity), src.sample_rate, nd,
-                                        what=src.clip(i))
+                                        what=src.clip(i), bed_rms=bed_rms(cfg))
                     w.put(int(i), audio=wav)
         meta = {"source": os.path.relpath(src.folder, out), "corruption": corruption, "severity": severity,
                 "modality": side, "seed": cfg["seed"]}
@@ -431,7 +437,8 @@ def build_query_set(cfg: dict, side: str, corruption: str, severity: int, out: s
         if side == "video" and impl != "imagecorruptions":
             meta["implementation"] = {"name": impl, **(options or {})}
         if side == "audio":
-            meta["noise"] = "synthetic beds (qshift.corrupt.audio)" if nd is None else f"recordings from {nd}"
+            meta["noise"] = (f"synthetic beds (qshift.corrupt.audio), RMS {bed_rms(cfg) or 'default'}" if nd is None
+                             else f"recordings from {nd}")
         w.close(ds, "test", src.ids.tolist(), meta)
     return {"n": src.n, "out": str(out)}
 
@@ -531,7 +538,8 @@ def build_stream(cfg: dict, side: str, name: str, out: str | Path | None = None,
             else:
                 wav = src.checked_wave(i)
                 if c != CLEAN:
-                    wav = corrupt_audio(c, wav, s, _clip_seed(ds, cid, c, s), src.sample_rate, nd, src.clip(i))
+                    wav = corrupt_audio(c, wav, s, _clip_seed(ds, cid, c, s), src.sample_rate, nd, src.clip(i),
+                                        bed_rms=bed_rms(cfg))
                 w.put(i, audio=wav)
         stream = {"name": name, "kind": spec["kind"], "domains": ["+".join(labels)] if segments else labels,
                   "seed": cfg["seed"], "segments": labels if segments else None}
@@ -575,10 +583,10 @@ def validate(cfg: dict) -> None:
         sc = _side_cfg(cfg, side)
         if not isinstance((cfg.get("corrupt") or {}).get(side, {}), dict):
             raise ConfigError(f"params: corrupt.{side} must be a mapping with keys names, severities")
-        unknown = set(sc) - {"names", "severities"} - ({"noise_dir"} if side == "audio" else set())
+        unknown = set(sc) - {"names", "severities"} - ({"noise_dir", "bed_rms"} if side == "audio" else set())
         if unknown:
             raise ConfigError(f"params: corrupt.{side} has unknown key(s) {', '.join(sorted(unknown))}; valid: "
-                              f"names, severities{', noise_dir' if side == 'audio' else ''}")
+                              f"names, severities{', noise_dir, bed_rms' if side == 'audio' else ''}")
         for n in sc.get("names") or []:
             check_name(f"corrupt.{side}.names entry", n)
             registry(side).check(n)
@@ -588,6 +596,9 @@ def validate(cfg: dict) -> None:
     nd = _side_cfg(cfg, "audio").get("noise_dir")
     if nd not in (None, "") and not isinstance(nd, str):
         raise ConfigError(f"params: corrupt.audio.noise_dir must be a folder path or null, got {nd!r}")
+    br = _side_cfg(cfg, "audio").get("bed_rms")
+    if br is not None and (isinstance(br, bool) or not isinstance(br, (int, float)) or not 0 < br <= 1):
+        raise ConfigError(f"params: corrupt.audio.bed_rms must be a number in (0, 1] or null, got {br!r}")
     if cfg.get("seed_corruptions"):
         raise ConfigError("params: seed_corruptions: true is not supported for the video-audio task (one draw of "
                           "each query set); set seed_corruptions: false")
@@ -668,7 +679,8 @@ def examples(cfg: dict, out_dir: str | Path, n_clips: int = 3) -> dict:
         for i in idx:
             wav = src.checked_wave(i)
             if name != "clean":
-                cw = corrupt_audio(name, wav, asev, _clip_seed(ds, int(src.ids[i]), name, asev), src.sample_rate, nd)
+                cw = corrupt_audio(name, wav, asev, _clip_seed(ds, int(src.ids[i]), name, asev), src.sample_rate, nd,
+                                   bed_rms=bed_rms(cfg))
                 snrs.setdefault(name, []).append(snr_db(wav, cw))
                 wav = cw
             mels[name].append(log_mel(torch.from_numpy(np.array(wav)), src.sample_rate).numpy().T[::-1])

@@ -282,5 +282,10 @@ def train_tiny_va(dataset_dir: str | Path, out_dir: str | Path, hp: dict | None,
         with open(tmp / WEIGHTS, "wb") as fh:
             torch.save(module.state_dict(), fh)
         (tmp / VA_MARKER).write_text(json.dumps(config, indent=1) + "\n")
+    summary = (f"(video-audio two-tower, {sum(p.numel() for p in module.parameters()):,} parameters) trained for "
+               f"{tr['steps']} steps of {bs} clips ({train_seconds:.0f} s on {device}) on {n} synthetic clips."
+               + (f" Clean val R@1 ({val.n} clips): v2a {figures['val_v2a_R@1']:.1f}, a2v {figures['val_a2v_R@1']:.1f}."
+                  if val is not None else ""))
     return {**{f"va_{k}": x for k, x in figures.items()}, "va_train_seconds": round(train_seconds, 1),
-            "va_params": sum(p.numel() for p in module.parameters())}
+            "va_params": sum(p.numel() for p in module.parameters()), "steps": tr["steps"],
+            "train_seconds": round(train_seconds, 1), "summary": summary}

@@ -114,7 +114,9 @@ def source_model_section(cfg: dict) -> list[Block]:
     if not pre.is_file():
         return []
     p = json.loads(pre.read_text())
-    if p.get("trained", True):
+    if p.get("summary"):  # a task's own training figures (video-audio: src/qshift/models/tiny_va.py)
+        line = f"`{p.get('model')}` {p['summary']}"
+    elif p.get("trained", True):
         line = (f"`{p.get('model')}` trained for {p.get('steps')} steps ({p.get('train_seconds')} s on "
                 f"{p.get('device')}). Clean test R@1: i2t {_fmt(p.get('test_i2t_R@1'))}, "
                 f"t2i {_fmt(p.get('test_t2i_R@1'))}.")
