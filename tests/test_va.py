@@ -287,3 +287,27 @@ def test_builtin_va_runs_through_snakemake(tmp_path):
     proc = subprocess.run(["python", "stages/prepare.py"], cwd=repo, env={**env(), "DVC_STAGE": "prepare"},
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "run it with Snakemake" in proc.stderr
+
+
+def test_a_by_direction_override_reruns_the_video_audio_adapt_jobs_and_no_image_text_one(tmp_path):
+    """The adapt jobs' trigger holds a method's effective hyperparameters for the grid's own
+    directions too: methods.tcr.by_direction.v2a changes adapt_v2a's key; on the image-text
+    grid the keys are those of image-text's directions only (unchanged by the task's)."""
+    from pathlib import Path
+
+    from qshift import pipeline as qp
+    from qshift.config import load_params
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+
+    def hash_of(benchmark: str, tcr: dict, stage: str) -> str:
+        doc = {**raw, "benchmark": benchmark, "methods": {**raw["methods"], "tcr": tcr}}
+        path = tmp_path / f"{benchmark}-{len(tcr)}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        return qp.param_hash(load_params(str(path)), stage, method="tcr")
+
+    override = {"by_direction": {"v2a": {"lr": 1.0e-3}}}
+    assert hash_of("builtin-va", {}, "adapt_v2a") != hash_of("builtin-va", override, "adapt_v2a")
+    assert hash_of("builtin", {}, "adapt_i2t") == hash_of("builtin", override, "adapt_i2t")
+    doc = qp.param_values(load_params(str(tmp_path / "builtin-0.yaml")), "adapt_i2t", method="tcr")
+    assert set(doc["method"]) == {"None", "i2t", "t2i"}

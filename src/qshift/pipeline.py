@@ -54,8 +54,13 @@ class Derived:
 def _method_hparams(cfg: dict, method: str) -> dict:
     """What a method's jobs run with, per direction: class defaults + params overrides (a
     variant's with its base chain), so a no-op override (a default set explicitly) reruns nothing
-    and a changed base reruns its variants."""
-    return {str(d): qc.method_hparams(cfg, method, d) for d in (None, *qc.DIRECTIONS)}
+    and a changed base reruns its variants. Directions: image-text's, plus the grid's own where its
+    task is another (``by_direction`` of v2a / a2v / cir then reruns their jobs; image-text keys,
+    and so image-text triggers, unchanged)."""
+    from .tasks import cfg_task
+
+    own = tuple(d.name for d in cfg_task(cfg).directions if d.name not in qc.DIRECTIONS)
+    return {str(d): qc.method_hparams(cfg, method, d) for d in (None, *qc.DIRECTIONS, *own)}
 
 
 def _prebuilt(cfg: dict, wc: dict):
