@@ -228,7 +228,7 @@ def test_tasks_keep_image_text_as_it_was():
     assert tasks.direction("cir").query_modality == "composed" and tasks.recall_ks("cir")[-1] == 50
     root = Path(__file__).resolve().parents[1]
     cfg = load_params(root / "params.yaml", ["benchmark=builtin-cir"])
-    assert tasks.is_cir(cfg) and streams(cfg, "cir") == {}
+    assert tasks.is_cir(cfg) and list(streams(cfg, "cir")) == ["multimodal"]  # streams.cir (test_cir_streams.py)
     cells = query_cells(cfg, "cir")
     assert cells[0] == ("clean", 0) and set(cells[1:]) == set(query_cells(cfg, "i2t")[1:]) | set(
         query_cells(cfg, "t2i")[1:])
@@ -268,12 +268,19 @@ def test_builtin_cir_runs_through_snakemake(tmp_path):
     res = repo / "results/builtin-cir/qshift-tiny-cir/cir"
     files = sorted(p.relative_to(res).as_posix() for p in res.rglob("*.json"))
     assert files == ["source/seed42/clean-s0.json", "source/seed42/gaussian_noise-s3.json",
-                     "source/seed42/ocr-s2.json", "tcr/seed42/gaussian_noise-s3.json", "tcr/seed42/ocr-s2.json"]
+                     "source/seed42/multimodal-s0.json", "source/seed42/ocr-s2.json",
+                     "tcr/seed42/gaussian_noise-s3.json", "tcr/seed42/multimodal-s0.json", "tcr/seed42/ocr-s2.json"]
+    # the preset's multi-modal stream (streams.cir.multimodal): R@K per domain, shown in the report
+    mm = json.loads((res / "tcr/seed42/multimodal-s0.json").read_text())
+    assert list(mm["metrics_by_domain"]) == ["gaussian_noise-s3", "ocr-s2"] and mm["stream"]["kind"] == "mixed"
+    assert sum(d["n_queries"] for d in mm["metrics_by_domain"].values()) == mm["n_queries"] == 64
+    assert (repo / "logs/corrupt_stream/builtin-cir/cir/multimodal.log").is_file()
     doc = json.loads((res / "tcr/seed42/ocr-s2.json").read_text())
     assert set(doc["metrics"]) == {"R@1", "R@5", "R@10", "R@50"} and doc["n_queries"] == 64
     assert doc["n_gallery"] == 128 and doc["key"]["direction"] == "cir"
     report = (repo / "reports/report.md").read_text()
     assert "Composed image retrieval" in report and "R@50 (%)" in report
+    assert "Streams — cir" in report and "`multimodal`" in report
     pre = json.loads((repo / "reports/pretrain.json").read_text())
     assert pre["combiner_val_trained_R@1"] > pre["combiner_val_sum_R@1"], pre
     again = run(["snakemake", "--cores", "1", "-n"], repo)

@@ -135,13 +135,15 @@ def check_cell(cfg: dict, direction: str, corruption: str, severity: int) -> Non
     task_check = hook(direction, "check_cell")  # video-audio: the video / audio registries (qshift.va)
     if task_check is not None:
         return task_check(cfg, direction, corruption, severity)
-    if direction == "cir":  # composed queries: an image (reference) or a text (modification) corruption
-        if corruption == CLEAN:
+    if direction == "cir":  # composed queries: an image (reference) or a text (modification) corruption, a stream
+        named = streams(cfg, direction)
+        if corruption == CLEAN or corruption in named:
             if severity != 0:
-                raise ConfigError(f"the clean reference run takes --severity 0, got {severity}")
+                what = "the clean reference run" if corruption == CLEAN else f"stream {corruption!r}"
+                raise ConfigError(f"{what} takes --severity 0, got {severity}")
         elif corruption not in IMAGE_CORRUPTIONS and corruption not in TEXT_CORRUPTIONS:
-            raise UnknownNameError("image or text corruption for cir queries", corruption,
-                                   IMAGE_CORRUPTIONS.names() + TEXT_CORRUPTIONS.names() + [CLEAN])
+            raise UnknownNameError("image or text corruption or stream for cir queries", corruption,
+                                   IMAGE_CORRUPTIONS.names() + TEXT_CORRUPTIONS.names() + [CLEAN] + sorted(named))
         return
     registry = IMAGE_CORRUPTIONS if direction == "i2t" else TEXT_CORRUPTIONS
     named = streams(cfg, direction)

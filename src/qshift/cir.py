@@ -67,9 +67,15 @@ def load_triplets(path: str | Path, split: str = "test", check_files: bool = Tru
         raise InputError(f"CIR manifest {path} has no triplets in split {split!r} (present: {present})")
     sentids, ref_ids, paths, texts, targets, groups, members = [], [], [], [], [], [], []
     for im in images:
-        p = root / im.get("filepath", "") / im["filename"]
+        own = root / im.get("filepath", "") / im["filename"]
         for s in im["sentences"]:
             what = _triplet(s["sentid"], im["imgid"], s["raw"])
+            p = own
+            if "reference" in s:  # a composed stream (qshift.cir_streams): this triplet's own reference file
+                if not isinstance(s["reference"], str) or not s["reference"]:
+                    raise InputError(f"{what} in {path}: 'reference' must be a file path relative to the "
+                                     f"image root, got {s['reference']!r}")
+                p = root / s["reference"]
             if "target" not in s or isinstance(s["target"], bool) or not isinstance(s["target"], int):
                 raise InputError(f"{what} in {path} has no target (an integer imgid of {TARGETS}), "
                                  f"got {s.get('target')!r}")
@@ -361,8 +367,7 @@ def validate_cir(cfg: dict) -> None:
     if (cfg.get("tune") or {}).get("enabled"):
         raise ConfigError("params: tune.enabled: true is not supported for the cir direction (tuning's validation "
                           "queries are image-text ones); set tune.enabled: false")
-    if ((cfg.get("streams") or {}).get("methods")):
-        raise ConfigError("params: streams.methods must be [] for the cir direction (streams are image-text only)")
+    # streams.cir (multi-modal query streams): validated by the task's hook, qshift.cir_streams.validate
 
 
 # -- training (the pretrain stage of a CIR benchmark) -------------------------------------------------

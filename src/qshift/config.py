@@ -32,6 +32,7 @@ TEXT_QUERIES = "data/queries/{dataset}/text/{corruption}-s{severity}.json"  # a 
 # multi-domain query streams (qshift.streams): same formats, their own folders
 STREAM_IMAGE_QUERIES = "data/queries/{dataset}/image-stream/{stream}"  # folder: images + manifest.json
 STREAM_TEXT_QUERIES = "data/queries/{dataset}/text-stream/{stream}.json"  # a manifest
+STREAM_CIR_QUERIES = "data/queries/{dataset}/cir-stream/{stream}"  # folder: references + manifest.json (qshift.cir_streams)
 # with `seed_corruptions: true`, a run seed other than the project's reads query sets drawn
 # with that seed (qshift.corrupt.build, `draw`): the same formats under <kind>-seed<N>/
 DRAWN = {"image": "data/queries/{dataset}/image-seed{draw}/{corruption}-s{severity}",
@@ -465,10 +466,10 @@ def validate_streams(cfg: dict) -> None:
         return
     if not isinstance(st, dict):
         raise ConfigError("params: streams must be a mapping with keys methods, image, text")
-    unknown = set(st) - {"methods", "image", "text", "video", "audio"}  # video, audio: qshift.va
+    unknown = set(st) - {"methods", "image", "text", "video", "audio", "cir"}  # video, audio: qshift.va; cir: qshift.cir_streams
     if unknown:
         raise ConfigError(f"params: streams has unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-                          f"valid: methods, image, text, video, audio")
+                          f"valid: methods, image, text, video, audio, cir")
     methods = st.get("methods") or []
     if not isinstance(methods, list):
         raise ConfigError("params: streams.methods must be a list")
@@ -508,13 +509,13 @@ def probes_angle(cfg: dict, method: str) -> bool:
 
 def streams(cfg: dict, direction: str) -> dict[str, dict]:
     """The direction's stream definitions: ``streams.<side>`` of its one query side (qshift.tasks:
-    i2t image, t2i text, v2a video, a2v audio); none for cir (two sides)."""
+    i2t image, t2i text, v2a video, a2v audio); a direction whose queries have two sides (cir)
+    reads ``streams.<direction>`` (qshift.cir_streams: domains of both sides in one stream)."""
     from .tasks import direction as task_direction
 
     sides = task_direction(direction).sides
-    if len(sides) != 1:
-        return {}
-    return dict((cfg.get("streams") or {}).get(sides[0]) or {})
+    key = sides[0] if len(sides) == 1 else direction
+    return dict((cfg.get("streams") or {}).get(key) or {})
 
 
 def is_stream(cfg: dict, direction: str, corruption: str) -> bool:
@@ -769,7 +770,8 @@ def queries_path(cfg: dict, direction: str, corruption: str, severity: int, seed
     if corruption == CLEAN:
         return MANIFEST.format(dataset=cfg["benchmark"])
     if is_stream(cfg, direction, corruption):
-        return stream_path(cfg, direction, corruption, seed) + ("/manifest.json" if direction == "i2t" else "")
+        return stream_path(cfg, direction, corruption, seed) + ("/manifest.json" if direction in ("i2t", "cir")
+                                                                 else "")
     if direction == "cir":
         direction = "i2t" if cir_side(corruption) == "image" else "t2i"
     return query_set_path(cfg, direction, corruption, severity, seed) + ("/manifest.json" if direction == "i2t"

@@ -181,10 +181,21 @@ def _adapt_cir_stage() -> Stage:
         "adapt_cir", base.script, "--method ${item.method} --direction cir --seed ${item.seed}",
         base.code + ("src/qshift/cir.py", "src/qshift/tasks.py", "src/qshift/models/composed.py"), base.inputs,
         base.params, grid=("adapt.clean_methods", "corrupt.image.names", "corrupt.image.severities",
-                           "corrupt.text.names", "corrupt.text.levels"),
+                           "corrupt.text.names", "corrupt.text.levels", "streams.methods"),
+        # (streams.cir, the preset's composed streams, has no top-level default: the grid keys are DVC's)
         matrix=base.matrix, resources=base.resources, dvc=False,
         outs=(Out(_dvc_path(folder, direction="cir", method="${item.method}", seed="${item.seed}"),
                   cache=False, persist=True),))
+
+
+def _cir_stream_stage() -> Stage:
+    """A composed query stream (params ``streams.cir``; qshift.cir_streams): the image cells' and the
+    text cells' corruption settings, as corrupt_images / corrupt_text read them. Snakemake only."""
+    return Stage("corrupt_stream_cir", "stages/corrupt_stream.py", "--direction cir --stream ${item.stream}",
+                 ("src/qshift/corrupt", "src/qshift/streams.py", "src/qshift/cir_streams.py"), (qc.DATASET_DIR,),
+                 ("seed", "corrupt.image.jpeg_quality", "corrupt.image.implementation", "corrupt.image.mm_robustness",
+                  "corrupt.text.models", "corrupt.text.prefixes", "corrupt.text.generation", "corrupt.text.filter",
+                  "stream"), context={"side": "cir"}, resources={"mem_mb": 2000, "runtime": 60}, dvc=False)
 
 
 def _va_stages() -> list[Stage]:
@@ -262,6 +273,7 @@ def _stages() -> list[Stage]:
         _adapt_stage("i2t"),
         _adapt_stage("t2i"),
         _adapt_cir_stage(),
+        _cir_stream_stage(),
         *_va_stages(),
         Stage("observe", "stages/observe.py", code=("src/qshift/observations.py",),
               resources={"mem_mb": 2000, "runtime": 15},

@@ -12,6 +12,7 @@ which corruption registries shift its queries (``sides``), its Recall@K and its 
   (reference image, modification text) pair encoded by the composed encoder, the gallery is
   target images (plus distractors). Query shift: image corruptions on the reference image,
   text corruptions on the modification text; TTA adapts the LayerNorms of both towers.
+  Multi-modal query streams (``streams.cir``, :mod:`qshift.cir_streams`) through its hooks.
 - ``video-audio`` — video-audio retrieval (:mod:`qshift.va`, REST's third task): ``v2a`` (video
   queries, audio gallery) and ``a2v`` (audio queries, video gallery), R@1/5/10. Query shift:
   ``v2a`` queries are shifted by the ``video`` registry (:mod:`qshift.corrupt.video`: every image
@@ -109,7 +110,10 @@ register_task(Task(
     encoders=("image", "text", "combiner"),
     adapts="the LayerNorms of both towers of the composed encoder (the image tower's, and the text transformer "
            "blocks'); the combiner and the gallery stay frozen",
-    description="composed image retrieval: (reference image, modification text) -> target image"))
+    description="composed image retrieval: (reference image, modification text) -> target image",
+    # multi-modal query streams (streams.cir; qshift.cir_streams); the rest is the shared path
+    hooks={"validate": "qshift.cir_streams:validate", "stream_path": "qshift.cir_streams:stream_path",
+           "stream_info": "qshift.cir_streams:stream_info", "stream_domains": "qshift.cir_streams:stream_domains"}))
 
 
 register_task(Task(

@@ -122,6 +122,28 @@ rule corrupt_stream_text:
         "python stages/corrupt_stream.py --direction t2i --stream {wildcards.stream}{params.draw}"
 
 
+# A composed query stream (params `streams.cir`, benchmark builtin-cir; qshift.cir_streams, a
+# RECONSTRUCTION of REST's multi-modal query shift): each triplet's reference image or modification
+# text corrupted by its domain, from the dataset alone.
+rule corrupt_stream_cir:
+    input:
+        DATASET_DIR,
+    output:
+        directory(qc.STREAM_CIR_QUERIES.format(dataset=DS, stream="{stream}")),
+    params:
+        cfg=lambda w: qpipe.param_hash(config, "corrupt_stream_cir", stream=w.stream),
+    threads: 1
+    resources:
+        **qpipe.resources("corrupt_stream_cir"),
+    benchmark: f"logs/benchmarks/corrupt_stream/{DS}/cir/{{stream}}.tsv"
+    log:
+        qc.LOGS["corrupt_stream"].format(dataset=DS, side="cir", stream="{stream}"),
+    conda:
+        ENV_FILE
+    shell:
+        "python stages/corrupt_stream.py --direction cir --stream {wildcards.stream}"
+
+
 # `seed_corruptions: true`: the same query sets drawn for each run seed but the project's
 # (qshift.config.DRAWN, <kind>-seed<N>/), pulled in only by that seed's adapt jobs.
 use rule corrupt_images as corrupt_images_drawn with:

@@ -1,0 +1,261 @@
+"""Multi-modal query streams for composed image retrieval (REST's "multi-modal query shift").
+
+RECONSTRUCTION: REST names a multi-modal query shift for composed queries but publishes no
+protocol for it (docs/rest.md); this is QShift's reading of it, built like the image-text
+streams (:mod:`qshift.streams`). A stream ``streams.cir.<name>``::
+
+    {kind: mixed | sequential,
+     image: {corruptions: [...], severities: [...]},   # reference-image domains (either side may be absent)
+     text:  {corruptions: [...], levels: [...]}}       # modification-text domains
+
+has the domains image-side cells (corruptions x severities) then text-side cells (corruptions x
+levels), labelled as the cells' own (``<corruption>-s<severity>``). Every test triplet gets one
+domain (mixed: seeded i.i.d. draws; sequential: seeded blocks in order, the arrival order in
+``meta.stream.order``; seed ``derive_seed("stream", dataset, name, seed)`` as the other streams).
+An image-side domain corrupts the triplet's reference exactly as that cell's query set does (the
+``corrupt_images`` code path: same seed, implementation and JPEG quality, so the file is
+byte-identical to the cell's); its modification text stays clean. A text-side domain corrupts the
+modification text exactly as that cell's query set does (``corrupt_texts_info``, the per-caption
+seed); its reference stays clean (a copy of the dataset's file).
+
+On disk (``data/queries/<benchmark>/cir-stream/<name>/``): ``<domain>/<image>.jpg`` (one file
+per (reference image, image domain) actually used), ``clean/<image>`` (the clean references the
+text-side triplets use) and ``manifest.json``: the dataset's test entries in their order (so query
+i of the stream is query i of every cell's set), each triplet (sentence) with its ``domain`` and
+its ``reference`` file (relative to the stream folder; :func:`qshift.cir.load_triplets` reads it,
+as several triplets of one image may carry different domains).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from .errors import ConfigError, InputError
+
+# the keys of a side, its levels key, and its top level
+SIDE_KEYS = {"image": ("severities", 5), "text": ("levels", 7)}
+
+
+def _registry(side: str):
+    from .corrupt import IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS
+
+    return IMAGE_CORRUPTIONS if side == "image" else TEXT_CORRUPTIONS
+
+
+def stream_domains(spec: dict, direction: str | None = None) -> list[tuple[str, int]]:
+    """The stream's (corruption, severity/level) domains: image-side cells, then text-side cells."""
+    out = []
+    for side, (lkey, _) in SIDE_KEYS.items():
+        part = spec.get(side) or {}
+        out += [(c, int(s)) for c in part.get("corruptions") or [] for s in part.get(lkey) or []]
+    return out
+
+
+def side_of(spec: dict, label: str) -> str:
+    """``image`` or ``text``: which part of the composed query a domain of the stream corrupts."""
+    from .streams import domain_label
+
+    for side, (lkey, _) in SIDE_KEYS.items():
+        part = spec.get(side) or {}
+        if label in {domain_label(c, s) for c in part.get("corruptions") or [] for s in part.get(lkey) or []}:
+            return side
+    raise InputError(f"domain {label!r} is not one of the stream's")
+
+
+def validate_cir_stream(name, spec, reserved: set[str]) -> None:
+    """One ``streams.cir.<name>``; errors name the key and the valid choices."""
+    from .streams import KINDS, NAME
+
+    where = f"params: streams.cir.{name}"
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ConfigError(f"params: streams.cir has stream name {name!r}; names use a-z, 0-9 and _ only")
+    if name in reserved:
+        raise ConfigError(f"{where}: the name collides with a corruption name (or 'clean'); stream and corruption "
+                          f"results share one path pattern, pick another name")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where} must be a mapping with keys kind, image, text")
+    unknown = set(spec) - {"kind", "image", "text"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; valid: kind, image, text")
+    if spec.get("kind") not in KINDS:
+        raise ConfigError(f"{where}.kind is {spec.get('kind')!r}; valid: {', '.join(KINDS)}")
+    if not spec.get("image") and not spec.get("text"):
+        raise ConfigError(f"{where} has no domains; give image: {{corruptions, severities}} and/or "
+                          f"text: {{corruptions, levels}}")
+    for side, (lkey, top) in SIDE_KEYS.items():
+        part = spec.get(side)
+        if part is None:
+            continue
+        w = f"{where}.{side}"
+        if not isinstance(part, dict):
+            raise ConfigError(f"{w} must be a mapping with keys corruptions, {lkey}")
+        bad = set(part) - {"corruptions", lkey}
+        if bad:
+            raise ConfigError(f"{w}: unknown key(s) {', '.join(sorted(map(str, bad)))}; valid: corruptions, {lkey}")
+        cs, levels = part.get("corruptions"), part.get(lkey)
+        if not isinstance(cs, list) or not cs:
+            raise ConfigError(f"{w}.corruptions must be a non-empty list")
+        for c in cs:
+            if c not in _registry(side):
+                raise ConfigError(f"{w}.corruptions has {c!r}; valid: {', '.join(_registry(side).names())}")
+        if len(set(cs)) != len(cs):
+            raise ConfigError(f"{w}.corruptions lists a corruption twice: {cs}")
+        if not isinstance(levels, list) or not levels:
+            raise ConfigError(f"{w}.{lkey} must be a non-empty list")
+        for s in levels:
+            if isinstance(s, bool) or s not in range(1, top + 1):
+                raise ConfigError(f"{w}.{lkey} has {s!r}; valid: 1..{top}")
+        if len(set(levels)) != len(levels):
+            raise ConfigError(f"{w}.{lkey} lists a value twice: {levels}")
+    if len(stream_domains(spec)) < 2:
+        raise ConfigError(f"{where} has a single domain; a stream needs at least two (image corruptions x "
+                          f"severities + text corruptions x levels)")
+
+
+def validate(cfg: dict) -> None:
+    """``streams.cir`` of a CIR grid (the task's ``validate`` hook), before any work."""
+    from .corrupt import IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS
+    from .results import CLEAN
+
+    defs = (cfg.get("streams") or {}).get("cir") or {}
+    if not isinstance(defs, dict):
+        raise ConfigError("params: streams.cir must be a mapping of stream name -> definition")
+    reserved = {CLEAN, *IMAGE_CORRUPTIONS.names(), *TEXT_CORRUPTIONS.names()}
+    for name, spec in defs.items():
+        validate_cir_stream(name, spec, reserved)
+    if defs and cfg.get("seed_corruptions"):
+        raise ConfigError("params: seed_corruptions: true is not supported for streams.cir (one draw of each "
+                          "composed stream); set seed_corruptions: false or drop streams.cir")
+
+
+def stream_path(cfg: dict, direction: str, stream: str, seed=None) -> str:
+    from .config import STREAM_CIR_QUERIES
+
+    return STREAM_CIR_QUERIES.format(dataset=cfg["benchmark"], stream=stream)
+
+
+# -- building -----------------------------------------------------------------------------------------
+
+def build_cir_stream(manifest: str | Path, out_dir: str | Path, name: str, spec: dict, seed: int,
+                     quality: int = 95, implementation: str = "imagecorruptions", mm_options: dict | None = None,
+                     cfg: dict | None = None, progress: bool = True) -> dict[str, int]:
+    """Build the stream folder (see the module docstring); returns the triplets per domain."""
+    from .corrupt import mm_robustness
+    from .corrupt.build import _corrupt_file, _ImageTask, _output_names
+    from .corrupt.image import check_implementation
+    from .corrupt.text import corrupt_texts_info
+    from .data.manifest import image_root, read_manifest, write_manifest
+    from .io import atomic_dir, derive_seed, query_seed
+    from .progress import tqdm
+    from .streams import assign_domains, domain_label
+
+    check_implementation({"implementation": implementation, "mm_robustness": mm_options})
+    manifest, out_dir = Path(manifest), Path(out_dir)
+    doc = read_manifest(manifest)
+    root = image_root(doc, manifest)
+    dataset = doc.get("dataset", manifest.parent.name)
+    images = [im for im in doc["images"] if im["split"] == "test"]
+    if not images:
+        raise InputError(f"CIR manifest {manifest} has no test split to build a stream from")
+    names = dict(zip((im["imgid"] for im in images), _output_names(images)))  # the cell sets' file names
+    trip = [(im, s) for im in images for s in im["sentences"]]  # load_triplets' query order
+    domains = stream_domains(spec)
+    labels = [domain_label(c, s) for c, s in domains]
+    sides = [side_of(spec, lab) for lab in labels]
+    dom, order = assign_domains(len(trip), len(domains), spec["kind"], derive_seed("stream", dataset, name, seed))
+    options: tuple = ()
+    if implementation != "imagecorruptions":
+        options = tuple(sorted(mm_robustness.options({"mm_robustness": mm_options}, dataset).items()))
+    # text-side domains: every triplet of a domain corrupted in one call, as corrupt_text does its set
+    texts: dict[int, str] = {}
+    by_dom = defaultdict(list)
+    for q, d in enumerate(dom):
+        if sides[d] == "text":
+            by_dom[int(d)].append(q)
+    for d, qs in by_dom.items():
+        c, level = domains[d]
+        seeds = [query_seed(dataset, trip[q][1]["sentid"], c, level) for q in qs]
+        try:
+            out, _ = corrupt_texts_info(c, [trip[q][1]["raw"] for q in qs], level, seeds, cfg, progress=False)
+        except InputError as e:
+            raise InputError(f"{manifest}: {e}") from None
+        texts.update(zip(qs, out))
+    entries, counts, written = [], Counter(), set()
+    with atomic_dir(out_dir) as tmp:
+        by_img: dict = defaultdict(list)
+        for q, (im, s) in enumerate(trip):
+            by_img[im["imgid"]].append(q)
+        for im in tqdm(images, desc=f"cir stream {name}", unit="img", disable=not progress, leave=False):
+            src = root / im.get("filepath", "") / im["filename"]
+            sents = []
+            for q in by_img[im["imgid"]]:
+                s, d = trip[q][1], int(dom[q])
+                lab = labels[d]
+                if sides[d] == "image":
+                    c, sev = domains[d]
+                    rel = f"{lab}/{names[im['imgid']]}"
+                    if rel not in written:
+                        (tmp / lab).mkdir(exist_ok=True)
+                        _corrupt_file(_ImageTask(str(src), str(tmp / rel), c, int(sev),
+                                                 query_seed(dataset, im["imgid"], c, sev), quality, implementation,
+                                                 options))
+                    sent = {**s, "domain": lab, "reference": rel}
+                else:
+                    rel = f"clean/{Path(names[im['imgid']]).stem}{Path(im['filename']).suffix}"
+                    if rel not in written:
+                        if not src.is_file():
+                            raise InputError(f"CIR triplet {s['sentid']!r}: reference image {src} not found")
+                        (tmp / "clean").mkdir(exist_ok=True)
+                        shutil.copyfile(src, tmp / rel)
+                    raw = texts[q]
+                    sent = {**s, "raw": raw, "tokens": raw.split(), "clean": s["raw"], "domain": lab, "reference": rel}
+                written.add(rel)
+                counts[lab] += 1
+                sents.append(sent)
+            first = Path(sents[0]["reference"])
+            entries.append({**im, "filepath": str(first.parent), "filename": first.name, "sentences": sents})
+        stream = {"name": name, "kind": spec["kind"], "domains": labels, "seed": seed}
+        if order is not None:
+            stream["order"] = [int(i) for i in order]
+        meta = {"source_manifest": os.path.relpath(manifest, out_dir), "modality": "composed", "stream": stream,
+                "jpeg_quality": quality}
+        if implementation != "imagecorruptions":
+            meta["implementation"] = {"name": implementation, **dict(options)}
+        if (doc.get("meta") or {}).get("captions") is not None:  # the dataset's caption rule, kept
+            meta["captions"] = doc["meta"]["captions"]
+        write_manifest(tmp / "manifest.json", dataset, entries, image_root=".", meta=meta)
+    return {lab: counts[lab] for lab in labels if counts[lab]}
+
+
+# -- reading ------------------------------------------------------------------------------------------
+
+def stream_info(split, direction: str) -> dict | None:
+    """The task's ``stream_info`` hook: for a CIR stream's triplets {name, kind, domains, order,
+    query_domain (per triplet, in load_triplets' order)}; None for a one-domain query set."""
+    import numpy as np
+
+    from .io import read_json
+
+    stream = (split.meta or {}).get("stream")
+    if not stream:
+        return None
+    if split.meta.get("modality") != "composed":
+        raise InputError(f"query stream {split.manifest} corrupts {split.meta.get('modality')} queries; direction "
+                         f"{direction} needs a composed (streams.cir) stream")
+    doc = read_json(split.manifest, "manifest")
+    labels = [s.get("domain") for im in doc["images"] if im["split"] == "test" for s in im["sentences"]]
+    n = split.n_queries
+    if len(labels) != n or any(lab is None for lab in labels):
+        raise InputError(f"query stream {split.manifest}: every triplet needs a 'domain' "
+                         f"({sum(lab is None for lab in labels)} of {len(labels)} lack one)")
+    order = stream.get("order")
+    if order is not None:
+        order = np.asarray(order, dtype=np.int64)
+        if sorted(order.tolist()) != list(range(n)):
+            raise InputError(f"query stream {split.manifest}: meta.stream.order is not a permutation of its "
+                             f"{n} triplets")
+    return {"name": stream.get("name"), "kind": stream.get("kind"), "domains": list(stream.get("domains", [])),
+            "order": order, "query_domain": labels}

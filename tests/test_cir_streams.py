@@ -1,0 +1,144 @@
+"""Multi-modal query streams of composed queries (streams.cir; qshift.cir_streams, a RECONSTRUCTION
+of REST's multi-modal query shift): each triplet's query is bit-identical to the same triplet in its
+domain's own query set, sequential streams arrive in blocks, bad definitions are one-line errors
+naming the key, and a run over a stream reports R@K per domain. (The builtin-cir Snakemake run with
+the preset's stream: tests/test_cir.py.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from test_cir import SPLITS, _corrupted_queries, _gallery, world  # noqa: F401  (the tiny CIR world)
+from qshift.errors import ConfigError
+
+SPEC = {"kind": "mixed", "image": {"corruptions": ["gaussian_noise"], "severities": [3]},
+        "text": {"corruptions": ["ocr"], "levels": [2]}}
+
+
+def _stream(world, name: str, spec: dict):
+    from qshift.cir import load_triplets
+    from qshift.cir_streams import build_cir_stream
+
+    out = world["root"] / f"stream-{name}"
+    if not out.exists():
+        counts = build_cir_stream(world["data"] / "manifest.json", out, name, spec, seed=0, quality=95,
+                                  progress=False)
+        assert sum(counts.values()) == SPLITS["n_test"]
+    return out, load_triplets(out / "manifest.json")
+
+
+def test_each_triplet_equals_the_same_triplet_in_its_domains_query_set(world):
+    from qshift.cir import load_triplets
+    from qshift.cir_streams import stream_info
+
+    out, st = _stream(world, "mm", SPEC)
+    clean = load_triplets(world["data"] / "manifest.json")
+    img, txt = _corrupted_queries(world, "image"), _corrupted_queries(world, "text")  # the cells' own sets
+    info = stream_info(st, "cir")
+    labels = info["query_domain"]
+    assert info["kind"] == "mixed" and info["order"] is None
+    assert info["domains"] == ["gaussian_noise-s3", "ocr-s2"] and set(labels) == set(info["domains"])
+    assert (st.sentids == clean.sentids).all() and (st.targets == clean.targets).all()
+    assert (st.image_ids == clean.image_ids).all()  # the reference's identity is kept (CIRR's exclude_reference)
+    for i, lab in enumerate(labels):
+        ref = st.image_paths[i].read_bytes()
+        if lab == "gaussian_noise-s3":  # the reference corrupted as the image cell's (same JPEG bytes), text clean
+            assert ref == img.image_paths[i].read_bytes() and ref != clean.image_paths[i].read_bytes()
+            assert st.captions[i] == clean.captions[i]
+        else:  # the modification corrupted as the text cell's, reference clean
+            assert st.captions[i] == txt.captions[i]
+            assert ref == clean.image_paths[i].read_bytes()
+    assert any(a != b for a, b in zip(st.captions, clean.captions))
+    # one file per (reference image, image domain) actually used, shared by its triplets
+    used = {int(st.image_ids[i]) for i, lab in enumerate(labels) if lab == "gaussian_noise-s3"}
+    assert len(list((out / "gaussian_noise-s3").iterdir())) == len(used)
+    assert json.loads((out / "manifest.json").read_text())["meta"]["stream"]["name"] == "mm"
+
+
+def test_a_sequential_stream_arrives_in_domain_blocks(world):
+    from qshift.cir_streams import stream_info
+
+    spec = {"kind": "sequential", "image": {"corruptions": ["gaussian_noise", "defocus_blur"], "severities": [3]},
+            "text": {"corruptions": ["ocr"], "levels": [2]}}
+    _, st = _stream(world, "seq", spec)
+    info = stream_info(st, "cir")
+    n = SPLITS["n_test"]
+    assert sorted(info["order"].tolist()) == list(range(n))
+    arrived = [info["query_domain"][i] for i in info["order"]]
+    doms = info["domains"]
+    assert doms == ["gaussian_noise-s3", "defocus_blur-s3", "ocr-s2"]
+    blocks = [arrived[k] for k in range(n) if k == 0 or arrived[k] != arrived[k - 1]]
+    assert blocks == doms  # each domain once, in the listed order
+    sizes = [arrived.count(d) for d in doms]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_bad_stream_definitions_are_one_line_errors_naming_the_key():
+    from qshift.cir_streams import validate
+
+    def check(spec, pattern):
+        with pytest.raises(ConfigError, match=pattern) as e:
+            validate({"streams": {"cir": {"s": spec}}})
+        assert "\n" not in str(e.value)
+
+    check({**SPEC, "image": {"corruptions": ["nope"], "severities": [3]}},
+          r"streams\.cir\.s\.image\.corruptions has 'nope'; valid: brightness, .*gaussian_noise")
+    check({**SPEC, "text": {"corruptions": ["nope"], "levels": [2]}},
+          r"streams\.cir\.s\.text\.corruptions has 'nope'; valid: .*ocr")
+    check({"kind": "mixed"}, r"streams\.cir\.s has no domains; give image: \{corruptions, severities\}")
+    check({**SPEC, "audio": {}}, r"streams\.cir\.s: unknown key\(s\) audio; valid: kind, image, text")
+    check({**SPEC, "image": {"corruptions": ["gaussian_noise"], "levels": [3]}},
+          r"streams\.cir\.s\.image: unknown key\(s\) levels; valid: corruptions, severities")
+    check({**SPEC, "kind": "random"}, r"streams\.cir\.s\.kind is 'random'; valid: mixed, sequential")
+    check({"kind": "mixed", "image": {"corruptions": ["gaussian_noise"], "severities": [3]}}, "a single domain")
+    check({**SPEC, "text": {"corruptions": ["ocr"], "levels": [8]}}, r"streams\.cir\.s\.text\.levels has 8; valid: 1\.\.7")
+    with pytest.raises(ConfigError, match=r"streams\.cir\.ocr: the name collides"):
+        validate({"streams": {"cir": {"ocr": SPEC}}})
+
+
+def test_the_params_reach_the_check_before_any_work(tmp_path):
+    from qshift.config import load_params, query_cells, runs, streams
+
+    root = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["benchmark"] = "builtin-cir"
+    cfg = load_params(root / "params.yaml", ["benchmark=builtin-cir"])
+    assert list(streams(cfg, "cir")) == ["multimodal"] and streams(cfg, "i2t") == dict(cfg["streams"]["image"])
+    cells = [(r.method, r.corruption, r.severity) for r in runs(cfg) if r.corruption == "multimodal"]
+    assert cells == [("source", "multimodal", 0), ("tcr", "multimodal", 0)]
+    assert ("multimodal", 0) not in query_cells(cfg, "cir")
+    params["benchmarks"]["builtin-cir"]["streams"]["cir"]["multimodal"]["image"]["corruptions"] = ["fog_x"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match=r"^params: streams\.cir\.multimodal\.image\.corruptions has 'fog_x'"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_a_run_over_the_stream_reports_each_domain(world):
+    from qshift.adapt import run_stream
+    from qshift.config import method_hparams
+
+    _, st = _stream(world, "mm", SPEC)
+    gallery = _gallery(world)
+    out = run_stream(world["model"], "source", {}, "cir", st, gallery, batch_size=16, steps=1, seed=0, progress=False)
+    by_dom = out["metrics_by_domain"]
+    assert list(by_dom) == ["gaussian_noise-s3", "ocr-s2"] and out["stream"]["name"] == "mm"
+    assert sum(d["n_queries"] for d in by_dom.values()) == SPLITS["n_test"]
+    assert set(by_dom["ocr-s2"]) == {"R@1", "R@5", "R@10", "R@50", "n_queries"}
+    # source does not adapt: each triplet ranks its target as in its domain's own query set
+    rank = dict(zip(out["outcomes"]["query_id"].tolist(), out["outcomes"]["rank"].tolist()))
+    labels = [str(x) for x in out["outcomes"]["domains"][out["outcomes"]["domain"]]]
+    for kind, lab in (("image", "gaussian_noise-s3"), ("text", "ocr-s2")):
+        cell = run_stream(world["model"], "source", {}, "cir", _corrupted_queries(world, kind), gallery,
+                          batch_size=16, steps=1, seed=0, progress=False)["outcomes"]
+        ids = [q for q, d in zip(out["outcomes"]["query_id"].tolist(), labels) if d == lab]
+        alone = dict(zip(cell["query_id"].tolist(), cell["rank"].tolist()))
+        assert [rank[q] for q in ids] == [alone[q] for q in ids]
+        assert by_dom[lab]["R@1"] == pytest.approx(100.0 * np.mean([alone[q] < 1 for q in ids]))
+    hp = method_hparams({"methods": {"tcr": {}}}, "tcr", "cir")
+    out = run_stream(world["model"], "tcr", hp, "cir", st, gallery, batch_size=16, steps=1, seed=0, progress=False)
+    assert out["status"] == "ok" and len(out["online"]["domain"]) == len(out["online"]["batch_size"])
