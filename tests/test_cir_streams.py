@@ -142,3 +142,42 @@ def test_a_run_over_the_stream_reports_each_domain(world):
     hp = method_hparams({"methods": {"tcr": {}}}, "tcr", "cir")
     out = run_stream(world["model"], "tcr", hp, "cir", st, gallery, batch_size=16, steps=1, seed=0, progress=False)
     assert out["status"] == "ok" and len(out["online"]["domain"]) == len(out["online"]["batch_size"])
+
+
+def test_triplets_sharing_a_reference_point_at_one_file_per_domain(world, tmp_path):
+    """Several triplets of one reference image: each names its own domain's file, written once."""
+    from qshift.cir import load_triplets
+    from qshift.cir_streams import build_cir_stream, stream_info
+    from qshift.corrupt.build import build_image_queries
+
+    doc = json.loads((world["data"] / "manifest.json").read_text())
+    doc["image_root"] = str(world["data"] / "images")
+    test = [im for im in doc["images"] if im["split"] == "test"]
+    for a, b in zip(test[0:24:2], test[1:24:2]):  # pairs of test images -> one reference with both triplets
+        a["sentences"] += b["sentences"]
+        doc["images"].remove(b)
+    (tmp_path / "m.json").write_text(json.dumps(doc))
+    spec = {"kind": "mixed", "image": {"corruptions": ["gaussian_noise", "defocus_blur"], "severities": [3]},
+            "text": {"corruptions": ["ocr"], "levels": [2]}}
+    build_cir_stream(tmp_path / "m.json", tmp_path / "s", "shared", spec, seed=0, progress=False)
+    st, clean = load_triplets(tmp_path / "s" / "manifest.json"), load_triplets(tmp_path / "m.json")
+    labels = stream_info(st, "cir")["query_domain"]
+    assert (st.sentids == clean.sentids).all() and (st.image_ids == clean.image_ids).all()
+    cells = {}
+    for c in ("gaussian_noise", "defocus_blur"):
+        build_image_queries(tmp_path / "m.json", tmp_path / c, c, 3, seed=0, progress=False)
+        cells[f"{c}-s3"] = load_triplets(tmp_path / c / "manifest.json")
+    shared = 0
+    for lab in ("gaussian_noise-s3", "defocus_blur-s3"):
+        rows = [i for i, d in enumerate(labels) if d == lab]
+        assert len(list((tmp_path / "s" / lab).iterdir())) == len({int(st.image_ids[i]) for i in rows})
+        for i in rows:
+            assert st.image_paths[i].read_bytes() == cells[lab].image_paths[i].read_bytes()
+        shared += len(rows) - len({int(st.image_ids[i]) for i in rows})
+    mixed_refs = [im for im in json.loads((tmp_path / "s" / "manifest.json").read_text())["images"]
+                  if len({s["domain"] for s in im["sentences"]}) > 1]
+    assert shared > 0  # some file serves two triplets of one reference (written once)
+    assert mixed_refs  # and some reference carries two domains: two files, each triplet its own
+    for im in mixed_refs:
+        refs = {s["domain"]: s["reference"] for s in im["sentences"]}
+        assert len(set(refs.values())) == len(refs)
