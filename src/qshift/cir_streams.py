@@ -235,8 +235,6 @@ def build_cir_stream(manifest: str | Path, out_dir: str | Path, name: str, spec:
 def stream_info(split, direction: str) -> dict | None:
     """The task's ``stream_info`` hook: for a CIR stream's triplets {name, kind, domains, order,
     query_domain (per triplet, in load_triplets' order)}; None for a one-domain query set."""
-    import numpy as np
-
     from .io import read_json
 
     stream = (split.meta or {}).get("stream")
@@ -247,15 +245,6 @@ def stream_info(split, direction: str) -> dict | None:
                          f"{direction} needs a composed (streams.cir) stream")
     doc = read_json(split.manifest, "manifest")
     labels = [s.get("domain") for im in doc["images"] if im["split"] == "test" for s in im["sentences"]]
-    n = split.n_queries
-    if len(labels) != n or any(lab is None for lab in labels):
-        raise InputError(f"query stream {split.manifest}: every triplet needs a 'domain' "
-                         f"({sum(lab is None for lab in labels)} of {len(labels)} lack one)")
-    order = stream.get("order")
-    if order is not None:
-        order = np.asarray(order, dtype=np.int64)
-        if sorted(order.tolist()) != list(range(n)):
-            raise InputError(f"query stream {split.manifest}: meta.stream.order is not a permutation of its "
-                             f"{n} triplets")
-    return {"name": stream.get("name"), "kind": stream.get("kind"), "domains": list(stream.get("domains", [])),
-            "order": order, "query_domain": labels}
+    from .streams import checked_info
+
+    return checked_info(split, stream, labels, split.n_queries, unit="triplet", units="triplets")

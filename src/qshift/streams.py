@@ -226,16 +226,21 @@ def stream_info(split: Split, direction: str) -> dict | None:
         labels = [im.get("domain") for im in images]
     else:
         labels = [s.get("domain") for im in images for s in im["sentences"]]
-    n = split.n_images if direction == "i2t" else split.n_captions
+    return checked_info(split, stream, labels, split.n_images if direction == "i2t" else split.n_captions)
+
+
+def checked_info(split, stream: dict, labels: list, n: int, unit: str = "query", units: str = "queries") -> dict:
+    """A stream's :func:`stream_info` from its per-query domain ``labels`` (one per each of the
+    ``n`` queries) and ``meta.stream``; errors name the manifest (used by the tasks' streams too)."""
     if len(labels) != n or any(lab is None for lab in labels):
-        raise InputError(f"query stream {split.manifest}: every query needs a 'domain' "
+        raise InputError(f"query stream {split.manifest}: every {unit} needs a 'domain' "
                          f"({sum(lab is None for lab in labels)} of {len(labels)} lack one)")
     order = stream.get("order")
     if order is not None:
         order = np.asarray(order, dtype=np.int64)
         if sorted(order.tolist()) != list(range(n)):
             raise InputError(f"query stream {split.manifest}: meta.stream.order is not a permutation of "
-                             f"its {n} queries")
+                             f"its {n} {units}")
     return {"name": stream.get("name"), "kind": stream.get("kind"), "domains": list(stream.get("domains", [])),
             "order": order, "query_domain": labels}
 
