@@ -395,6 +395,24 @@ def test_the_composed_model_feeds_clip4cir_the_raw_features(tmp_path):
         validate_cir({**cfg, "model": {"name": "clip", "source": "open_clip:ViT-B-16@openai", "combiner": "trained"}})
 
 
+def test_a_cells_fingerprint_covers_the_combiner_checkpoints_bytes(tmp_path):
+    """Retraining the combiner in place (same path, new weights) reruns the CIR cells."""
+    from qshift.cells import task_code
+
+    ckpt = clip4cir_checkpoint(tmp_path / "combiner.pt")
+    cfg = {"adapt": {"directions": ["cir"]}, "model": {"name": "tiny", "combiner": str(ckpt)}}
+    before = task_code(cfg)
+    assert before == task_code(cfg)  # deterministic
+    state = torch.load(ckpt, weights_only=False)
+    sd = state["Combiner"] if "Combiner" in state else state
+    first = next(iter(sd))
+    sd[first] = sd[first] + 1.0
+    torch.save(state, ckpt)
+    assert task_code(cfg) != before
+    assert task_code({**cfg, "model": {"name": "tiny", "combiner": "sum"}}) != before
+    assert task_code({"adapt": {"directions": ["i2t"]}, "model": {"name": "tiny"}}) == ""  # image-text: unchanged
+
+
 def test_fashioniq_is_scored_per_category_in_the_stream(tmp_path):
     from _tiny import make_tiny_clip_dir
     from qshift.adapt import run_stream

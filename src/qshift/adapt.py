@@ -53,14 +53,13 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
                batch_size: int = 64, steps: int = 3, seed: int = 42, num_workers: int = 0, amp: bool = False,
                progress: bool = True, desc: str = "", order_kind: str = "seeded") -> dict:
     """Adapt-and-score over the stream; returns the metrics/online/counters part of a results file."""
-    from .tasks import all_directions
+    from .tasks import all_directions, hook
     from .tasks import direction as task_direction
 
     if direction not in all_directions():
         raise ConfigError(f"direction {direction!r}; valid: {', '.join(all_directions())}")
     ks = task_direction(direction).recall_ks  # i2t/t2i: RECALL_KS (1, 5, 10); cir: (1, 5, 10, 50)
     seed_everything(seed)
-    composed = task_direction(direction).task == "cir"  # qshift.cir: composed queries, the target gallery
     q_mod, _, g_emb, g_owner = owners_for(gallery, direction)
     owner_kind = gallery_owner_kind(gallery)
     if queries.owner_kind != owner_kind:  # e.g. a query set that lost the identities of a ReID manifest
@@ -68,7 +67,7 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
                           f"{owner_kind}: rebuild them from the same prepared dataset")
     with_map = owner_kind == "identity"  # ReID: mAP over all relevant gallery items, beside R@K
     ap_sum = 0.0
-    owners = torch.as_tensor(queries.targets if composed else query_owner(queries, direction))
+    owners = torch.as_tensor(query_owner(queries, direction))  # cir: each triplet's target (qshift.cir)
     n = len(owners)
     info = stream_info(queries, direction)
     order = info["order"] if info is not None and info["order"] is not None else stream_order(n, seed, order_kind)
@@ -78,18 +77,9 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
     dom_hits: dict[str, dict[int, int]] = defaultdict(lambda: {k: 0 for k in ks})
     dom_n: dict[str, int] = defaultdict(int)
     tta = build_method(method, model, q_mod, g_emb, hparams, steps=steps, amp=amp)
-    cand = groups = subset = None  # the real CIR benchmarks' scoring rules (qshift.cir.candidate_mask); builtin: none
-    if composed:
-        from .cir import SUBSET_KS, candidate_mask, group_names, query_loader, subset_mask
-
-        cand, groups = candidate_mask(queries, gallery), group_names(queries, gallery)
-        subset, sub_hits = subset_mask(queries, gallery), {k: 0 for k in SUBSET_KS}
-    grp_hits: dict[str, dict[int, int]] = defaultdict(lambda: {k: 0 for k in ks})
-    grp_n: dict[str, int] = defaultdict(int)
-    if composed:
-        loader = query_loader(model, queries, order=order, batch_size=batch_size, num_workers=num_workers)
-    else:
-        loader = make_loader(model, q_mod, queries, order=order, batch_size=batch_size, num_workers=num_workers)
+    task_scoring = hook(direction, "scoring")  # a benchmark's own rules (CIRR, FashionIQ: qshift.cir.Scoring)
+    scoring = None if task_scoring is None else task_scoring(queries, gallery, ks)
+    loader = make_loader(model, q_mod, queries, order=order, batch_size=batch_size, num_workers=num_workers)
 
     hits = {k: 0 for k in ks}
     ranks: list[torch.Tensor] = []  # per query, in arrival order (qshift.outcomes)
@@ -106,24 +96,13 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
             if reason is not None:  # NaN scores would still rank (topk): stop, report no R@K
                 diverged = {"batch": len(online["batch_size"]), "queries_seen": done + b, "reason": reason}
                 break
-            scores = out.scores
-            if cand is not None:  # CIRR: the reference is no candidate; FashionIQ: its category's gallery only
-                scores = scores.masked_fill(cand(order[done:done + b]).to(scores.device), float("-inf"))
-            h, rank = hits_and_ranks(scores, owners[order[done:done + b]], g_owner, ks)
-            if subset is not None:  # CIRR: Recall_subset@1/2/3 within the query's image set
-                hs, _ = hits_and_ranks(out.scores.masked_fill(subset(order[done:done + b]).to(out.scores.device),
-                                                              float("-inf")), owners[order[done:done + b]], g_owner,
-                                       SUBSET_KS)
-                for k in SUBSET_KS:
-                    sub_hits[k] += int(hs[k].sum())
-            if groups is not None:  # FashionIQ: R@K per category
-                hk = {k: h[k].cpu().tolist() for k in ks}
-                for i, q in enumerate(order[done:done + b].tolist()):
-                    grp_n[groups[q]] += 1
-                    for k in ks:
-                        grp_hits[groups[q]][k] += int(hk[k][i])
+            idx = order[done:done + b]
+            scores = out.scores if scoring is None else scoring.ranked(out.scores, idx)
+            h, rank = hits_and_ranks(scores, owners[idx], g_owner, ks)
+            if scoring is not None:  # e.g. CIRR's Recall_subset, FashionIQ's R@K per category
+                scoring.observe(out.scores, idx, owners[idx], g_owner, h)
             if with_map:
-                ap_sum += float(average_precision(out.scores.detach().float(), owners[order[done:done + b]],
+                ap_sum += float(average_precision(out.scores.detach().float(), owners[idx],
                                                   g_owner).sum())
             ranks.append(rank.cpu())
             for k in ks:
@@ -161,14 +140,13 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
         extra = {"stream": {k: info[k] for k in ("name", "kind", "domains")},
                  "metrics_by_domain": {d: {**{f"R@{k}": 100.0 * dom_hits[d][k] / dom_n[d] for k in ks},
                                            "n_queries": dom_n[d]} for d in ranked}}
-    if groups is not None:
-        extra["metrics_by_group"] = {g: {**{f"R@{k}": 100.0 * grp_hits[g][k] / grp_n[g] for k in ks},
-                                         "n_queries": grp_n[g]} for g in sorted(grp_n)}
+    if scoring is not None:
+        extra.update(scoring.extra())
     return {
         "status": "ok",
         "metrics": {**{f"R@{k}": 100.0 * hits[k] / n for k in ks},
                     **({"mAP": 100.0 * ap_sum / n} if with_map else {}),
-                    **({f"R_subset@{k}": 100.0 * sub_hits[k] / n for k in SUBSET_KS} if subset is not None else {})},
+                    **(scoring.metrics(n) if scoring is not None else {})},
         **extra,
         "n_queries": n,
         "n_gallery": int(g_emb.shape[0]),

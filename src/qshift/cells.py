@@ -110,6 +110,19 @@ def job_shared(cfg: dict, run: Run) -> dict:
             "tuned": file_hash(TUNED.format(**run.key))}
 
 
+def task_code(cfg: dict) -> str:
+    """What a cell's fingerprint covers of its task beyond the adapt stage's code: the task's own
+    files (``Task.hooks["code"]``) and what its ``code_extra`` hook adds (cir: a combiner
+    checkpoint's bytes); empty for image-text, whose fingerprints stay as they were."""
+    from .tasks import cfg_task, hook
+
+    task = cfg_task(cfg)
+    files = task.hooks.get("code")
+    out = "+" + "".join(file_hash(Path(__file__).parent / f) or "-" for f in files) if files else ""
+    extra = hook(task.name, "code_extra")
+    return out + (extra(cfg) if extra is not None else "")
+
+
 def is_up_to_date(run: Run, fp: str) -> bool:
     """Whether the cell's results file (and its outcomes) exist, parse and carry fingerprint ``fp``."""
     import json
@@ -132,19 +145,9 @@ def check_cell(cfg: dict, direction: str, corruption: str, severity: int) -> Non
     from .errors import UnknownNameError
     from .tasks import hook
 
-    task_check = hook(direction, "check_cell")  # video-audio: the video / audio registries (qshift.va)
+    task_check = hook(direction, "check_cell")  # cir: image or text corruptions (qshift.cir); video-audio: qshift.va
     if task_check is not None:
         return task_check(cfg, direction, corruption, severity)
-    if direction == "cir":  # composed queries: an image (reference) or a text (modification) corruption, a stream
-        named = streams(cfg, direction)
-        if corruption == CLEAN or corruption in named:
-            if severity != 0:
-                what = "the clean reference run" if corruption == CLEAN else f"stream {corruption!r}"
-                raise ConfigError(f"{what} takes --severity 0, got {severity}")
-        elif corruption not in IMAGE_CORRUPTIONS and corruption not in TEXT_CORRUPTIONS:
-            raise UnknownNameError("image or text corruption or stream for cir queries", corruption,
-                                   IMAGE_CORRUPTIONS.names() + TEXT_CORRUPTIONS.names() + [CLEAN] + sorted(named))
-        return
     registry = IMAGE_CORRUPTIONS if direction == "i2t" else TEXT_CORRUPTIONS
     named = streams(cfg, direction)
     if corruption in named or corruption == CLEAN:
@@ -170,13 +173,13 @@ class Job:
         self.gallery = load_gallery(GALLERY.format(model=model_name, dataset=dataset))
         self.model = load_model(cfg["model"]["source"], self.device, cfg["model"].get("cache_dir"),
                                 preprocess=cfg["model"].get("preprocess", "native"))
-        from .tasks import is_cir
+        from .tasks import cfg_task, hook
 
-        self.cir = is_cir(cfg)
-        if self.cir:  # the composed encoder: both towers + the combiner (qshift.cir)
-            from .cir import load_composed
-
-            self.model = load_composed(cfg, self.model)
+        task = cfg_task(cfg)
+        job_model = hook(task.name, "job_model")  # cir: the composed encoder, both towers + the combiner
+        if job_model is not None:
+            self.model = job_model(cfg, self.model)
+        self.check_queries = hook(task.name, "check_queries")  # cir: every triplet's target is in the gallery
         if self.gallery["model"] != self.model.name:
             raise ConfigError(f"gallery embeddings were made with model {self.gallery['model']!r}, not "
                               f"{self.model.name!r}; rerun encode_gallery")
@@ -184,20 +187,7 @@ class Job:
             raise ConfigError(f"gallery embeddings were made with model.preprocess "
                               f"{self.gallery.get('preprocess', 'native')!r}, not {self.model.preprocess!r}; "
                               f"rerun encode_gallery")
-        self.code = code_hash(stage_file)
-        if self.cir:  # a CIR cell also depends on the task's code (image-text fingerprints unchanged)
-            self.code += "+" + file_hash(Path(__file__).with_name("cir.py")) + file_hash(
-                Path(__file__).parent / "models" / "composed.py")
-        from .tasks import cfg_task
-
-        extra = cfg_task(cfg).hooks.get("code")  # another task's own code (video-audio: qshift.va, ...)
-        if extra:
-            self.code += "+" + "".join(file_hash(Path(__file__).parent / f) or "-" for f in extra)
-            from .cir import combiner_kind
-            from .models.composed import is_checkpoint
-
-            if is_checkpoint(combiner_kind(cfg)):  # a CLIP4Cir checkpoint: its bytes, not only its path
-                self.code += "+" + file_hash(Path(combiner_kind(cfg)))
+        self.code = code_hash(stage_file) + task_code(cfg)
         self._shared: dict | None = None
 
     def plan(self, run: Run) -> tuple[dict, dict, dict, str]:
@@ -234,10 +224,8 @@ class Job:
         if tuned:
             log.info(f"adapt: {run_key(run.key)}: tuned on the validation split (stage tune): {tuned}")
         queries = load_queries(cfg, run) if queries is None else queries
-        if self.cir:
-            from .cir import check_targets
-
-            check_targets(queries, self.gallery["image_owner"].numpy())
+        if self.check_queries is not None:
+            self.check_queries(queries, self.gallery)
         body = run_stream(self.model, self.base, hparams, run.direction, queries, self.gallery,
                           batch_size=ad["batch_size"], steps=ad["steps"], seed=run.seed,
                           num_workers=cfg["num_workers"], amp=cfg["amp"], progress=self.progress,
@@ -270,15 +258,10 @@ def load_queries(cfg: dict, run: Run):
 
     from .tasks import hook
 
-    task_load = hook(run.direction, "load_queries")  # video-audio: a clip set (qshift.va)
+    task_load = hook(run.direction, "load_queries")  # cir: triplets (qshift.cir); video-audio: a clip set (qshift.va)
     if task_load is not None:
         return task_load(cfg, run)
-    path = queries_path(cfg, run.direction, run.corruption, run.severity, run.seed)
-    if run.direction == "cir":  # triplets (qshift.cir): an empty modification text is a valid query
-        from .cir import load_triplets
-
-        return load_triplets(path, "test")
-    return load_split(path, "test")
+    return load_split(queries_path(cfg, run.direction, run.corruption, run.severity, run.seed), "test")
 
 
 def _log_finished(result: dict, body: dict) -> None:

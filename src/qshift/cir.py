@@ -405,3 +405,120 @@ def pretrain_combiner(cfg: dict, dataset_dir: str | Path, model_dir: str | Path,
     seconds = info.pop("train_seconds")
     save_combiner(comb, model_dir, info)  # deterministic figures only (a retrain writes the same bytes)
     return {**{f"combiner_{k}": v for k, v in info.items() if k != "hparams"}, "combiner_train_seconds": seconds}
+
+
+# -- the task's hooks (qshift.tasks): what the shared adapt path asks of a CIR direction ----------------
+
+def query_owner(split: CIRSplit, direction: str) -> np.ndarray:
+    """A composed query's relevant gallery item: its triplet's target image."""
+    return split.targets
+
+
+def loader_hook(model, modality: str, split: CIRSplit, order, batch_size: int, num_workers: int) -> DataLoader:
+    """:func:`qshift.gallery.make_loader` for composed queries."""
+    return query_loader(model, split, order=order, batch_size=batch_size, num_workers=num_workers)
+
+
+def load_queries(cfg: dict, run) -> CIRSplit:
+    """A cell's triplets (the test split of its manifest); an empty modification text is a valid query."""
+    from .config import queries_path
+
+    return load_triplets(queries_path(cfg, run.direction, run.corruption, run.severity, run.seed), "test")
+
+
+def check_cell(cfg: dict, direction: str, corruption: str, severity: int) -> None:
+    """A single cell (the adapt stage's ``--corruption``/``--severity``): an image corruption (the
+    reference) or a text corruption (the modification), the clean run or a stream; else ConfigError."""
+    from .config import streams
+    from .corrupt import IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS
+    from .errors import UnknownNameError
+    from .results import CLEAN
+
+    named = streams(cfg, direction)
+    if corruption == CLEAN or corruption in named:
+        if severity != 0:
+            what = "the clean reference run" if corruption == CLEAN else f"stream {corruption!r}"
+            raise ConfigError(f"{what} takes --severity 0, got {severity}")
+    elif corruption not in IMAGE_CORRUPTIONS and corruption not in TEXT_CORRUPTIONS:
+        raise UnknownNameError("image or text corruption or stream for cir queries", corruption,
+                               IMAGE_CORRUPTIONS.names() + TEXT_CORRUPTIONS.names() + [CLEAN] + sorted(named))
+
+
+def job_model(cfg: dict, base):
+    """The adapt job's model: the composed encoder (both towers + the configured combiner)."""
+    return load_composed(cfg, base)
+
+
+def check_queries(queries: CIRSplit, gallery: dict) -> None:
+    check_targets(queries, gallery["image_owner"].numpy())
+
+
+def code_extra(cfg: dict) -> str:
+    """What a cell's fingerprint covers beyond the task's code files: a CLIP4Cir combiner
+    checkpoint's bytes (not only its path)."""
+    from .models.composed import is_checkpoint
+
+    kind = combiner_kind(cfg)
+    if not is_checkpoint(kind):
+        return ""
+    p = Path(kind)
+    import hashlib
+
+    return "+" + (hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else "-")
+
+
+class Scoring:
+    """The real CIR benchmarks' scoring rules over one query set (the ``scoring`` hook of
+    :func:`qshift.adapt.run_stream`; None for the built-in benchmark, which has none of them):
+
+    - :meth:`ranked` — the scores R@K ranks: CIRR without the reference, FashionIQ within the
+      query's category (:func:`candidate_mask`);
+    - :meth:`observe` — CIRR's Recall_subset@1/2/3 (on the unmasked scores, within the query's
+      image set: :func:`subset_mask`) and FashionIQ's R@K per category;
+    - :meth:`metrics` / :meth:`extra` — what they add to the results file.
+
+    Scoring only: the TTA methods see the scores over the whole gallery (RECONSTRUCTION)."""
+
+    def __init__(self, cand, subset, groups, ks):
+        from collections import defaultdict
+
+        self.cand, self.subset, self.groups, self.ks = cand, subset, groups, tuple(ks)
+        self.sub_hits = {k: 0 for k in SUBSET_KS}
+        self.grp_hits = defaultdict(lambda: {k: 0 for k in self.ks})
+        self.grp_n = defaultdict(int)
+
+    def ranked(self, scores: torch.Tensor, idx) -> torch.Tensor:
+        if self.cand is None:
+            return scores
+        return scores.masked_fill(self.cand(idx).to(scores.device), float("-inf"))
+
+    def observe(self, scores: torch.Tensor, idx, owners: torch.Tensor, g_owner, hits: dict) -> None:
+        from .evaluation import hits_and_ranks
+
+        if self.subset is not None:
+            hs, _ = hits_and_ranks(scores.masked_fill(self.subset(idx).to(scores.device), float("-inf")), owners,
+                                   g_owner, SUBSET_KS)
+            for k in SUBSET_KS:
+                self.sub_hits[k] += int(hs[k].sum())
+        if self.groups is not None:
+            hk = {k: hits[k].cpu().tolist() for k in self.ks}
+            for i, q in enumerate(np.asarray(idx).tolist()):
+                self.grp_n[self.groups[q]] += 1
+                for k in self.ks:
+                    self.grp_hits[self.groups[q]][k] += int(hk[k][i])
+
+    def metrics(self, n: int) -> dict:
+        return {f"R_subset@{k}": 100.0 * self.sub_hits[k] / n for k in SUBSET_KS} if self.subset is not None else {}
+
+    def extra(self) -> dict:
+        if self.groups is None:
+            return {}
+        return {"metrics_by_group": {g: {**{f"R@{k}": 100.0 * self.grp_hits[g][k] / self.grp_n[g] for k in self.ks},
+                                         "n_queries": self.grp_n[g]} for g in sorted(self.grp_n)}}
+
+
+def scoring(queries: CIRSplit, gallery: dict, ks) -> Scoring | None:
+    cand, subset, groups = candidate_mask(queries, gallery), subset_mask(queries, gallery), group_names(queries, gallery)
+    if cand is None and subset is None and groups is None:
+        return None
+    return Scoring(cand, subset, groups, ks)

@@ -43,9 +43,11 @@ used) and the shared function asks :func:`hook` for it — one generic line ther
 ``if direction == ...`` chain. Hook names (and the functions that consult them):
 ``validate`` (config.validate), ``query_cells`` / ``query_set_path`` / ``queries_path`` /
 ``stream_path`` (config), ``check_cell`` / ``load_queries`` (cells), ``query_owner`` / ``query_loader`` /
-``check_gallery`` (gallery), ``stream_info`` / ``stream_domains`` (streams), ``prepare`` / ``pretrain`` /
-``encode_gallery`` / ``examples`` (the stage CLIs), and ``code`` (extra files a cell's
-fingerprint covers). A pipeline runs one task (``adapt.directions`` may
+``check_gallery`` (gallery), ``stream_info`` / ``stream_domains`` (streams), ``job_model`` /
+``check_queries`` (cells: the model an adapt job adapts, a cell's queries against the gallery),
+``scoring`` (adapt.run_stream: a benchmark's own scoring rules over a query set), ``prepare`` /
+``pretrain`` / ``encode_gallery`` / ``examples`` (the stage CLIs), and ``code`` / ``code_extra``
+(extra files, and a function of the params, a cell's fingerprint covers). A pipeline runs one task (``adapt.directions`` may
 not mix tasks: each has its own dataset and gallery).
 """
 
@@ -111,9 +113,15 @@ register_task(Task(
     adapts="the LayerNorms of both towers of the composed encoder (the image tower's, and the text transformer "
            "blocks'); the combiner and the gallery stay frozen",
     description="composed image retrieval: (reference image, modification text) -> target image",
-    # multi-modal query streams (streams.cir; qshift.cir_streams); the rest is the shared path
+    # multi-modal query streams (streams.cir; qshift.cir_streams); triplet queries, the composed encoder and the
+    # real benchmarks' scoring rules (qshift.cir)
     hooks={"validate": "qshift.cir_streams:validate", "stream_path": "qshift.cir_streams:stream_path",
-           "stream_info": "qshift.cir_streams:stream_info", "stream_domains": "qshift.cir_streams:stream_domains"}))
+           "stream_info": "qshift.cir_streams:stream_info", "stream_domains": "qshift.cir_streams:stream_domains",
+           "query_owner": "qshift.cir:query_owner", "query_loader": "qshift.cir:loader_hook",
+           "load_queries": "qshift.cir:load_queries", "check_cell": "qshift.cir:check_cell",
+           "job_model": "qshift.cir:job_model", "check_queries": "qshift.cir:check_queries",
+           "scoring": "qshift.cir:scoring", "code_extra": "qshift.cir:code_extra",
+           "code": ("cir.py", "models/composed.py")}))
 
 
 register_task(Task(
