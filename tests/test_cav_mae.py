@@ -508,6 +508,7 @@ def as_c_fixture_params(params: dict, repo: Path, videos: Path, clip_list: Path)
     return p
 
 
+@pytest.mark.slow
 @pytest.mark.pipeline
 def test_as_c_fixture_runs_through_snakemake(tmp_path):
     import shutil

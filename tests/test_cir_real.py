@@ -548,6 +548,7 @@ def test_the_scores_match_clip4cirs_own_validation_code(tmp_path):
 
 # -- one CIRR-format benchmark through the pipeline (Snakemake runs the real stage CLIs) ---------------
 
+@pytest.mark.slow
 @pytest.mark.pipeline
 def test_a_cirr_benchmark_runs_through_the_pipeline(tmp_path):
     import yaml

@@ -432,6 +432,7 @@ def tiny_irra(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_reid_cuhk_preset_end_to_end(tmp_path: Path, store_template: Path) -> None:
     """download -> prepare -> pretrain (record) -> encode_gallery -> adapt (source, tcr) for
     ``benchmark: reid-cuhk``, the stage CLIs on a copy of the repository's params."""

@@ -102,6 +102,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian: apt-get install chromium)")
 def test_runs_table_shows_the_distinguishing_names_in_chromium(tmp_path, store_template, monkeypatch):
     """Runs logged without a sweep: top-level rows (in a sweep they sit, collapsed, under its parent row)."""

@@ -386,6 +386,7 @@ def _exp_metrics(node, out, name=None):
     return out
 
 
+@pytest.mark.slow
 def test_dvc_exp_run_then_exp_show_shows_the_changed_metric(dvc_repo):
     before = json.loads((dvc_repo / "reports/metrics.json").read_text())
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]

@@ -147,6 +147,7 @@ def real_repo(tmp_path_factory, server):
     return repo
 
 
+@pytest.mark.slow
 def test_qgs_coco_runs_offline_through_the_mirror(real_repo, server, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     repo = real_repo
@@ -161,6 +162,7 @@ def test_qgs_coco_runs_offline_through_the_mirror(real_repo, server, monkeypatch
     assert_nothing_to_do(repo, "qgs-coco")
 
 
+@pytest.mark.slow
 def test_coco_c_switch_reuses_the_download_cache(real_repo, server, monkeypatch):
     """The same repo switched to coco-c: corrupted cells, a tiny BLIP, the zip from the cache."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
