@@ -4,7 +4,8 @@ Prints:
 
 1. per stage (Snakemake rule): jobs, total / mean / max job wall time, peak RSS;
 2. the adapt stage: job wall time against the adaptation itself (``timing.seconds`` of
-   each results file; an adapt job runs every cell of a (method, direction, seed), so the
+   each results file; an adapt job runs every cell of a (method, direction, seed) or of every
+   method of a (direction, seed) (params adapt_jobs), so the
    files of its folder are summed: run it on a fresh pipeline, where every cell ran in its
    job) — the overhead (process start, imports, model/gallery/query loading, MLflow) as a
    share of the stage's wall time (target <= 15 %);
@@ -111,10 +112,15 @@ def _cell(path: Path) -> tuple[float, str] | None:
 def adapt_cells(root: Path, key: str) -> list[tuple[str, float, str]] | None:
     """(cell key, timing.seconds, method) of every results file adapt job ``key`` wrote: a job
     (<dataset>/<model>/<direction>/<method>/seed<seed>, every cell in its folder) or a single cell
-    (.../seed<seed>/<corruption>-s<severity>); None when it has none."""
+    (.../seed<seed>/<corruption>-s<severity>), or a job of every method of a direction
+    (<dataset>/<model>/<direction>/seed<seed>: params adapt_jobs: direction); None when it has none."""
     path = root / "results" / key
-    files = [path.with_name(path.name + ".json")] if path.with_name(path.name + ".json").is_file() else (
-        sorted(path.glob("*.json")) if path.is_dir() else [])
+    if path.with_name(path.name + ".json").is_file():
+        files = [path.with_name(path.name + ".json")]
+    elif path.is_dir():
+        files = sorted(path.glob("*.json"))
+    else:  # a direction's job: every method's folder of that seed
+        files = sorted(path.parent.glob(f"*/{path.name}/*.json"))
     cells = []
     for f in files:
         got = _cell(f)

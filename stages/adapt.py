@@ -1,10 +1,14 @@
-"""Stage `adapt`: one (method, direction, seed) job over its cells, or one cell alone.
+"""Stage `adapt`: one (method[s], direction, seed) job over its cells, or one cell alone.
 
     python stages/adapt.py --method tcr --direction i2t [--seed 42] [--force]
+    python stages/adapt.py --method source,tent,tcr --direction i2t     # several methods, one process
     python stages/adapt.py --method tcr --direction i2t --corruption gaussian_noise --severity 3
 
 Without ``--corruption`` (what Snakemake and DVC run) the job loads the model and the cached
-gallery embeddings once and adapts every cell of (method, direction, seed) the grid has —
+gallery embeddings once and adapts every cell of (method, direction, seed) the grid has, for
+each method of a comma-separated ``--method`` list in turn (Snakemake's ``adapt_jobs: direction``
+runs every method of a direction in one job; the model is back at its source weights for each
+cell) —
 the clean reference run for ``adapt.clean_methods``, each corruption and severity, each of the
 direction's streams for ``streams.methods`` — one after another, skipping the cells whose
 results file is up to date (same fingerprint: :mod:`qshift.cells`; ``--force`` runs them all).
@@ -44,7 +48,11 @@ def main() -> None:
     if seed not in seeds:
         raise ConfigError(f"--seed {seed} is not one of params seeds {seeds} (add it to seeds to run it: "
                           f"its results then sit beside the others)")
-    base = check_method(cfg, args.method)  # a variant (methods.<name>.method) builds its base
+    methods = [m for m in args.method.split(",") if m]
+    if not methods:
+        raise ConfigError("--method names no method (a method, or several separated by commas)")
+    for m in methods:
+        check_method(cfg, m)  # unknown names fail before any work (a variant names a known base)
     from qshift.tasks import all_directions
 
     if args.direction not in all_directions():  # every task's directions (qshift.tasks): i2t, t2i, cir
@@ -55,28 +63,34 @@ def main() -> None:
     from qshift import cells
 
     if args.corruption is not None:  # one cell
+        if len(methods) > 1:
+            raise ConfigError(f"--corruption runs one cell of one method; --method lists {len(methods)}: {args.method}")
         cells.check_cell(cfg, args.direction, args.corruption, args.severity)
-        run = Run(cfg["benchmark"], cfg["model"]["name"], args.direction, args.method, args.corruption,
+        run = Run(cfg["benchmark"], cfg["model"]["name"], args.direction, methods[0], args.corruption,
                   args.severity, seed)
         cli.start_log(LOGS["adapt"].format(**run.key))
         set_threads(cfg.get("threads", 0))
         queries = cells.load_queries(cfg, run)  # a bad query set fails before the model is loaded
-        job = cells.Job(cfg, base, stage_file=__file__, progress=cli.progress_enabled(args))
+        job = cells.Job(cfg, stage_file=__file__, progress=cli.progress_enabled(args))
         job.run(run, queries=queries)
         return
 
-    todo = cells.job_cells(cfg, args.method, args.direction, seed)
-    if not todo:
-        raise ConfigError(f"method {args.method!r} has no cells in direction {args.direction} (adapt.methods, "
-                          f"adapt.directions, adapt.clean_methods, streams.methods)")
-    cells.require_inputs(cfg, todo)
-    log = cli.start_log(LOGS["adapt_job"].format(dataset=cfg["benchmark"], model=cfg["model"]["name"],
-                                                 direction=args.direction, method=args.method, seed=seed))
+    todo = {m: cells.job_cells(cfg, m, args.direction, seed) for m in methods}
+    for m, mine in todo.items():
+        if not mine:
+            raise ConfigError(f"method {m!r} has no cells in direction {args.direction} (adapt.methods, "
+                              f"adapt.directions, adapt.clean_methods, streams.methods)")
+    cells.require_inputs(cfg, [r for mine in todo.values() for r in mine])
+    where = dict(dataset=cfg["benchmark"], model=cfg["model"]["name"], direction=args.direction, seed=seed)
+    log = cli.start_log(LOGS["adapt_job"].format(**where, method=methods[0]) if len(methods) == 1
+                        else LOGS["adapt_direction_job"].format(**where))
     set_threads(cfg.get("threads", 0))
-    job = cells.Job(cfg, base, stage_file=__file__, progress=cli.progress_enabled(args))
-    done = cells.run_job(job, todo, force=args.force)
-    log.info(f"adapt: {args.method} {args.direction} seed {seed}: {done['run']} cells run "
-             f"({done['seconds']:.1f}s adapting), {done['up_to_date']} up to date")
+    job = cells.Job(cfg, stage_file=__file__, progress=cli.progress_enabled(args))
+    for m in methods:
+        done = cells.run_job(job, todo[m], force=args.force)
+        log.info(f"adapt: {m} {args.direction} seed {seed}: {done['run']} cells run "
+                 f"({done['seconds']:.1f}s adapting), {done['up_to_date']} up to date")
+
 
 
 if __name__ == "__main__":

@@ -106,6 +106,21 @@ def test_budget_of_job_level_adapt_jobs(tmp_path):
     assert b["methods"]["tcr"]["cells"] == 2 and b["methods"]["tcr"]["x_source"] == pytest.approx(11.0)
 
 
+def test_budget_of_direction_level_adapt_jobs(tmp_path):
+    """An adapt job per (direction, seed) running every method (params adapt_jobs: direction):
+    its wall time against the cells of every method's folder of that seed."""
+    root = tmp_path
+    _bench(root, "adapt/builtin/m/i2t/seed42", 30.0, 500.0)
+    for method, secs in (("source", (1.0, 1.0)), ("tcr", (10.0, 12.0))):
+        for cell, sec in zip(("clean-s0", "gaussian_noise-s3"), secs):
+            _result(root, f"builtin/m/i2t/{method}/seed42/{cell}", sec)
+    _result(root, "builtin/m/i2t/tcr/seed7/clean-s0", 50.0)  # another seed's job: not this one's
+    a = pipeline_cost.budget(root, steps=3)["adapt"]
+    assert (a["jobs"], a["cells"], a["missing_results"]) == (1, 4, 0)
+    assert a["wall"] == pytest.approx(30.0) and a["adapt"] == pytest.approx(24.0)
+    assert a["overhead"] == pytest.approx(6 / 30)
+
+
 def test_budget_of_an_empty_folder_and_of_single_line_logs(tmp_path, capsys):
     pipeline_cost.main(["--root", str(tmp_path)])
     assert "no finished jobs found" in capsys.readouterr().out

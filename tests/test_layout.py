@@ -120,7 +120,7 @@ def test_every_rule_takes_its_resources_from_the_stage_table(tmp_path):
         rule, res = re.search(r"^(?:local)?rule (\w+):", block, re.M), re.search(r"resources: (.*)", block)
         if rule and res and rule[1] != "all":
             seen[rule[1]] = dict(kv.split("=", 1) for kv in res[1].split(", "))
-    assert {"pretrain", "encode_gallery", "tune", "report", "adapt_i2t_tcr"} <= set(seen)
+    assert {"pretrain", "encode_gallery", "tune", "report", "adapt_i2t"} <= set(seen)
     for rule, res in seen.items():
         stage = re.sub(r"^(adapt_(?:i2t|t2i))_.*", r"\1", rule)
         for key, value in pipeline.resources(stage).items():

@@ -38,13 +38,18 @@ def planned_jobs(repo: Path, *extra: str) -> dict[str, int]:
 
 
 def adapt_jobs(cfg: dict, method=None, direction=None, seed=None) -> dict[str, int]:
-    """{rule adapt_<direction>_<method>: jobs} — one job per (method, direction, seed) of the grid."""
+    """{rule: jobs} of the adapt jobs holding the grid's cells of (method, direction, seed):
+    rule adapt_<direction> per (direction, seed) under params adapt_jobs: direction (every
+    method in one job), adapt_<direction>_<method> per (method, direction, seed) under method."""
     from qshift.config import runs
 
+    per_direction = cfg.get("adapt_jobs", "method") == "direction"
+    jobs = {(f"adapt_{d}" if per_direction else f"adapt_{d}_{m}", s) for m, d, s in
+            {(r.method, r.direction, r.seed) for r in runs(cfg)}
+            if (method in (None, m)) and (direction in (None, d)) and (seed in (None, s))}
     out: dict[str, int] = {}
-    for m, d, s in sorted({(r.method, r.direction, r.seed) for r in runs(cfg)}):
-        if (method in (None, m)) and (direction in (None, d)) and (seed in (None, s)):
-            out[f"adapt_{d}_{m}"] = out.get(f"adapt_{d}_{m}", 0) + 1
+    for rule, _ in jobs:
+        out[rule] = out.get(rule, 0) + 1
     return out
 
 
@@ -119,22 +124,26 @@ def test_rerun_does_nothing_and_is_fast(snake_repo):
 
 
 def test_deleting_a_result_reruns_only_that_cell_and_the_report(snake_repo):
+    from qshift.config import load_params
+
     root = snake_repo / "results/builtin/qshift-tiny-clip"
     victim = root / "i2t/tcr/seed42/gaussian_noise-s3.json"
     before_victim = json.loads(victim.read_text())
-    # the other cells of the victim's job (tcr, i2t, seed 42) and of another job
+    # the other cells of the victim's job (i2t, seed 42: tcr's and, with adapt_jobs: direction, every
+    # method's) and a cell of another job (t2i)
+    assert load_params(snake_repo / "params.yaml")["adapt_jobs"] == "direction"  # params.yaml's default
     siblings = [p for p in (root / "i2t/tcr/seed42").iterdir() if p.name != victim.name] + \
-        [root / "i2t/source/seed42/gaussian_noise-s3.json"]
+        [root / "i2t/source/seed42/gaussian_noise-s3.json"] + sorted((root / "t2i/source/seed42").glob("*.json"))[:1]
     before = {p: p.read_bytes() for p in siblings}
     other_mtime = siblings[-1].stat().st_mtime_ns
     victim.unlink()
-    assert planned_jobs(snake_repo) == {"adapt_i2t_tcr": 1, "observe": 1, "report": 1, "all": 1}
+    assert planned_jobs(snake_repo) == {"adapt_i2t": 1, "observe": 1, "report": 1, "all": 1}
     run(["snakemake", "--cores", "2"], snake_repo)
     # the job ran its one missing cell: the others were up to date (qshift.cells) and kept as they
     # were (byte for byte: Snakemake touches a finished job's outputs), the other job's not even touched
     assert {p: p.read_bytes() for p in siblings} == before and siblings[-1].stat().st_mtime_ns == other_mtime
-    log = (snake_repo / "logs/adapt/builtin/qshift-tiny-clip/i2t/tcr/seed42.log").read_text()
-    assert "5 cells, 4 up to date, 1 to run" in log, log
+    log = (snake_repo / "logs/adapt/builtin/qshift-tiny-clip/i2t/seed42.log").read_text()  # the direction's job
+    assert "5 cells, 4 up to date, 1 to run" in log and "3 cells, 3 up to date, 0 to run" in log, log  # tcr; source
     after = json.loads(victim.read_text())
     assert after["metrics"] == before_victim["metrics"] and after["fingerprint"] == before_victim["fingerprint"]
     assert after["online"]["batch_r1"] == before_victim["online"]["batch_r1"]
@@ -313,12 +322,31 @@ def dvc_stages(repo: Path) -> set[tuple[str, frozenset]]:
         return {(" ".join(s.cmd.split()), frozenset(str(o.def_path) for o in s.outs)) for s in dvc.index.stages}
 
 
+def _per_method(repo: Path) -> None:
+    """params adapt_jobs: method — Snakemake's adapt jobs as DVC's adapt stages (one per method)."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "adapt_jobs": "method"}, sort_keys=False))
+
+
+def _cells(stages: set) -> set[str]:
+    return {o for _, outs in stages for o in outs if o.startswith("results/")}
+
+
 def test_snakemake_and_dvc_describe_the_same_dag(tmp_path):
     repo = make_repo(tmp_path)
+    # params.yaml's default adapt_jobs: direction groups every method of a direction in one job:
+    # the same commands for every other stage and the same results folders as DVC's per-method stages
+    snake, dvc = snakemake_stages(repo), dvc_stages(repo)
+    adapt = lambda st: {s for s in st if s[0].startswith("python stages/adapt.py")}  # noqa: E731
+    assert snake - adapt(snake) == dvc - adapt(dvc) and _cells(adapt(snake)) == _cells(adapt(dvc))
+    assert {c for c, _ in adapt(snake)} == {"python stages/adapt.py --method source,tcr --direction i2t --seed 42",
+                                           "python stages/adapt.py --method source,tcr --direction t2i --seed 42"}
+    _per_method(repo)  # one job per method: the very same DAG
     snake, dvc = snakemake_stages(repo), dvc_stages(repo)
     assert snake == dvc, f"only in Snakemake: {sorted(snake - dvc)}\nonly in DVC: {sorted(dvc - snake)}"
     # and with the default params too (the full default grid)
     (repo / "params.yaml").write_text((Path(__file__).parents[1] / "params.yaml").read_text())
+    _per_method(repo)
     assert snakemake_stages(repo) == dvc_stages(repo)
 
 
@@ -346,6 +374,10 @@ def test_the_sites_adapt_resources_reach_every_adapt_rule(tmp_path):
     out = run(["snakemake", "--dry-run", "--forceall", "--cores", "1", "--set-resources", "adapt:gpu_model='a100'"],
               repo).stdout
     blocks = [b for b in re.split(r"\n\s*\n", out) if re.search(r"^rule adapt_", b, re.M)]
+    assert len(blocks) == 2 and all("gpu_model=a100" in b for b in blocks), blocks  # adapt_i2t, adapt_t2i
+    out = run(["snakemake", "--dry-run", "--forceall", "--cores", "1", "--set-resources", "adapt:gpu_model='a100'",
+               "--config", "adapt_jobs=method"], repo).stdout  # one rule per method x direction (the slurm profile)
+    blocks = [b for b in re.split(r"\n\s*\n", out) if re.search(r"^rule adapt_", b, re.M)]
     assert len(blocks) == 4 and all("gpu_model=a100" in b for b in blocks), blocks
     enc = next(b for b in re.split(r"\n\s*\n", out) if re.search(r"^rule encode_gallery", b, re.M))
     assert "gpu_model=a100" not in enc
@@ -357,6 +389,7 @@ def test_both_orchestrators_run_method_variants_as_their_own_jobs(tmp_path):
     repo = make_repo(tmp_path)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["adapt"]["methods"] = ["source", "tcr", "rest", "rest_no-decouple", "rest_k3"]
+    params["adapt_jobs"] = "method"  # (the default, direction, runs them in one job per direction)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     snake, dvc = snakemake_stages(repo), dvc_stages(repo)
     assert snake == dvc, f"only in Snakemake: {sorted(snake - dvc)}\nonly in DVC: {sorted(dvc - snake)}"

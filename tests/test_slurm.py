@@ -177,6 +177,7 @@ def test_profile_is_where_snakemake_looks_and_names_the_site_block():
     # adapt jobs are not bundled (each runs all cells of its method x direction x seed), and a
     # failed job keeps the cells it finished
     assert "group-components" not in prof and prof["keep-incomplete"] is True
+    assert "adapt_jobs=method" in prof["config"]  # one adapt job per method x direction x seed: parallel GPU jobs
 
 
 def test_profile_retries_survive_the_workflow_profile():

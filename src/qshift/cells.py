@@ -28,8 +28,8 @@ import logging
 import time
 from pathlib import Path
 
-from .config import (GALLERY, MANIFEST, MODEL_DIR, TUNED, Run, experiment_name, is_stream, is_variant, probes_angle,
-                     queries_path, query_set_path, runs, stream_path)
+from .config import (GALLERY, MANIFEST, MODEL_DIR, TUNED, Run, check_method, experiment_name, is_stream, is_variant,
+                     probes_angle, queries_path, query_set_path, runs, stream_path)
 from .errors import ConfigError, InputError
 from .results import CLEAN, SCHEMA, run_key
 
@@ -160,14 +160,15 @@ def check_cell(cfg: dict, direction: str, corruption: str, severity: int) -> Non
 
 
 class Job:
-    """The model and gallery of one adapt job, loaded once; :meth:`run` adapts one cell with them."""
+    """The model and gallery of one adapt job, loaded once; :meth:`run` adapts one cell with them,
+    of any method (each cell starts from the source weights: ``run_stream`` restores them)."""
 
-    def __init__(self, cfg: dict, base: str, stage_file: str | Path | None = None, progress: bool = True):
+    def __init__(self, cfg: dict, stage_file: str | Path | None = None, progress: bool = True):
         from .gallery import load_gallery
         from .models import load_model
         from .runtime import pick_device
 
-        self.cfg, self.base, self.progress = cfg, base, progress
+        self.cfg, self.progress = cfg, progress
         self.device = pick_device(cfg["device"])
         dataset, model_name = cfg["benchmark"], cfg["model"]["name"]
         self.gallery = load_gallery(GALLERY.format(model=model_name, dataset=dataset))
@@ -188,7 +189,7 @@ class Job:
                               f"{self.gallery.get('preprocess', 'native')!r}, not {self.model.preprocess!r}; "
                               f"rerun encode_gallery")
         self.code = code_hash(stage_file) + task_code(cfg)
-        self._shared: dict | None = None
+        self._shared: dict[str, dict] = {}  # per method: its tuned file
 
     def plan(self, run: Run) -> tuple[dict, dict, dict, str]:
         """(hyperparameters, tuned values applied, run settings, fingerprint) of a cell."""
@@ -205,9 +206,10 @@ class Job:
             run_cfg["order"] = ad["order"]
         if tuned:
             run_cfg["tuned"] = tuned
-        if self._shared is None:
-            self._shared = job_shared(cfg, run)
-        return hparams, tuned, run_cfg, fingerprint(cfg, run, self.base, hparams, run_cfg, self.code, self._shared)
+        if run.method not in self._shared:
+            self._shared[run.method] = job_shared(cfg, run)
+        return hparams, tuned, run_cfg, fingerprint(cfg, run, check_method(cfg, run.method), hparams, run_cfg,
+                                                    self.code, self._shared[run.method])
 
     def run(self, run: Run, plan: tuple[dict, dict, dict, str] | None = None, queries=None) -> dict:
         """Adapt one cell (its queries loaded here unless given); write its outcomes, then its
@@ -221,20 +223,21 @@ class Job:
 
         cfg, ad = self.cfg, self.cfg["adapt"]
         hparams, tuned, run_cfg, fp = plan or self.plan(run)
+        base = check_method(cfg, run.method)
         if tuned:
             log.info(f"adapt: {run_key(run.key)}: tuned on the validation split (stage tune): {tuned}")
         queries = load_queries(cfg, run) if queries is None else queries
         if self.check_queries is not None:
             self.check_queries(queries, self.gallery)
-        body = run_stream(self.model, self.base, hparams, run.direction, queries, self.gallery,
+        body = run_stream(self.model, base, hparams, run.direction, queries, self.gallery,
                           batch_size=ad["batch_size"], steps=ad["steps"], seed=run.seed,
                           num_workers=cfg["num_workers"], amp=cfg["amp"], progress=self.progress,
                           desc=run_key(run.key), order_kind=ad.get("order", "seeded"))
         outcomes = body.pop("outcomes", None)  # none for a diverged run (no ranks to keep)
         if is_variant(cfg, run.method):
-            log.info(f"adapt: {run.method} is a variant of {self.base}: {body['hparams']}")
+            log.info(f"adapt: {run.method} is a variant of {base}: {body['hparams']}")
         result = {"schema": SCHEMA, "key": run.key, "run_key": run_key(run.key), **body, "run": run_cfg,
-                  **({"variant_of": self.base} if self.base != run.method else {}),
+                  **({"variant_of": base} if base != run.method else {}),
                   "env": {**provenance(self.device),
                           "params_hash": stable_hash({"hparams": body["hparams"], **run_cfg})},
                   "fingerprint": fp, "finished_at": time.time(),

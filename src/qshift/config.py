@@ -66,6 +66,8 @@ LOGS = {
     "adapt": "logs/adapt/{dataset}/{model}/{direction}/{method}/seed{seed}/{corruption}-s{severity}.log",
     # one adapt job: every cell of (method, direction, seed) in one process (qshift.cells)
     "adapt_job": "logs/adapt/{dataset}/{model}/{direction}/{method}/seed{seed}.log",
+    # a job of every method (adapt_jobs: direction)
+    "adapt_direction_job": "logs/adapt/{dataset}/{model}/{direction}/seed{seed}.log",
     "report": "logs/report/{dataset}.log",
     "observe": "logs/observe/{dataset}.log",
     "tune": "logs/tune/{dataset}/{model}/{method}.log",
@@ -319,6 +321,18 @@ def _int_param(cfg: dict, dotted: str, minimum: int, required: bool = True) -> N
         raise ConfigError(f"params: {dotted} must be an integer >= {minimum}, got {node!r}")
 
 
+# Snakemake's adapt job granularity (params adapt_jobs): one job per direction (every method) or
+# per method (x direction); the seed is a dimension of both
+ADAPT_JOBS = ("direction", "method")
+
+
+def adapt_job_methods(cfg: dict) -> list[list[str]]:
+    """The methods each adapt job of a direction runs: one list of every method
+    (``adapt_jobs: direction``) or one list per method (``method``)."""
+    methods = list(cfg["adapt"]["methods"])
+    return [methods] if cfg.get("adapt_jobs", "method") == "direction" else [[m] for m in methods]
+
+
 def validate_run_params(cfg: dict) -> None:
     """The numbers every run reads, typed before any job (a batch size of 0 or 1.5 would
     otherwise fail inside a job with a traceback)."""
@@ -331,6 +345,8 @@ def validate_run_params(cfg: dict) -> None:
     _int_param(cfg, "model.batch_size", 1, required=False)
     _int_param(cfg, "num_workers", 0, required=False)
     _int_param(cfg, "threads", 0, required=False)
+    if cfg.get("adapt_jobs", "method") not in ADAPT_JOBS:
+        raise ConfigError(f"params: adapt_jobs is {cfg['adapt_jobs']!r}; valid: {', '.join(ADAPT_JOBS)}")
     _int_param(cfg, "pretrain.steps", 1, required=False)
     _int_param(cfg, "pretrain.batch_size", 1, required=False)
     pre = cfg.get("pretrain") if isinstance(cfg.get("pretrain"), dict) else {}

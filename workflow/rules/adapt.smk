@@ -1,10 +1,16 @@
-# Online test-time adaptation: one job per (method, direction, seed) — a rule per (method,
-# direction), named adapt_<direction>_<method>, with the seed as its wildcard. A job loads the
-# model and gallery once and runs its cells (clean, every corruption x severity, the direction's
-# streams) one after another; every cell is its own results file, written as it finishes.
+# Online test-time adaptation. `adapt_jobs` (params.yaml) sets the job granularity:
+# - direction (the default): one job per (direction, seed), rule adapt_<direction>, running every
+#   method's cells in one process — imports, model and gallery loaded once (a 2-core laptop runs
+#   the two directions side by side);
+# - method: one job per (method, direction, seed), rule adapt_<direction>_<method> (a cluster runs
+#   them as parallel GPU jobs; the slurm profile sets it).
+# The seed is the rules' wildcard. A job runs its cells (clean, every corruption x severity, the
+# direction's streams) one after another; every cell is its own results file, written as it finishes.
 # The outputs are update()-flagged: Snakemake keeps the job's existing results files when it
 # reruns the job, and the stage skips the cells that are up to date (qshift.cells: same
-# fingerprint), so deleting one results file or adding one severity runs just those cells.
+# fingerprint), so deleting one results file or adding one severity runs just those cells. What
+# the coarser granularity costs: a changed method hyperparameter reruns the direction's job, which
+# then runs only that method's cells and skips the others' (a few seconds of start-up and checks).
 # `seeds` in params.yaml lists the adaptation seeds (each its own results folder seed<N>/).
 
 
@@ -17,48 +23,56 @@ def _site_resources(name):
         site[name] = site["adapt"]
 
 
-def _adapt_rule(method, direction):
-    cells = qcells.job_cells(config, method, direction, qc.primary_seed(config))
+def _adapt_rule(methods, direction):
+    seed = qc.primary_seed(config)
+    cells = [r for m in methods for r in qcells.job_cells(config, m, direction, seed)]
+    methods = [m for m in methods if any(r.method == m for r in cells)]  # those with cells here
     if not cells:
         return
     outputs = [update(p) for r in cells for p in (
         qc.RESULT.format(**{**r.key, "seed": "{seed}"}),
         qc.OUTCOMES.format(**{**r.key, "seed": "{seed}"}))]  # per-query outcomes, written before the JSON
-    job = dict(dataset=DS, model=MODEL, direction=direction, method=method)
-    _site_resources(f"adapt_{direction}_{method}")
+    single = len(methods) == 1  # the stage logs a one-method job under the method's folder
+    name = f"adapt_{direction}_{methods[0]}" if config.get("adapt_jobs", "method") == "method" else f"adapt_{direction}"
+    where = dict(dataset=DS, model=MODEL, direction=direction, seed="{seed}")
+    log_file = (qc.LOGS["adapt_job"].format(**where, method=methods[0]) if single
+                else qc.LOGS["adapt_direction_job"].format(**where))
+    bench = "/".join(["logs/benchmarks/adapt", DS, MODEL, direction, *methods[:single], "seed{seed}.tsv"])
+    _site_resources(name)
 
     rule:
         name:
-            f"adapt_{direction}_{method}"
+            name
         input:
             queries=adapt_job_queries(cells),
             gallery=GALLERY,
             model=MODEL_DIR,
             # stage tune, one job per method (a "not tuned" file when tuning is off or the method is
-            # not in tune.methods): a changed entry of one method reruns its own tune and adapt jobs only
-            tuned=qc.TUNED.format(dataset=DS, model=MODEL, method=method),
+            # not in tune.methods): a changed entry of one method reruns its own tune job, then the
+            # adapt job(s) holding its cells
+            tuned=[qc.TUNED.format(dataset=DS, model=MODEL, method=m) for m in methods],
         output:
             outputs,
         params:
-            # what every cell reads from the params (the cells themselves are the rule's outputs)
-            cfg=qpipe.param_hash(config, f"adapt_{direction}", method=method),
+            # what every cell reads from the params, per method (the cells themselves are the outputs)
+            cfg=" ".join(qpipe.param_hash(config, f"adapt_{direction}", method=m) for m in methods),
         threads: 1
         resources:
             # slurm/config.yaml's `set-resources: adapt:` block (e.g. gpu_model) applies to every adapt rule
             **qpipe.resources(f"adapt_{direction}"),
         benchmark:
-            f"logs/benchmarks/adapt/{DS}/{MODEL}/{direction}/{method}/seed{{seed}}.tsv"
+            bench
         log:
-            qc.LOGS["adapt_job"].format(**job, seed="{seed}"),
+            log_file,
         conda:
             ENV_FILE
         shell:
-            f"python stages/adapt.py --method {method} --direction {direction} --seed {{wildcards.seed}}"
+            f"python stages/adapt.py --method {','.join(methods)} --direction {direction} --seed {{wildcards.seed}}"
 
 
-for _method in config["adapt"]["methods"]:
-    for _direction in config["adapt"]["directions"]:
-        _adapt_rule(_method, _direction)
+for _direction in config["adapt"]["directions"]:
+    for _methods in qc.adapt_job_methods(config):
+        _adapt_rule(_methods, _direction)
 
 
 # Hyperparameter selection on the validation split (src/qshift/tune.py): one job, every grid point.
