@@ -152,8 +152,8 @@ def _adapt_stage(direction: str) -> Stage:
     side = "image" if direction == "i2t" else "text"
     levels = "severities" if side == "image" else "levels"
     folder = qc.RESULT.rsplit("/", 1)[0]
-    comment = ("online test-time adaptation: one stage per (method, direction, seed), as Snakemake's\n"
-               "adapt_<direction>_<method> jobs. The stage runs every cell of the grid for it (clean for\n"
+    comment = ("online test-time adaptation: one stage per (method, direction, seed), as Snakemake's jobs\n"
+               "under params adapt_jobs: method. The stage runs every cell of the grid for it (clean for\n"
                "adapt.clean_methods, each corruption x severity, the direction's streams for streams.methods)\n"
                "into its results folder; `persist: true` keeps the folder's files when DVC reruns the stage,\n"
                "and the stage skips the cells that are up to date (src/qshift/cells.py: same fingerprint), so\n"

@@ -1,7 +1,7 @@
 # The video-audio task (benchmark builtin-va; src/qshift/va.py): corrupted video / audio query
 # sets and streams, as clip sets. Defined only when the grid is a video-audio one, so other
-# pipelines parse exactly as before. Its adapt jobs are the generic adapt_<direction>_<method>
-# rules (rules/adapt.smk: adapt_v2a_<method>, adapt_a2v_<method>); prepare, pretrain,
+# pipelines parse exactly as before. Its adapt jobs are the generic adapt rules (rules/adapt.smk:
+# adapt_v2a / adapt_a2v, or adapt_v2a_<method> / adapt_a2v_<method> under adapt_jobs: method); prepare, pretrain,
 # encode_gallery, examples and report are the shared rules (the stages ask the task's hooks).
 
 from qshift import tasks as qtasks
