@@ -228,7 +228,7 @@ def test_tasks_keep_image_text_as_it_was():
     assert tasks.direction("cir").query_modality == "composed" and tasks.recall_ks("cir")[-1] == 50
     root = Path(__file__).resolve().parents[1]
     cfg = load_params(root / "params.yaml", ["benchmark=builtin-cir"])
-    assert tasks.is_cir(cfg) and list(streams(cfg, "cir")) == ["multimodal"]  # streams.cir (test_cir_streams.py)
+    assert tasks.is_cir(cfg) and list(streams(cfg, "cir")) == ["multimodal", "joint"]  # streams.cir (test_cir_streams.py)
     cells = query_cells(cfg, "cir")
     assert cells[0] == ("clean", 0) and set(cells[1:]) == set(query_cells(cfg, "i2t")[1:]) | set(
         query_cells(cfg, "t2i")[1:])
@@ -268,8 +268,12 @@ def test_builtin_cir_runs_through_snakemake(tmp_path):
     res = repo / "results/builtin-cir/qshift-tiny-cir/cir"
     files = sorted(p.relative_to(res).as_posix() for p in res.rglob("*.json"))
     assert files == ["source/seed42/clean-s0.json", "source/seed42/gaussian_noise-s3.json",
-                     "source/seed42/multimodal-s0.json", "source/seed42/ocr-s2.json",
-                     "tcr/seed42/gaussian_noise-s3.json", "tcr/seed42/multimodal-s0.json", "tcr/seed42/ocr-s2.json"]
+                     "source/seed42/joint-s0.json", "source/seed42/multimodal-s0.json", "source/seed42/ocr-s2.json",
+                     "tcr/seed42/gaussian_noise-s3.json", "tcr/seed42/joint-s0.json", "tcr/seed42/multimodal-s0.json",
+                     "tcr/seed42/ocr-s2.json"]
+    # the joint stream: a third domain shifting both parts of the query at once
+    joint = json.loads((res / "source/seed42/joint-s0.json").read_text())
+    assert list(joint["metrics_by_domain"]) == ["gaussian_noise-s3", "ocr-s2", "gaussian_noise-s3+ocr-s2"]
     # the preset's multi-modal stream (streams.cir.multimodal): R@K per domain, shown in the report
     mm = json.loads((res / "tcr/seed42/multimodal-s0.json").read_text())
     assert list(mm["metrics_by_domain"]) == ["gaussian_noise-s3", "ocr-s2"] and mm["stream"]["kind"] == "mixed"

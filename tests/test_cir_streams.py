@@ -60,6 +60,47 @@ def test_each_triplet_equals_the_same_triplet_in_its_domains_query_set(world):
     assert json.loads((out / "manifest.json").read_text())["meta"]["stream"]["name"] == "mm"
 
 
+def test_a_joint_domain_shifts_both_parts_of_the_query_as_their_cells_do(world):
+    """joint: each triplet of the pair domain has the image cell's reference file (the same JPEG
+    bytes, shared with the image-only domain's folder) and the text cell's modification text."""
+    from qshift.cir import load_triplets
+    from qshift.cir_streams import side_of, stream_domains, stream_info
+    from qshift.streams import domain_label
+
+    spec = {**SPEC, "joint": {"image": {"corruptions": ["gaussian_noise"], "severities": [3]},
+                              "text": {"corruptions": ["ocr"], "levels": [2]}}}
+    assert [domain_label(c, s) for c, s in stream_domains(spec)] == ["gaussian_noise-s3", "ocr-s2",
+                                                                     "gaussian_noise-s3+ocr-s2"]
+    assert [side_of(spec, d) for d in ("gaussian_noise-s3", "ocr-s2", "gaussian_noise-s3+ocr-s2")] == [
+        "image", "text", "joint"]
+    out, st = _stream(world, "joint", spec)
+    clean = load_triplets(world["data"] / "manifest.json")
+    img, txt = _corrupted_queries(world, "image"), _corrupted_queries(world, "text")
+    info = stream_info(st, "cir")
+    labels = info["query_domain"]
+    assert info["domains"] == ["gaussian_noise-s3", "ocr-s2", "gaussian_noise-s3+ocr-s2"]
+    both = [i for i, lab in enumerate(labels) if lab == "gaussian_noise-s3+ocr-s2"]
+    assert both and set(labels) == set(info["domains"])
+    for i in both:
+        assert st.image_paths[i].read_bytes() == img.image_paths[i].read_bytes() != clean.image_paths[i].read_bytes()
+        assert st.captions[i] == txt.captions[i]
+    assert any(st.captions[i] != clean.captions[i] for i in both)
+    assert not (out / "gaussian_noise-s3+ocr-s2").exists()  # its references live in the image cell's folder
+    used = {int(st.image_ids[i]) for i, lab in enumerate(labels) if lab in ("gaussian_noise-s3",
+                                                                           "gaussian_noise-s3+ocr-s2")}
+    assert len(list((out / "gaussian_noise-s3").iterdir())) == len(used)
+    # one joint domain alone is not a stream; a joint part needs both sides
+    from qshift.cir_streams import validate
+
+    with pytest.raises(ConfigError, match="a single domain"):
+        validate({"streams": {"cir": {"s": {"kind": "mixed", "joint": spec["joint"]}}}})
+    with pytest.raises(ConfigError, match=r"streams\.cir\.s\.joint must be a mapping with both keys image"):
+        validate({"streams": {"cir": {"s": {**SPEC, "joint": {"image": spec["joint"]["image"]}}}}})
+    with pytest.raises(ConfigError, match=r"streams\.cir\.s\.joint\.text\.levels has 9; valid: 1\.\.7"):
+        validate({"streams": {"cir": {"s": {**SPEC, "joint": {"image": spec["joint"]["image"],
+                                                             "text": {"corruptions": ["ocr"], "levels": [9]}}}}}})
+
+
 def test_a_sequential_stream_arrives_in_domain_blocks(world):
     from qshift.cir_streams import stream_info
 
@@ -91,7 +132,7 @@ def test_bad_stream_definitions_are_one_line_errors_naming_the_key():
     check({**SPEC, "text": {"corruptions": ["nope"], "levels": [2]}},
           r"streams\.cir\.s\.text\.corruptions has 'nope'; valid: .*ocr")
     check({"kind": "mixed"}, r"streams\.cir\.s has no domains; give image: \{corruptions, severities\}")
-    check({**SPEC, "audio": {}}, r"streams\.cir\.s: unknown key\(s\) audio; valid: kind, image, text")
+    check({**SPEC, "audio": {}}, r"streams\.cir\.s: unknown key\(s\) audio; valid: kind, image, text, joint")
     check({**SPEC, "image": {"corruptions": ["gaussian_noise"], "levels": [3]}},
           r"streams\.cir\.s\.image: unknown key\(s\) levels; valid: corruptions, severities")
     check({**SPEC, "kind": "random"}, r"streams\.cir\.s\.kind is 'random'; valid: mixed, sequential")
@@ -108,9 +149,9 @@ def test_the_params_reach_the_check_before_any_work(tmp_path):
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["benchmark"] = "builtin-cir"
     cfg = load_params(root / "params.yaml", ["benchmark=builtin-cir"])
-    assert list(streams(cfg, "cir")) == ["multimodal"] and streams(cfg, "i2t") == dict(cfg["streams"]["image"])
-    cells = [(r.method, r.corruption, r.severity) for r in runs(cfg) if r.corruption == "multimodal"]
-    assert cells == [("source", "multimodal", 0), ("tcr", "multimodal", 0)]
+    assert list(streams(cfg, "cir")) == ["multimodal", "joint"] and streams(cfg, "i2t") == dict(cfg["streams"]["image"])
+    cells = [(r.method, r.corruption, r.severity) for r in runs(cfg) if r.corruption in ("multimodal", "joint")]
+    assert cells == [("source", "multimodal", 0), ("source", "joint", 0), ("tcr", "multimodal", 0), ("tcr", "joint", 0)]
     assert ("multimodal", 0) not in query_cells(cfg, "cir")
     params["benchmarks"]["builtin-cir"]["streams"]["cir"]["multimodal"]["image"]["corruptions"] = ["fog_x"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -5,18 +5,23 @@ protocol for it (docs/rest.md); this is QShift's reading of it, built like the i
 streams (:mod:`qshift.streams`). A stream ``streams.cir.<name>``::
 
     {kind: mixed | sequential,
-     image: {corruptions: [...], severities: [...]},   # reference-image domains (either side may be absent)
-     text:  {corruptions: [...], levels: [...]}}       # modification-text domains
+     image: {corruptions: [...], severities: [...]},   # reference-image domains (any part may be absent)
+     text:  {corruptions: [...], levels: [...]},       # modification-text domains
+     joint: {image: {corruptions, severities},         # both parts shifted at once: every
+             text: {corruptions, levels}}}             #   (image cell, text cell) pair
 
-has the domains image-side cells (corruptions x severities) then text-side cells (corruptions x
-levels), labelled as the cells' own (``<corruption>-s<severity>``). Every test triplet gets one
+has the domains image-side cells (corruptions x severities), then text-side cells (corruptions x
+levels), labelled as the cells' own (``<corruption>-s<severity>``), then the joint pairs, labelled
+``<image cell>+<text cell>`` (e.g. ``gaussian_noise-s3+ocr-s2``). Every test triplet gets one
 domain (mixed: seeded i.i.d. draws; sequential: seeded blocks in order, the arrival order in
 ``meta.stream.order``; seed ``derive_seed("stream", dataset, name, seed)`` as the other streams).
 An image-side domain corrupts the triplet's reference exactly as that cell's query set does (the
 ``corrupt_images`` code path: same seed, implementation and JPEG quality, so the file is
 byte-identical to the cell's); its modification text stays clean. A text-side domain corrupts the
 modification text exactly as that cell's query set does (``corrupt_texts_info``, the per-caption
-seed); its reference stays clean (a copy of the dataset's file).
+seed); its reference stays clean (a copy of the dataset's file). A joint domain does both: the
+reference is the image cell's file and the modification the text cell's text. A joint domain has
+no cell of its own, so the report's "alone" column shows none for it.
 
 On disk (``data/queries/<benchmark>/cir-stream/<name>/``): ``<domain>/<image>.jpg`` (one file
 per (reference image, image domain) actually used), ``clean/<image>`` (the clean references the
@@ -45,23 +50,39 @@ def _registry(side: str):
     return IMAGE_CORRUPTIONS if side == "image" else TEXT_CORRUPTIONS
 
 
+def _cells(part: dict | None, side: str) -> list[tuple[str, int]]:
+    lkey = SIDE_KEYS[side][0]
+    part = part or {}
+    return [(c, int(s)) for c in part.get("corruptions") or [] for s in part.get(lkey) or []]
+
+
+def domain_parts(spec: dict) -> list[tuple[str, tuple[str, int] | None, tuple[str, int] | None]]:
+    """(label, image cell or None, text cell or None) of each domain, in the stream's order:
+    image-side cells, text-side cells, then the joint (image cell, text cell) pairs."""
+    from .streams import domain_label
+
+    out = [(domain_label(*c), c, None) for c in _cells(spec.get("image"), "image")]
+    out += [(domain_label(*t), None, t) for t in _cells(spec.get("text"), "text")]
+    joint = spec.get("joint") or {}
+    out += [(f"{domain_label(*c)}+{domain_label(*t)}", c, t)
+            for c in _cells(joint.get("image"), "image") for t in _cells(joint.get("text"), "text")]
+    return out
+
+
 def stream_domains(spec: dict, direction: str | None = None) -> list[tuple[str, int]]:
-    """The stream's (corruption, severity/level) domains: image-side cells, then text-side cells."""
+    """The stream's domains as (corruption, severity/level) pairs whose ``domain_label`` is the
+    domain's label (a joint domain: (``<image cell>+<text corruption>``, level), which names no cell)."""
     out = []
-    for side, (lkey, _) in SIDE_KEYS.items():
-        part = spec.get(side) or {}
-        out += [(c, int(s)) for c in part.get("corruptions") or [] for s in part.get(lkey) or []]
+    for _, img, txt in domain_parts(spec):
+        out.append(txt if img is None else img if txt is None else (f"{img[0]}-s{img[1]}+{txt[0]}", txt[1]))
     return out
 
 
 def side_of(spec: dict, label: str) -> str:
-    """``image`` or ``text``: which part of the composed query a domain of the stream corrupts."""
-    from .streams import domain_label
-
-    for side, (lkey, _) in SIDE_KEYS.items():
-        part = spec.get(side) or {}
-        if label in {domain_label(c, s) for c in part.get("corruptions") or [] for s in part.get(lkey) or []}:
-            return side
+    """``image``, ``text`` or ``joint``: which parts of the composed query a domain of the stream corrupts."""
+    for lab, img, txt in domain_parts(spec):
+        if lab == label:
+            return "joint" if img and txt else "image" if img else "text"
     raise InputError(f"domain {label!r} is not one of the stream's")
 
 
@@ -76,20 +97,27 @@ def validate_cir_stream(name, spec, reserved: set[str]) -> None:
         raise ConfigError(f"{where}: the name collides with a corruption name (or 'clean'); stream and corruption "
                           f"results share one path pattern, pick another name")
     if not isinstance(spec, dict):
-        raise ConfigError(f"{where} must be a mapping with keys kind, image, text")
-    unknown = set(spec) - {"kind", "image", "text"}
+        raise ConfigError(f"{where} must be a mapping with keys kind, image, text, joint")
+    unknown = set(spec) - {"kind", "image", "text", "joint"}
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; valid: kind, image, text")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; valid: kind, image, "
+                          f"text, joint")
     if spec.get("kind") not in KINDS:
         raise ConfigError(f"{where}.kind is {spec.get('kind')!r}; valid: {', '.join(KINDS)}")
-    if not spec.get("image") and not spec.get("text"):
-        raise ConfigError(f"{where} has no domains; give image: {{corruptions, severities}} and/or "
-                          f"text: {{corruptions, levels}}")
-    for side, (lkey, top) in SIDE_KEYS.items():
-        part = spec.get(side)
+    if not spec.get("image") and not spec.get("text") and not spec.get("joint"):
+        raise ConfigError(f"{where} has no domains; give image: {{corruptions, severities}}, text: {{corruptions, "
+                          f"levels}} and/or joint: {{image: ..., text: ...}}")
+    parts = [(f"{where}.{side}", side, spec.get(side)) for side in SIDE_KEYS]
+    joint = spec.get("joint")
+    if joint is not None:
+        if not isinstance(joint, dict) or set(joint) != {"image", "text"}:
+            raise ConfigError(f"{where}.joint must be a mapping with both keys image: {{corruptions, severities}} "
+                              f"and text: {{corruptions, levels}} (each domain corrupts both parts)")
+        parts += [(f"{where}.joint.{side}", side, joint[side]) for side in SIDE_KEYS]
+    for w, side, part in parts:
+        lkey, top = SIDE_KEYS[side]
         if part is None:
             continue
-        w = f"{where}.{side}"
         if not isinstance(part, dict):
             raise ConfigError(f"{w} must be a mapping with keys corruptions, {lkey}")
         bad = set(part) - {"corruptions", lkey}
@@ -112,7 +140,7 @@ def validate_cir_stream(name, spec, reserved: set[str]) -> None:
             raise ConfigError(f"{w}.{lkey} lists a value twice: {levels}")
     if len(stream_domains(spec)) < 2:
         raise ConfigError(f"{where} has a single domain; a stream needs at least two (image corruptions x "
-                          f"severities + text corruptions x levels)")
+                          f"severities + text corruptions x levels + joint pairs)")
 
 
 def validate(cfg: dict) -> None:
@@ -162,21 +190,20 @@ def build_cir_stream(manifest: str | Path, out_dir: str | Path, name: str, spec:
         raise InputError(f"CIR manifest {manifest} has no test split to build a stream from")
     names = dict(zip((im["imgid"] for im in images), _output_names(images)))  # the cell sets' file names
     trip = [(im, s) for im in images for s in im["sentences"]]  # load_triplets' query order
-    domains = stream_domains(spec)
-    labels = [domain_label(c, s) for c, s in domains]
-    sides = [side_of(spec, lab) for lab in labels]
-    dom, order = assign_domains(len(trip), len(domains), spec["kind"], derive_seed("stream", dataset, name, seed))
+    parts = domain_parts(spec)
+    labels = [lab for lab, _, _ in parts]
+    dom, order = assign_domains(len(trip), len(parts), spec["kind"], derive_seed("stream", dataset, name, seed))
     options: tuple = ()
     if implementation != "imagecorruptions":
         options = tuple(sorted(mm_robustness.options({"mm_robustness": mm_options}, dataset).items()))
-    # text-side domains: every triplet of a domain corrupted in one call, as corrupt_text does its set
+    # domains with a text part: every triplet of a domain corrupted in one call, as corrupt_text does its set
     texts: dict[int, str] = {}
     by_dom = defaultdict(list)
     for q, d in enumerate(dom):
-        if sides[d] == "text":
+        if parts[d][2] is not None:
             by_dom[int(d)].append(q)
     for d, qs in by_dom.items():
-        c, level = domains[d]
+        c, level = parts[d][2]
         seeds = [query_seed(dataset, trip[q][1]["sentid"], c, level) for q in qs]
         try:
             out, _ = corrupt_texts_info(c, [trip[q][1]["raw"] for q in qs], level, seeds, cfg, progress=False)
@@ -193,16 +220,16 @@ def build_cir_stream(manifest: str | Path, out_dir: str | Path, name: str, spec:
             sents = []
             for q in by_img[im["imgid"]]:
                 s, d = trip[q][1], int(dom[q])
-                lab = labels[d]
-                if sides[d] == "image":
-                    c, sev = domains[d]
-                    rel = f"{lab}/{names[im['imgid']]}"
+                lab, img, txt = parts[d]
+                if img is not None:  # the reference as the image cell's file (a joint domain shares it)
+                    c, sev = img
+                    folder = domain_label(c, sev)
+                    rel = f"{folder}/{names[im['imgid']]}"
                     if rel not in written:
-                        (tmp / lab).mkdir(exist_ok=True)
+                        (tmp / folder).mkdir(exist_ok=True)
                         _corrupt_file(_ImageTask(str(src), str(tmp / rel), c, int(sev),
                                                  query_seed(dataset, im["imgid"], c, sev), quality, implementation,
                                                  options))
-                    sent = {**s, "domain": lab, "reference": rel}
                 else:
                     rel = f"clean/{Path(names[im['imgid']]).stem}{Path(im['filename']).suffix}"
                     if rel not in written:
@@ -210,8 +237,11 @@ def build_cir_stream(manifest: str | Path, out_dir: str | Path, name: str, spec:
                             raise InputError(f"CIR triplet {s['sentid']!r}: reference image {src} not found")
                         (tmp / "clean").mkdir(exist_ok=True)
                         shutil.copyfile(src, tmp / rel)
+                sent = dict(s)
+                if txt is not None:  # the modification as the text cell's
                     raw = texts[q]
-                    sent = {**s, "raw": raw, "tokens": raw.split(), "clean": s["raw"], "domain": lab, "reference": rel}
+                    sent.update(raw=raw, tokens=raw.split(), clean=s["raw"])
+                sent.update(domain=lab, reference=rel)
                 written.add(rel)
                 counts[lab] += 1
                 sents.append(sent)
