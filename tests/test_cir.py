@@ -285,6 +285,7 @@ def test_builtin_cir_runs_through_snakemake(tmp_path):
     report = (repo / "reports/report.md").read_text()
     assert "Composed image retrieval" in report and "R@50 (%)" in report
     assert "Streams — cir" in report and "`multimodal`" in report
+    assert "Its combiner trained for 200 steps: composed val R@1" in report and "i2t —" not in report
     pre = json.loads((repo / "reports/pretrain.json").read_text())
     assert pre["combiner_val_trained_R@1"] > pre["combiner_val_sum_R@1"], pre
     again = run(["snakemake", "--cores", "1", "-n"], repo)

@@ -117,9 +117,12 @@ def source_model_section(cfg: dict) -> list[Block]:
     if p.get("summary"):  # a task's own training figures (video-audio: src/qshift/models/tiny_va.py)
         line = f"`{p.get('model')}` {p['summary']}"
     elif p.get("trained", True):
-        line = (f"`{p.get('model')}` trained for {p.get('steps')} steps ({p.get('train_seconds')} s on "
-                f"{p.get('device')}). Clean test R@1: i2t {_fmt(p.get('test_i2t_R@1'))}, "
-                f"t2i {_fmt(p.get('test_t2i_R@1'))}.")
+        line = f"`{p.get('model')}` trained for {p.get('steps')} steps ({p.get('train_seconds')} s on {p.get('device')})."
+        if "combiner_val_trained_R@1" in p:  # cir: the CLIP has no image-text test split; its combiner's figures
+            line += (f" Its combiner trained for {p.get('combiner_steps')} steps: composed val R@1 "
+                     f"{_fmt(p.get('combiner_val_trained_R@1'))} (zero-shot sum {_fmt(p.get('combiner_val_sum_R@1'))}).")
+        if "combiner_val_trained_R@1" not in p or "test_i2t_R@1" in p:
+            line += f" Clean test R@1: i2t {_fmt(p.get('test_i2t_R@1'))}, t2i {_fmt(p.get('test_t2i_R@1'))}."
     else:
         line = f"`{p.get('model')}`: pretrained `{p.get('source')}` ({p.get('parameters'):,} parameters), not trained here."
     return [Heading(2, "Source model"), Para(line)]
