@@ -284,6 +284,50 @@ def test_open_clip_checkpoint_formats_load_the_same_weights(dirs, tmp_path):
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_a_clip4cir_fine_tuned_clip_loads_its_clip_weights(dirs, tmp_path):
+    """CLIP4Cir's clip_fine_tune.py checkpoint ({"epoch", "CLIP": state_dict}, here with a
+    DataParallel prefix) through the same open_clip:ARCH@PATH source, with OpenAI's QuickGELU."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(dirs["open_clip"]))
+    torch.save({"epoch": 3, "CLIP": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "tuned_clip_best.pt")
+    model = load_model(f"open_clip:{OC_ARCH}@{tmp_path / 'tuned_clip_best.pt'}")
+    assert model.name == f"{OC_ARCH}@tuned_clip_best.pt"
+    got = model.module.state_dict()
+    assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
+    acts = {type(m).__name__ for m in model.module.modules()}
+    assert "QuickGELU" in acts, acts  # OpenAI's activation (CLIP4Cir fine-tunes OpenAI CLIPs)
+    assert not any(p.requires_grad for p in model.module.parameters())
+    plain = load_model(source(dirs, "open_clip"))  # the same weights as a plain checkpoint: another activation
+    assert "QuickGELU" not in {type(m).__name__ for m in plain.module.modules()}
+    bad = {k: v for k, v in state.items() if k != "ln_final.weight"}
+    torch.save({"epoch": 1, "CLIP": bad}, tmp_path / "partial.pt")
+    with pytest.raises(InputError, match=r"CLIP4Cir checkpoint .*partial\.pt: its 'CLIP' weights do not fit open_clip "
+                                         r"architecture"):
+        load_model(f"open_clip:{OC_ARCH}@{tmp_path / 'partial.pt'}")
+
+
+def test_targetpad_preprocess_equals_clip4cir_s_own_transform(dirs):
+    """model.preprocess: targetpad against CLIP4Cir's data_utils.targetpad_transform run on the same
+    images (tests/data/clip4cir_targetpad_golden.md): the same tensors, bit for bit."""
+    import numpy as np
+    from PIL import Image
+
+    from qshift.models.reference import targetpad_transform
+
+    golden = np.load(Path(__file__).parent / "data" / "clip4cir_targetpad_golden.npz")
+    sizes = [(640, 480), (500, 333), (300, 290), (200, 400), (64, 64), (90, 30)]
+    for i, (w, h) in enumerate(sizes):
+        img = Image.fromarray(np.random.default_rng(1000 + i).integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+        for dim in (64, 101):
+            assert np.array_equal(targetpad_transform(dim)(img).numpy(), golden[f"{w}x{h}_{dim}"]), (w, h, dim)
+    model = load_model(source(dirs, "open_clip"), preprocess="targetpad")
+    assert model.preprocess == "targetpad"
+    img = Image.fromarray(np.zeros((20, 60, 3), dtype=np.uint8) + 255)  # 3:1 -> padded to 1.25:1 with black
+    x = model.image_transform()(img)
+    assert x.shape[-2:] == (RES, RES) and x[:, 0, RES // 2] .min() < x[:, RES // 2, RES // 2].min()
+
+
 # --------------------------------------------------------------------------------------------
 # norm layers and TTA
 # --------------------------------------------------------------------------------------------

@@ -386,8 +386,9 @@ def validate(cfg: dict) -> None:
     if scheme not in MODEL_SCHEMES:
         raise ConfigError(f"params: model.source {cfg['model'].get('source')!r} must look like SCHEME:IDENTIFIER; "
                           f"schemes: {', '.join(MODEL_SCHEMES)}")
-    if cfg["model"].get("preprocess", "native") not in ("native", "reference"):  # qshift.models.reference
-        raise ConfigError(f"params: model.preprocess {cfg['model']['preprocess']!r}; valid: native, reference")
+    if cfg["model"].get("preprocess", "native") not in ("native", "reference", "targetpad"):  # models.reference
+        raise ConfigError(f"params: model.preprocess {cfg['model']['preprocess']!r}; valid: native, reference, "
+                          f"targetpad")
     if not isinstance(cfg["model"].get("cache_dir", ""), str):
         raise ConfigError(f"params: model.cache_dir must be a path, got {cfg['model']['cache_dir']!r}")
     image = cfg["corrupt"]["image"]

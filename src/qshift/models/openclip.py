@@ -10,7 +10,11 @@ Sources (``model.source``):
 - ``open_clip:ARCH@TAG`` — a built-in architecture with a pretrained tag, e.g.
   ``open_clip:ViT-B-16@openai`` (the query-gallery shift table's CLIP), downloaded once into
   ``model.cache_dir``;
-- ``open_clip:ARCH@/path/to/checkpoint.pt`` (or ``.bin``/``.safetensors``) — a local file;
+- ``open_clip:ARCH@/path/to/checkpoint.pt`` (or ``.bin``/``.safetensors``) — a local file; a
+  CLIP4Cir fine-tuned CLIP (``clip_fine_tune.py``'s ``tuned_clip_*.pt``: ``{"epoch", "CLIP":
+  state_dict}`` of an OpenAI ``clip`` model, e.g. ``open_clip:RN50x4@tuned_clip_best.pt``) loads
+  too: its ``CLIP`` weights into ARCH, with OpenAI's QuickGELU (pair it with ``model.combiner``
+  and ``model.preprocess: targetpad``, CLIP4Cir's validation inputs);
 - ``open_clip:hf-hub:ORG/NAME`` — an open_clip repo on the Hugging Face hub.
 
 Preprocessing is open_clip's own (resolution from the architecture; mean/std, interpolation
@@ -35,6 +39,7 @@ from ..errors import ConfigError, InputError
 from ..io import atomic_dir
 from .base import LOADERS, RetrievalModel, cache_only, hub_offline, missing_path_error, norm_layers, not_cached_error
 
+log = logging.getLogger(__name__)
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
 # CLIP's normalisation constants: the built-in model uses them too, like real CLIPs.
@@ -218,6 +223,9 @@ def load_pretrained(ident: str, device: torch.device, cache_dir: Path) -> OpenCl
         name = f"{arch}@{weights}"
     elif Path(weights).expanduser().is_file():
         ckpt, name = str(Path(weights).expanduser()), f"{arch}@{Path(weights).name}"
+        state = clip4cir_state(Path(ckpt))
+        if state is not None:
+            return _load_clip4cir(open_clip, arch, state, ckpt, name, source, device, cache_dir)
     elif _looks_like_path(weights):
         raise missing_path_error(source, Path(weights), "an open_clip checkpoint file (.pt, .bin, .safetensors)")
     else:
@@ -231,6 +239,34 @@ def load_pretrained(ident: str, device: torch.device, cache_dir: Path) -> OpenCl
                          f"or not a state dict / safetensors file): {type(e).__name__}: "
                          f"{(str(e).strip().splitlines() or [''])[0]}") from None
     return OpenClipModel(name, module, preprocess, _tokenizer(open_clip, arch, source, cache_dir), device)
+
+
+def clip4cir_state(path: Path) -> dict | None:
+    """The ``CLIP`` state dict of a CLIP4Cir checkpoint (``{"epoch", "CLIP": state_dict}``, a
+    DataParallel ``module.`` prefix dropped), or None for any other file."""
+    if path.suffix not in (".pt", ".pth", ".ckpt"):
+        return None
+    try:
+        doc = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not a zip checkpoint: open_clip's own loader reports it
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("CLIP"), dict):
+        return None
+    return {k.removeprefix("module."): v for k, v in doc["CLIP"].items()}
+
+
+def _load_clip4cir(open_clip, arch: str, state: dict, ckpt: str, name: str, source: str, device: torch.device,
+                   cache_dir: Path) -> OpenClipModel:
+    module, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, device=device,
+                                                                  force_quick_gelu=True, cache_dir=str(cache_dir))
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise InputError(f"CLIP4Cir checkpoint {ckpt}: its 'CLIP' weights do not fit open_clip architecture "
+                         f"{arch!r} (CLIP4Cir fine-tunes OpenAI CLIPs, e.g. RN50x4 or ViT-B-32): "
+                         f"{(str(e).strip().splitlines() or [''])[0]}") from None
+    log.info(f"model: {source}: a CLIP4Cir fine-tuned CLIP ({len(state)} tensors, QuickGELU)")
+    return OpenClipModel(name, module.float(), preprocess, _tokenizer(open_clip, arch, source, cache_dir), device)
 
 
 def _tokenizer(open_clip, arch: str, source: str, cache_dir: Path) -> Callable:

@@ -17,6 +17,13 @@ The reference (github XLearning-SCU/2025-ICLR-TCR, ``data/__init__.py`` create_d
   on CUDA — the same fp16 matrix products, fp32 master weights (a documented deviation: not
   bit-identical to fp16-stored activations); a no-op on CPU.
 
+``targetpad`` is CLIP4Cir's validation input pipeline (github ABaldrati/CLIP4Cir,
+``data_utils.targetpad_transform`` with its default ``target_ratio`` 1.25), for the composed
+image retrieval presets: an image whose long / short side ratio is at least 1.25 is first
+zero-padded (centred, integer padding on both sides) to that ratio, then resized (shorter side,
+bicubic), centre-cropped to the model's input size and normalised with CLIP's mean/std; captions
+and precision stay the loader's (CLIP4Cir validates in fp32).
+
 ``native`` (the default) keeps each loader's own preprocessing (open_clip's transforms, the
 checkpoint's transformers processor).
 """
@@ -30,7 +37,8 @@ import torch
 
 from ..errors import ConfigError
 
-PREPROCESS = ("native", "reference")
+PREPROCESS = ("native", "reference", "targetpad")
+TARGET_RATIO = 1.25  # CLIP4Cir's default --target-ratio
 REFERENCE_MAX_WORDS = 30
 # the reference's normalisation constants (CLIP's), for every backbone
 REFERENCE_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -56,6 +64,42 @@ def reference_transform(size: int) -> Callable:
 
     return transforms.Compose([transforms.Resize((size, size), interpolation=InterpolationMode.BICUBIC),
                                transforms.ToTensor(), transforms.Normalize(REFERENCE_MEAN, REFERENCE_STD)])
+
+
+def pad_to_ratio(image, ratio: float = TARGET_RATIO):
+    """A PIL image zero-padded, centred, to ``ratio`` (long / short side) when it is at least that
+    elongated; otherwise unchanged (CLIP4Cir's TargetPad)."""
+    from torchvision.transforms import functional as F
+
+    w, h = image.size
+    if max(w, h) / min(w, h) < ratio:
+        return image
+    side = max(w, h) / ratio  # the short side the padded image needs
+    dx, dy = max(int((side - w) / 2), 0), max(int((side - h) / 2), 0)
+    return F.pad(image, [dx, dy, dx, dy], 0, "constant")
+
+
+class _PadToRatio:  # a class, not a lambda: DataLoader workers may need to pickle the transform
+    def __init__(self, ratio: float):
+        self.ratio = ratio
+
+    def __call__(self, image):
+        return pad_to_ratio(image, self.ratio)
+
+
+def _rgb(image):
+    return image.convert("RGB")
+
+
+def targetpad_transform(size: int, ratio: float = TARGET_RATIO) -> Callable:
+    """PIL image -> tensor: :func:`pad_to_ratio`, resize the shorter side to ``size`` (bicubic),
+    centre crop, RGB, ToTensor, CLIP mean/std."""
+    from torchvision import transforms
+    from torchvision.transforms import InterpolationMode
+
+    return transforms.Compose([_PadToRatio(ratio), transforms.Resize(size, interpolation=InterpolationMode.BICUBIC),
+                               transforms.CenterCrop(size), _rgb, transforms.ToTensor(),
+                               transforms.Normalize(REFERENCE_MEAN, REFERENCE_STD)])
 
 
 def input_size(model) -> int:
@@ -87,6 +131,11 @@ def apply(model, preprocess: str):
     if preprocess not in PREPROCESS:
         raise ConfigError(f"model.preprocess {preprocess!r}; valid: {', '.join(PREPROCESS)}")
     if preprocess == "native":
+        return model
+    if preprocess == "targetpad":  # images only: captions and precision stay the loader's
+        transform = targetpad_transform(input_size(model))
+        model.image_transform = lambda: transform
+        model.preprocess = preprocess
         return model
     transform = reference_transform(input_size(model))
     model.image_transform = lambda: transform  # instance attributes shadow the loader's methods
