@@ -235,6 +235,15 @@ def resources(stage: str) -> dict[str, Any]:
     return dict(STAGES[stage].resources)
 
 
+def adapt_resources(direction: str, n_methods: int) -> dict[str, Any]:
+    """An adapt job's resources: the stage's, its runtime (one method's cells) times the methods
+    the job runs (params adapt_jobs: direction runs them all in one job)."""
+    out = resources(f"adapt_{direction}")
+    if "runtime" in out:
+        out["runtime"] = out["runtime"] * max(1, n_methods)
+    return out
+
+
 REPORT_OUTS = ("reports/report.md", "reports/report.html", "reports/figures", "reports/summary.json",
                "reports/plots", "reports/tables")
 

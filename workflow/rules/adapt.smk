@@ -58,8 +58,9 @@ def _adapt_rule(methods, direction):
             cfg=" ".join(qpipe.param_hash(config, f"adapt_{direction}", method=m) for m in methods),
         threads: 1
         resources:
-            # slurm/config.yaml's `set-resources: adapt:` block (e.g. gpu_model) applies to every adapt rule
-            **qpipe.resources(f"adapt_{direction}"),
+            # slurm/config.yaml's `set-resources: adapt:` block (e.g. gpu_model) applies to every adapt rule;
+            # the stage table's runtime is one method's cells: a job of several methods gets it per method
+            **qpipe.adapt_resources(direction, len(methods)),
         benchmark:
             bench
         log:
