@@ -27,7 +27,7 @@ from qshift import cli
 
 
 def main() -> None:
-    from qshift.config import LOGS, Run, check_method, run_seeds
+    from qshift.config import LOGS, Run, adapt_job_log, check_method, run_seeds
     from qshift.errors import ConfigError, UnknownNameError
     from qshift.results import CLEAN
     from qshift.runtime import set_threads
@@ -81,9 +81,7 @@ def main() -> None:
             raise ConfigError(f"method {m!r} has no cells in direction {args.direction} (adapt.methods, "
                               f"adapt.directions, adapt.clean_methods, streams.methods)")
     cells.require_inputs(cfg, [r for mine in todo.values() for r in mine])
-    where = dict(dataset=cfg["benchmark"], model=cfg["model"]["name"], direction=args.direction, seed=seed)
-    log = cli.start_log(LOGS["adapt_job"].format(**where, method=methods[0]) if len(methods) == 1
-                        else LOGS["adapt_direction_job"].format(**where))
+    log = cli.start_log(adapt_job_log(cfg["benchmark"], cfg["model"]["name"], args.direction, methods, seed))
     set_threads(cfg.get("threads", 0))
     job = cells.Job(cfg, stage_file=__file__, progress=cli.progress_enabled(args))
     for m in methods:

@@ -64,15 +64,15 @@ def test_a_joint_domain_shifts_both_parts_of_the_query_as_their_cells_do(world):
     """joint: each triplet of the pair domain has the image cell's reference file (the same JPEG
     bytes, shared with the image-only domain's folder) and the text cell's modification text."""
     from qshift.cir import load_triplets
-    from qshift.cir_streams import side_of, stream_domains, stream_info
+    from qshift.cir_streams import domain_parts, stream_domains, stream_info
     from qshift.streams import domain_label
 
     spec = {**SPEC, "joint": {"image": {"corruptions": ["gaussian_noise"], "severities": [3]},
                               "text": {"corruptions": ["ocr"], "levels": [2]}}}
     assert [domain_label(c, s) for c, s in stream_domains(spec)] == ["gaussian_noise-s3", "ocr-s2",
                                                                      "gaussian_noise-s3+ocr-s2"]
-    assert [side_of(spec, d) for d in ("gaussian_noise-s3", "ocr-s2", "gaussian_noise-s3+ocr-s2")] == [
-        "image", "text", "joint"]
+    assert [(lab, img is not None, txt is not None) for lab, img, txt in domain_parts(spec)] == [
+        ("gaussian_noise-s3", True, False), ("ocr-s2", False, True), ("gaussian_noise-s3+ocr-s2", True, True)]
     out, st = _stream(world, "joint", spec)
     clean = load_triplets(world["data"] / "manifest.json")
     img, txt = _corrupted_queries(world, "image"), _corrupted_queries(world, "text")

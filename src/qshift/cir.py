@@ -458,13 +458,10 @@ def code_extra(cfg: dict) -> str:
     checkpoint's bytes (not only its path)."""
     from .models.composed import is_checkpoint
 
-    kind = combiner_kind(cfg)
-    if not is_checkpoint(kind):
-        return ""
-    p = Path(kind)
-    import hashlib
+    from .cells import file_hash
 
-    return "+" + (hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else "-")
+    kind = combiner_kind(cfg)
+    return "+" + (file_hash(kind) or "-") if is_checkpoint(kind) else ""
 
 
 class Scoring:

@@ -72,18 +72,10 @@ def domain_parts(spec: dict) -> list[tuple[str, tuple[str, int] | None, tuple[st
 def stream_domains(spec: dict, direction: str | None = None) -> list[tuple[str, int]]:
     """The stream's domains as (corruption, severity/level) pairs whose ``domain_label`` is the
     domain's label (a joint domain: (``<image cell>+<text corruption>``, level), which names no cell)."""
-    out = []
-    for _, img, txt in domain_parts(spec):
-        out.append(txt if img is None else img if txt is None else (f"{img[0]}-s{img[1]}+{txt[0]}", txt[1]))
-    return out
+    from .streams import domain_label
 
-
-def side_of(spec: dict, label: str) -> str:
-    """``image``, ``text`` or ``joint``: which parts of the composed query a domain of the stream corrupts."""
-    for lab, img, txt in domain_parts(spec):
-        if lab == label:
-            return "joint" if img and txt else "image" if img else "text"
-    raise InputError(f"domain {label!r} is not one of the stream's")
+    return [txt if img is None else img if txt is None else (f"{domain_label(*img)}+{txt[0]}", txt[1])
+            for _, img, txt in domain_parts(spec)]
 
 
 def validate_cir_stream(name, spec, reserved: set[str]) -> None:

@@ -333,6 +333,14 @@ def adapt_job_methods(cfg: dict) -> list[list[str]]:
     return [methods] if cfg.get("adapt_jobs", "method") == "direction" else [[m] for m in methods]
 
 
+def adapt_job_log(dataset: str, model: str, direction: str, methods: list[str], seed) -> str:
+    """An adapt job's log: under the method's folder for a one-method job, else the direction's."""
+    where = dict(dataset=dataset, model=model, direction=direction, seed=seed)
+    if len(methods) == 1:
+        return LOGS["adapt_job"].format(**where, method=methods[0])
+    return LOGS["adapt_direction_job"].format(**where)
+
+
 def validate_run_params(cfg: dict) -> None:
     """The numbers every run reads, typed before any job (a batch size of 0 or 1.5 would
     otherwise fail inside a job with a traceback)."""

@@ -32,12 +32,10 @@ def _adapt_rule(methods, direction):
     outputs = [update(p) for r in cells for p in (
         qc.RESULT.format(**{**r.key, "seed": "{seed}"}),
         qc.OUTCOMES.format(**{**r.key, "seed": "{seed}"}))]  # per-query outcomes, written before the JSON
-    single = len(methods) == 1  # the stage logs a one-method job under the method's folder
     name = f"adapt_{direction}_{methods[0]}" if config.get("adapt_jobs", "method") == "method" else f"adapt_{direction}"
-    where = dict(dataset=DS, model=MODEL, direction=direction, seed="{seed}")
-    log_file = (qc.LOGS["adapt_job"].format(**where, method=methods[0]) if single
-                else qc.LOGS["adapt_direction_job"].format(**where))
-    bench = "/".join(["logs/benchmarks/adapt", DS, MODEL, direction, *methods[:single], "seed{seed}.tsv"])
+    log_file = qc.adapt_job_log(DS, MODEL, direction, methods, "{seed}")  # the one the stage writes
+    # its benchmark file beside it, below logs/benchmarks/ (benchmarks/pipeline_cost.py pairs them)
+    bench = "logs/benchmarks/" + log_file.removeprefix("logs/").removesuffix(".log") + ".tsv"
     _site_resources(name)
 
     rule:
