@@ -36,6 +36,11 @@ def main() -> None:
 
         set_threads(cfg.get("threads", 0))
         model = load_model(cfg["model"]["source"], pick_device(cfg["device"]), cfg["model"].get("cache_dir"))
+        from qshift.tasks import cfg_task, hook
+
+        job_model = hook(cfg_task(cfg).name, "job_model")  # cir: the composed encoder over the loaded towers
+        if job_model is not None:
+            model = job_model(cfg, model)
     doc = run_tune(cfg, model, MANIFEST.format(dataset=cfg["benchmark"]), log=log, progress=cli.progress_enabled(args),
                    only=[args.method])
     doc["method"] = args.method

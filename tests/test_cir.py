@@ -219,6 +219,47 @@ def test_a_triplet_without_its_reference_or_target_is_named(world, tmp_path):
         load_triplets(tmp_path / "m.json")
 
 
+def test_tuning_runs_on_the_val_triplets_under_validation_only_corruptions(world, tmp_path, monkeypatch):
+    """The tune stage's CIR hooks: the val split's own gallery and its triplets with corrupted
+    references (tune.image) or modification texts (tune.text); never the test split, never a cell a
+    composed stream reports."""
+    from qshift.cir import load_triplets, tune_queries
+    from qshift.config import load_params
+    from qshift.errors import ConfigError
+    from qshift.tune import run_tune, tuning_summary
+
+    from pipeline_utils import REPO
+
+    cfg = load_params(REPO / "params.yaml", ["benchmark=builtin-cir"])
+    assert cfg["tune"]["enabled"]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/builtin-cir").symlink_to(world["data"])
+    monkeypatch.chdir(tmp_path)
+    sets = tune_queries(cfg, "cir", tmp_path / "work")
+    assert list(sets) == ["gaussian_blur-s3", "spatter-s3", "char_insert-s2"]
+    val = load_triplets(world["data"] / "manifest.json", "val")
+    blur, text = sets["gaussian_blur-s3"], sets["char_insert-s2"]
+    assert blur.sentids.tolist() == val.sentids.tolist() and blur.captions == val.captions
+    assert all(p.is_file() and p.parent.name == "gaussian_blur-s3" for p in blur.image_paths)
+    assert [p.resolve() for p in text.image_paths] == [p.resolve() for p in val.image_paths]
+    assert sum(a != b for a, b in zip(text.captions, val.captions)) > val.n_queries // 2
+
+    cfg["adapt"]["methods"] = ["source", "tcr"]
+    cfg["tune"].update(methods=["tcr"], lr=[1.0e-2])
+    cfg["tune"]["image"] = {"corruptions": ["spatter"], "severity": 3}
+    doc = run_tune(cfg, world["model"], "data/builtin-cir/manifest.json")
+    assert doc["corruptions"] == {"cir": ["spatter-s3", "char_insert-s2"]}
+    assert doc["n_triplets"] == SPLITS["n_val"] and doc["n_gallery"] == 2 * SPLITS["n_val"]
+    assert sorted(r["lr"] for r in doc["table"]) == [3.0e-4, 1.0e-2]
+    assert all(set(r["r1"]) == {"spatter-s3", "char_insert-s2"} for r in doc["table"])
+    assert "cir" in doc["best"]["tcr"]
+    assert f"{SPLITS['n_val']} triplets" in tuning_summary(doc)[0]
+    # a cell only a composed stream reports is refused too (the grid's own: qshift.tune)
+    with pytest.raises(ConfigError, match=r"tune\.image\.corruptions has 'spatter', which the composed stream "
+                                          r"streams\.cir\.multimodal reports"):
+        load_params(REPO / "params.yaml", ["benchmark=builtin-cir", "streams.cir.multimodal.image.corruptions=[spatter]"])
+
+
 def test_tasks_keep_image_text_as_it_was():
     from qshift import tasks
     from qshift.config import load_params, query_cells, streams
@@ -288,6 +329,12 @@ def test_builtin_cir_runs_through_snakemake(tmp_path):
     assert "Its combiner trained for 200 steps: composed val R@1" in report and "i2t —" not in report
     pre = json.loads((repo / "reports/pretrain.json").read_text())
     assert pre["combiner_val_trained_R@1"] > pre["combiner_val_sum_R@1"], pre
+    # tuned on the 60 val triplets (their own gallery), the choice applied by the adapt job
+    tuned = json.loads((repo / "results/builtin-cir/qshift-tiny-cir/tuned/tcr.json").read_text())
+    assert tuned["corruptions"] == {"cir": ["gaussian_blur-s3", "spatter-s3", "char_insert-s2"]}
+    assert tuned["n_triplets"] == 60 and "cir" in tuned["best"]["tcr"]
+    assert doc["hparams"]["lr"] == tuned["best"]["tcr"]["cir"]["lr"]
+    assert "validation split** (60 triplets, a gallery of 120 images)" in report
     again = run(["snakemake", "--cores", "1", "-n"], repo)
     assert "Nothing to be done" in again.stdout + again.stderr  # a rerun does nothing
     # bad input reaches the stage as one line and exit 2: a triplet whose target left the gallery

@@ -227,6 +227,53 @@ def test_config_grid_and_dvc_guard():
         load_params(REPO / "params.yaml", ["benchmark=builtin-va", "corrupt.audio.names=[fog]"])
 
 
+def test_tuning_runs_on_the_val_clips_under_validation_only_corruptions(tmp_path, monkeypatch):
+    """The tune stage's video-audio hooks: the val split's gallery and its clips under tune.video /
+    tune.audio (never the test split, never a reported type), every grid point scored on them."""
+    from qshift.config import load_params
+    from qshift.data.builtin_va import generate_builtin_va
+    from qshift.errors import ConfigError
+    from qshift.tune import run_tune, tuning_summary
+    from qshift.va import read_clipset, tune_queries
+
+    from pipeline_utils import REPO
+
+    cfg = load_params(REPO / "params.yaml", ["benchmark=builtin-va"])
+    assert cfg["tune"]["enabled"] and cfg["tune"]["audio"]["corruptions"] == ["wind", "thunder"]
+    monkeypatch.chdir(tmp_path)
+    generate_builtin_va(tmp_path / "data/builtin-va", n_train=2, n_val=6, n_test=4, seed=3, progress=False)
+    sets = tune_queries(cfg, "v2a", tmp_path / "work")
+    val = read_clipset(tmp_path / "data/builtin-va/val")
+    assert list(sets) == ["gaussian_blur-s3", "spatter-s3"]
+    q = sets["spatter-s3"]
+    assert q.split == "val" and q.ids.tolist() == val.ids.tolist() and q.meta["corruption"] == "spatter"
+    assert q.frames([0]).shape == val.frames([0]).shape and not np.array_equal(q.frames([0]), val.frames([0]))
+    again = tune_queries(cfg, "v2a", tmp_path / "again")["spatter-s3"]
+    assert np.array_equal(again.frames(list(range(6))), q.frames(list(range(6))))  # seeded per clip and frame
+
+    cfg["adapt"]["methods"] = ["source", "tent"]
+    cfg["tune"].update(methods=["tent"], lr=[1.0e-2], tau=[])
+    cfg["tune"]["video"] = {"corruptions": ["spatter"], "severity": 3}
+    doc = run_tune(cfg, _tiny_model(), "data/builtin-va/manifest.json")
+    assert doc["corruptions"] == {"v2a": ["spatter-s3"], "a2v": ["wind-s3", "thunder-s3"]}
+    assert doc["n_clips"] == 6 and doc["split"] == "val"
+    assert sorted((r["direction"], r["lr"]) for r in doc["table"]) == [("a2v", 3.0e-4), ("a2v", 1.0e-2),
+                                                                       ("v2a", 3.0e-4), ("v2a", 1.0e-2)]
+    assert {c for r in doc["table"] for c in r["r1"]} == {"spatter-s3", "wind-s3", "thunder-s3"}
+    assert set(doc["best"]["tent"]) == {"v2a", "a2v"}
+    assert "6 clips" in tuning_summary(doc)[0]
+
+    # a reported type (the grid's or a stream's) cannot be a tuning corruption; severities are READ's
+    with pytest.raises(ConfigError, match=r"tune\.video\.corruptions has 'gaussian_noise', which the reported grid"):
+        load_params(REPO / "params.yaml", ["benchmark=builtin-va", "tune.video.corruptions=[gaussian_noise]"])
+    with pytest.raises(ConfigError, match=r"tune\.audio\.corruptions has 'rain'"):
+        load_params(REPO / "params.yaml", ["benchmark=builtin-va", "tune.audio.corruptions=[rain]"])
+    with pytest.raises(ConfigError, match=r"tune\.audio\.severity is 6; valid: 1\.\.5"):
+        load_params(REPO / "params.yaml", ["benchmark=builtin-va", "tune.audio.severity=6"])
+    with pytest.raises(Exception, match="audio corruption.*'fog'"):
+        load_params(REPO / "params.yaml", ["benchmark=builtin-va", "tune.audio.corruptions=[fog]"])
+
+
 # -- end to end -----------------------------------------------------------------------------------
 
 def tiny_va_params(params: dict) -> dict:
@@ -271,6 +318,13 @@ def test_builtin_va_runs_through_snakemake(tmp_path):
     assert (repo / "reports/corruptions/contact_sheet.png").stat().st_size > 0
     pretrain = json.loads((repo / "reports/pretrain.json").read_text())
     assert "va_val_v2a_R@1" in pretrain
+    # tuned on the 32 val clips under the preset's validation-only corruptions, applied by the adapt jobs
+    tuned = json.loads((res / "tuned/tcr.json").read_text())
+    assert tuned["corruptions"] == {"v2a": ["gaussian_blur-s3", "spatter-s3"], "a2v": ["wind-s3", "thunder-s3"]}
+    assert set(tuned["best"]["tcr"]) == {"v2a", "a2v"} and tuned["n_clips"] == 32
+    ran = json.loads((res / "v2a/tcr/seed42/gaussian_noise-s5.json").read_text())
+    assert ran["hparams"]["lr"] == tuned["best"]["tcr"]["v2a"]["lr"]
+    assert "validation split** (32 clips)" in report
     again = run(["snakemake", "--cores", "1", "-n"], repo)
     assert "Nothing to be done" in again.stdout + again.stderr
     # bad input reaches the stage as one line naming the file: a NaN in an audio query

@@ -15,6 +15,7 @@ empty sentence).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -364,10 +365,99 @@ def validate_cir(cfg: dict) -> None:
     if unknown:
         raise ConfigError(f"params: pretrain.combiner has unknown key(s) {', '.join(unknown)}; valid: "
                           f"{', '.join(COMBINER_DEFAULTS)}")
-    if (cfg.get("tune") or {}).get("enabled"):
-        raise ConfigError("params: tune.enabled: true is not supported for the cir direction (tuning's validation "
-                          "queries are image-text ones); set tune.enabled: false")
+    _validate_tune(cfg)
     # streams.cir (multi-modal query streams): validated by the task's hook, qshift.cir_streams.validate
+
+
+def _validate_tune(cfg: dict) -> None:
+    """tune.image / tune.text may not name what a composed stream (streams.cir) reports either (the
+    grid's own cells: qshift.tune.validate_tune)."""
+    t = cfg.get("tune") or {}
+    if not isinstance(t, dict) or not t.get("enabled"):
+        return
+    img, txt = t.get("image") or {}, t.get("text") or {}
+    for name, spec in ((cfg.get("streams") or {}).get("cir") or {}).items():
+        if not isinstance(spec, dict):
+            continue
+        parts = [spec, spec.get("joint") or {}]
+        images = {c for part in parts for c in ((part.get("image") or {}).get("corruptions") or [])}
+        texts = {(c, int(lv)) for part in parts for c in ((part.get("text") or {}).get("corruptions") or [])
+                 for lv in ((part.get("text") or {}).get("levels") or [])}
+        for c in img.get("corruptions") or []:
+            if c in images:
+                raise ConfigError(f"params: tune.image.corruptions has {c!r}, which the composed stream "
+                                  f"streams.cir.{name} reports; use validation-only types, e.g. gaussian_blur, spatter")
+        for c in txt.get("corruptions") or []:
+            if (c, int(txt.get("level") or 0)) in texts:
+                raise ConfigError(f"params: tune.text has {c!r} at level {txt.get('level')}, a cell the composed "
+                                  f"stream streams.cir.{name} reports; pick a type or level it does not report")
+
+
+# -- tuning (stage tune, qshift.tune): the validation triplets under validation-only corruptions --------
+
+def tune_gallery(cfg: dict, model, progress: bool = False) -> tuple[dict, dict]:
+    """The val split's gallery (its targets and distractors), encoded once by the frozen composed
+    encoder's image tower — never the test split's — and what the report says about the split."""
+    from .config import DATASET_DIR
+
+    ddir = Path(DATASET_DIR.format(dataset=cfg["benchmark"]))
+    gal = load_gallery_split(ddir, "val")
+    trip = load_triplets(ddir / "manifest.json", "val")
+    check_targets(trip, gal.image_ids)
+    image = encode_images(model, gal.image_paths, cfg["model"].get("batch_size", 256), "val gallery images")
+    gallery = {"task": "cir", "split": "val", "image": image, "image_owner": torch.as_tensor(gal.image_ids)}
+    if gal.protocol:
+        gallery["protocol"] = dict(gal.protocol)
+        if gal.groups is not None:
+            gallery["image_group"] = list(gal.groups)
+    return gallery, {"n_triplets": trip.n_queries, "n_gallery": len(image),
+                     "split_desc": f"{trip.n_queries} triplets, a gallery of {len(image)} images"}
+
+
+def tune_queries(cfg: dict, direction: str, workdir: str | Path, progress: bool = False) -> dict:
+    """{cell label: the val triplets under one validation-only corruption}: ``tune.image`` corrupts
+    every reference image (seeded per image as a reported image cell is), ``tune.text`` every
+    modification text (seeded per triplet; an empty text stays empty), files under ``workdir``."""
+    from PIL import Image
+
+    from .config import DATASET_DIR
+    from .corrupt import corrupt_image
+    from .corrupt.text import corrupt_texts
+    from .io import derive_seed
+
+    manifest = Path(DATASET_DIR.format(dataset=cfg["benchmark"])) / "manifest.json"
+    trip = load_triplets(manifest, "val")
+    t = cfg["tune"]
+    img, txt = t.get("image") or {}, t.get("text") or {}
+    sets = {}
+    for c in img.get("corruptions") or []:
+        sev = int(img["severity"])
+        out = Path(workdir) / "cir" / f"{c}-s{sev}"
+        out.mkdir(parents=True, exist_ok=True)
+        done: dict[int, Path] = {}
+        for imgid, src in zip(trip.image_ids.tolist(), trip.image_paths):
+            if imgid not in done:
+                with Image.open(src) as pil:
+                    arr = np.asarray(pil.convert("RGB"))
+                dst = out / f"{imgid}.jpg"
+                Image.fromarray(corrupt_image(c, arr, sev, derive_seed(trip.dataset, int(imgid), c, sev))).save(
+                    dst, quality=95)
+                done[imgid] = dst
+        sets[out.name] = dataclasses.replace(trip, image_paths=[done[i] for i in trip.image_ids.tolist()])
+    doc = read_manifest(manifest)
+    raws = {s["sentid"]: s["raw"] for im in doc["images"] if im["split"] == "val" for s in im["sentences"]}
+    norm, words = _caption_norm(doc, manifest)
+    for c in txt.get("corruptions") or []:
+        lv = int(txt["level"])
+        sids = trip.sentids.tolist()
+        keep = [i for i, sid in enumerate(sids) if raws[sid].strip()]  # an empty modification stays empty
+        texts = corrupt_texts(c, [raws[sids[i]] for i in keep], lv,
+                              [derive_seed(trip.dataset, int(sids[i]), c, lv) for i in keep])
+        captions = list(trip.captions)
+        for i, text in zip(keep, texts):
+            captions[i] = normalize_caption(text, words, norm)
+        sets[f"{c}-s{lv}"] = dataclasses.replace(trip, captions=captions)
+    return sets
 
 
 # -- training (the pretrain stage of a CIR benchmark) -------------------------------------------------

@@ -45,7 +45,8 @@ used) and the shared function asks :func:`hook` for it — one generic line ther
 ``stream_path`` (config), ``check_cell`` / ``load_queries`` (cells), ``query_owner`` / ``query_loader`` /
 ``check_gallery`` (gallery), ``stream_info`` / ``stream_domains`` (streams), ``job_model`` /
 ``check_queries`` (cells: the model an adapt job adapts, a cell's queries against the gallery),
-``scoring`` (adapt.run_stream: a benchmark's own scoring rules over a query set), ``prepare`` /
+``scoring`` (adapt.run_stream: a benchmark's own scoring rules over a query set), ``tune_gallery`` /
+``tune_queries`` (tune.run_tune: the validation split's gallery and validation-only query sets), ``prepare`` /
 ``pretrain`` / ``encode_gallery`` / ``examples`` (the stage CLIs), and ``code`` / ``code_extra``
 (extra files, and a function of the params, a cell's fingerprint covers). A pipeline runs one task (``adapt.directions`` may
 not mix tasks: each has its own dataset and gallery).
@@ -121,6 +122,7 @@ register_task(Task(
            "load_queries": "qshift.cir:load_queries", "check_cell": "qshift.cir:check_cell",
            "job_model": "qshift.cir:job_model", "check_queries": "qshift.cir:check_queries",
            "scoring": "qshift.cir:scoring", "code_extra": "qshift.cir:code_extra",
+           "tune_gallery": "qshift.cir:tune_gallery", "tune_queries": "qshift.cir:tune_queries",
            "code": ("cir.py", "models/composed.py")}))
 
 
@@ -136,7 +138,8 @@ register_task(Task(
     description="video-audio retrieval: a clip's frames <-> its soundtrack",
     hooks={name: f"qshift.va:{name}" for name in (
         "validate", "query_cells", "query_set_path", "queries_path", "stream_path", "check_cell", "load_queries", "query_owner",
-        "query_loader", "check_gallery", "stream_info", "prepare", "pretrain", "encode_gallery", "examples")}
+        "query_loader", "check_gallery", "stream_info", "prepare", "pretrain", "encode_gallery", "examples",
+        "tune_gallery", "tune_queries")}
     | {"stream_domains": "qshift.va:reported_domains"}
     | {"code": ("va.py", "corrupt/video.py", "corrupt/audio.py", "models/video_audio.py", "models/tiny_va.py")}))
 

@@ -13,6 +13,11 @@ under **validation-only corruptions** that the reported grid never uses:
   reports ``ocr`` and ``char_replace`` at level 2; the paper presets report level 7 only).
   Char/word types only (no seq2seq model needed).
 
+Another task brings its own validation split through two hooks (``tune_gallery``, ``tune_queries``;
+:mod:`qshift.tasks`): video-audio tunes on its ``val`` clips under ``tune.video`` (v2a: image
+corruptions per frame, default ``gaussian_blur``, ``spatter``) and ``tune.audio`` (a2v: READ's
+audio types the grid does not report, e.g. ``wind``, ``thunder``), at one severity each.
+
 A reported image type, or a reported (text type, level) cell (``corrupt.*`` or a stream's
 domain), in ``tune`` is refused before any work.
 
@@ -181,6 +186,7 @@ def run_tune(cfg: dict, model, manifest: str | Path, log=None, progress: bool = 
     from .config import method_hparams
     from .data.manifest import load_split
     from .gallery import encode_all
+    from .tasks import cfg_task, hook
 
     validate_tune(cfg)
     doc = {"schema": SCHEMA, "enabled": enabled(cfg), "split": "val", "best": {}, "table": [], "seconds": 0.0}
@@ -188,27 +194,41 @@ def run_tune(cfg: dict, model, manifest: str | Path, log=None, progress: bool = 
         return doc
     t0 = time.perf_counter()
     manifest = Path(manifest)
-    split = load_split(manifest, "val")
     ad = cfg["adapt"]
-    with torch.no_grad():
-        image = encode_all(model, "image", split, ad["batch_size"], desc="val gallery images")
-        text = encode_all(model, "text", split, ad["batch_size"], desc="val gallery captions")
-    gallery = {"image": image, "text": text, "image_owner": torch.as_tensor(split.image_owner),
-               "text_owner": torch.as_tensor(split.image_owner[split.txt2img])}
-    if split.owner_kind != "image":
-        gallery["owner"] = split.owner_kind
+    task_gallery = hook(cfg_task(cfg).name, "tune_gallery")  # another task's validation split (video-audio)
+    if task_gallery is not None:
+        gallery, info = task_gallery(cfg, model, progress)
+        split = None
+    else:
+        split = load_split(manifest, "val")
+        with torch.no_grad():
+            image = encode_all(model, "image", split, ad["batch_size"], desc="val gallery images")
+            text = encode_all(model, "text", split, ad["batch_size"], desc="val gallery captions")
+        gallery = {"image": image, "text": text, "image_owner": torch.as_tensor(split.image_owner),
+                   "text_owner": torch.as_tensor(split.image_owner[split.txt2img])}
+        if split.owner_kind != "image":
+            gallery["owner"] = split.owner_kind
+        cpi = (cfg["tune"].get("text") or {}).get("captions_per_image")
+        info = dict(n_images=split.n_images, n_captions=split.n_captions, corruptions={},
+                    t2i_queries=split.n_images * cpi if cpi else split.n_captions)
     methods = [m for m in cfg["tune"].get("methods") or [] if tunes(cfg, m) and (only is None or m in only)]
-    cpi = (cfg["tune"].get("text") or {}).get("captions_per_image")
-    doc.update(n_images=split.n_images, n_captions=split.n_captions, corruptions={},
-               t2i_queries=split.n_images * cpi if cpi else split.n_captions)
+    doc.update(info)
+    doc.setdefault("corruptions", {})
     with tempfile.TemporaryDirectory(prefix="qshift-tune-") as tmp:
         for direction in ad["directions"]:
-            names, sev = _corruptions(cfg, direction)
-            if not names:
+            task_queries = hook(direction, "tune_queries")  # {cell label: queries}, e.g. spatter-s3
+            if task_queries is not None:
+                sets = task_queries(cfg, direction, Path(tmp), progress)
+                labels = list(sets)
+            else:
+                names, sev = _corruptions(cfg, direction)
+                labels = [f"{c}-s{sev}" for c in names]
+            if not labels:
                 continue
-            doc["corruptions"][direction] = [f"{c}-s{sev}" for c in names]
-            cpi = (cfg["tune"].get("text") or {}).get("captions_per_image")
-            sets = {c: validation_queries(manifest, direction, c, sev, Path(tmp), split, cpi) for c in names}
+            doc["corruptions"][direction] = labels
+            if task_queries is None:
+                cpi = (cfg["tune"].get("text") or {}).get("captions_per_image")
+                sets = {c: validation_queries(manifest, direction, c, sev, Path(tmp), split, cpi) for c in names}
             for method in methods:
                 points = grid(cfg, method, direction)
                 scores = []
@@ -271,8 +291,9 @@ def tuning_summary(doc: dict) -> tuple[str, list[list[str]] | None]:
     if not doc.get("enabled"):
         return "Hyperparameters: the params' values (tuning off: `tune.enabled: false`).", None
     corruptions = "; ".join(f"{d}: " + ", ".join(v) for d, v in doc.get("corruptions", {}).items())
-    text = (f"Selected on the **validation split** ({doc.get('n_images')} images / {doc.get('n_captions')} captions; "
-            f"t2i tuning queries: {doc.get('t2i_queries', doc.get('n_captions'))}) "
+    split = doc.get("split_desc") or (f"{doc.get('n_images')} images / {doc.get('n_captions')} captions; "
+                                      f"t2i tuning queries: {doc.get('t2i_queries', doc.get('n_captions'))}")
+    text = (f"Selected on the **validation split** ({split}) "
             f"under validation-only corruptions ({corruptions}), "
             f"never on the test split or a reported corruption; mean validation R@1 over those corruptions "
             f"(tuning took {doc.get('seconds', 0):.0f} s).")

@@ -395,8 +395,9 @@ def _clip_seed(dataset: str, clip_id, corruption: str, severity: int) -> int:
 
 
 def build_query_set(cfg: dict, side: str, corruption: str, severity: int, out: str | Path | None = None,
-                    chunk: int = 64, progress: bool = False) -> dict:
-    """The test clips' ``side`` (video | audio) under one corruption, written chunk by chunk."""
+                    chunk: int = 64, progress: bool = False, split: str = "test") -> dict:
+    """The ``split`` clips' ``side`` (video | audio) under one corruption, written chunk by chunk
+    (``test``: a reported query set; ``val``: a tuning set, :func:`tune_queries`)."""
     from .corrupt.audio import corrupt_audio
     from .corrupt.video import corrupt_video, frame_seed
     from .io import atomic_dir
@@ -406,7 +407,7 @@ def build_query_set(cfg: dict, side: str, corruption: str, severity: int, out: s
     reg.check(corruption)
     if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
         raise ConfigError(f"{side} corruption severity must be an integer in 1..5, got {severity!r}")
-    src = read_clipset(test_set(cfg))
+    src = read_clipset(dataset_dir(cfg) / split)
     ds = src.dataset or cfg["benchmark"]
     direction = "v2a" if side == "video" else "a2v"
     out = Path(out or query_set_path(cfg, direction, corruption, severity))
@@ -439,7 +440,7 @@ def build_query_set(cfg: dict, side: str, corruption: str, severity: int, out: s
         if side == "audio":
             meta["noise"] = (f"synthetic beds (qshift.corrupt.audio), RMS {bed_rms(cfg) or 'default'}" if nd is None
                              else f"recordings from {nd}")
-        w.close(ds, "test", src.ids.tolist(), meta)
+        w.close(ds, split, src.ids.tolist(), meta)
     return {"n": src.n, "out": str(out)}
 
 
@@ -602,10 +603,8 @@ def validate(cfg: dict) -> None:
     if cfg.get("seed_corruptions"):
         raise ConfigError("params: seed_corruptions: true is not supported for the video-audio task (one draw of "
                           "each query set); set seed_corruptions: false")
-    if (cfg.get("tune") or {}).get("enabled"):
-        raise ConfigError("params: tune.enabled: true is not supported for the video-audio task (tuning's "
-                          "validation queries are image-text ones); set tune.enabled: false")
     st = cfg.get("streams") or {}
+    validate_tune(cfg)
     reserved = {CLEAN, *registry("video").names(), *registry("audio").names()}
     for side in ("video", "audio"):
         defs = st.get(side) or {}
@@ -613,6 +612,75 @@ def validate(cfg: dict) -> None:
             raise ConfigError(f"params: streams.{side} must be a mapping of stream name -> definition")
         for name, spec in defs.items():
             validate_va_stream(name, spec, side, reserved)
+
+
+# -- tuning (stage tune, qshift.tune) ------------------------------------------------------------------
+# The validation split's clips under validation-only corruptions: tune.video for v2a (image corruptions
+# per frame, seeded like the reported sets), tune.audio for a2v. A type the reported grid uses
+# (corrupt.<side>.names or a stream's domain) is refused: tuning on it would select on the test shift.
+
+def tune_cells(cfg: dict, direction: str) -> tuple[list[str], int]:
+    """(validation-only corruption names, their severity) of ``direction``'s tuning queries."""
+    side = ((cfg.get("tune") or {}).get(SIDE[direction])) or {}
+    return list(side.get("corruptions") or []), int(side.get("severity") or 0)
+
+
+def _reported(cfg: dict, side: str) -> set[str]:
+    names = set(_side_cfg(cfg, side).get("names") or [])
+    for spec in (((cfg.get("streams") or {}).get(side)) or {}).values():
+        names |= set(spec.get("corruptions") or []) if isinstance(spec, dict) else set()
+    return names
+
+
+def validate_tune(cfg: dict) -> None:
+    """tune.video / tune.audio: {corruptions: [...], severity: 1..5}, validation-only types."""
+    t = cfg.get("tune") or {}
+    if not isinstance(t, dict):
+        return  # qshift.tune.validate_tune names it
+    for side in ("video", "audio"):
+        spec = t.get(side)
+        if spec is None:
+            continue
+        if not isinstance(spec, dict) or set(spec) - {"corruptions", "severity"}:
+            raise ConfigError(f"params: tune.{side} must be a mapping with keys corruptions, severity; got {spec!r}")
+        names = spec.get("corruptions") or []
+        if not isinstance(names, list):
+            raise ConfigError(f"params: tune.{side}.corruptions must be a list, got {names!r}")
+        reported = _reported(cfg, side)
+        for c in names:
+            registry(side).check(c)
+            if c in reported:
+                raise ConfigError(f"params: tune.{side}.corruptions has {c!r}, which the reported grid uses "
+                                  f"(corrupt.{side}.names or a stream); tuning on it would select on the test "
+                                  f"corruptions — use validation-only types"
+                                  + (", e.g. gaussian_blur, spatter" if side == "video" else ", e.g. wind, thunder"))
+        sev = spec.get("severity")
+        if names and (isinstance(sev, bool) or sev not in range(1, 6)):
+            raise ConfigError(f"params: tune.{side}.severity is {sev!r}; valid: 1..5 (READ's severities)")
+
+
+def tune_gallery(cfg: dict, model, progress: bool = False) -> tuple[dict, dict]:
+    """The validation clips' video and audio, encoded once by the frozen source model (the tuning
+    gallery; never the test split's), and what the report says about the split."""
+    val = read_clipset(dataset_dir(cfg) / "val")
+    bs = cfg["model"].get("batch_size", 256)
+    video, audio = encode_clips(model, "video", val, bs, progress), encode_clips(model, "audio", val, bs, progress)
+    owner = torch.as_tensor(val.ids)
+    gallery = {"task": "video-audio", "split": "val", "video": video, "audio": audio, "video_owner": owner,
+               "audio_owner": owner.clone(), "owner": "clip"}
+    return gallery, {"n_clips": val.n, "split_desc": f"{val.n} clips"}
+
+
+def tune_queries(cfg: dict, direction: str, workdir: str | Path, progress: bool = False) -> dict:
+    """{cell label (``spatter-s3``): the validation clips' corrupted ``direction`` queries}, built in ``workdir``."""
+    names, sev = tune_cells(cfg, direction)
+    side = SIDE[direction]
+    sets = {}
+    for c in names:
+        out = Path(workdir) / side / f"{c}-s{sev}"
+        build_query_set(cfg, side, c, sev, out=out, progress=progress, split="val")
+        sets[out.name] = read_clipset(out)
+    return sets
 
 
 # -- stage hooks --------------------------------------------------------------------------------------
