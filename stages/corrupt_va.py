@@ -6,14 +6,16 @@ NAME, frame by frame (src/qshift/corrupt/video.py), -> data/queries/<benchmark>/
 (gaussian noise or added environmental noise at READ's severities, src/qshift/corrupt/audio.py)
 -> data/queries/<benchmark>/audio/NAME-sS/ (the a2v queries). ``--stream NAME`` instead builds
 the query stream streams.<side>.NAME (-> <side>-stream/NAME/). Each output is a clip set
-(src/qshift/va.py) written clip by clip. Snakemake only (dvc.yaml holds the image-text stages).
+(src/qshift/va.py) written clip by clip. ``--draw-seed N`` (params seed_corruptions): the
+corruptions drawn for run seed N, under <side>-seed<N>/ (<side>-stream-seed<N>/ for a stream).
+Snakemake only (dvc.yaml holds the image-text stages).
 """
 
 from qshift import cli
 
 
 def main() -> None:
-    from qshift.config import LOGS
+    from qshift.config import LOGS, check_draw
     from qshift.errors import ConfigError
     from qshift.va import build_query_set, build_stream
 
@@ -22,21 +24,28 @@ def main() -> None:
     p.add_argument("--corruption")
     p.add_argument("--severity", type=int)
     p.add_argument("--stream")
+    p.add_argument("--draw-seed", type=int, default=None,
+                   help="draw the corruptions for this run seed (params seed_corruptions)")
     args = p.parse_args()
     cfg = cli.load(args)
+    draw = check_draw(cfg, args.draw_seed)
     ds = cfg["benchmark"]
     if args.stream is not None:
         if args.corruption is not None or args.severity is not None:
             raise ConfigError("--stream builds a stream: give it without --corruption/--severity")
-        log = cli.start_log(LOGS["corrupt_stream"].format(dataset=ds, side=args.side, stream=args.stream))
-        counts = build_stream(cfg, args.side, args.stream, progress=cli.progress_enabled(args))
+        where = dict(dataset=ds, side=args.side, stream=args.stream)
+        log = cli.start_log(LOGS["corrupt_stream"].format(**where) if draw is None else
+                            LOGS["corrupt_stream_drawn"].format(**where, draw=draw))
+        counts = build_stream(cfg, args.side, args.stream, progress=cli.progress_enabled(args), draw=draw)
         log.info("corrupt_stream: %s stream %s: %s", args.side, args.stream, counts)
         return
     if args.corruption is None or args.severity is None:
         raise ConfigError("give --corruption and --severity (one query set), or --stream NAME")
-    log = cli.start_log(LOGS[f"corrupt_{args.side}"].format(dataset=ds, corruption=args.corruption,
-                                                            severity=args.severity))
-    stats = build_query_set(cfg, args.side, args.corruption, args.severity, progress=cli.progress_enabled(args))
+    cell = dict(dataset=ds, corruption=args.corruption, severity=args.severity)
+    log = cli.start_log(LOGS[f"corrupt_{args.side}"].format(**cell) if draw is None else
+                        LOGS[f"corrupt_{args.side}_drawn"].format(**cell, draw=draw))
+    stats = build_query_set(cfg, args.side, args.corruption, args.severity, progress=cli.progress_enabled(args),
+                            draw=draw)
     log.info("corrupt_%s: %s", args.side, stats)
 
 

@@ -4,6 +4,7 @@ on the query tower, bad input, and one end-to-end Snakemake run of benchmark bui
 from __future__ import annotations
 
 import json
+import re
 import wave
 
 import numpy as np
@@ -274,6 +275,53 @@ def test_tuning_runs_on_the_val_clips_under_validation_only_corruptions(tmp_path
         load_params(REPO / "params.yaml", ["benchmark=builtin-va", "tune.audio.corruptions=[fog]"])
 
 
+def test_seed_corruptions_draws_the_query_sets_and_streams_per_run_seed(tmp_path, monkeypatch):
+    """seed_corruptions: true — a run seed other than the project's reads query sets and streams
+    drawn with it (video-seed<N>/, audio-seed<N>/, <side>-stream-seed<N>/); the stream domains stay
+    the project seed's; the project seed reads the standard sets."""
+    from qshift.config import load_params, queries_path
+    from qshift.data.builtin_va import generate_builtin_va
+    from qshift.errors import ConfigError
+    from qshift.va import build_query_set, build_stream, read_clipset
+
+    from pipeline_utils import REPO
+
+    cfg = load_params(REPO / "params.yaml", ["benchmark=builtin-va", "seeds=[42, 7]", "seed_corruptions=true"])
+    assert queries_path(cfg, "v2a", "gaussian_noise", 3, 7) == \
+        "data/queries/builtin-va/video-seed7/gaussian_noise-s3/clips.json"
+    assert queries_path(cfg, "v2a", "gaussian_noise", 3, 42) == "data/queries/builtin-va/video/gaussian_noise-s3/clips.json"
+    assert queries_path(cfg, "a2v", "rain", 5, 7) == "data/queries/builtin-va/audio-seed7/rain-s5/clips.json"
+    assert queries_path(cfg, "v2a", "temporal", 0, 7) == "data/queries/builtin-va/video-stream-seed7/temporal/clips.json"
+    monkeypatch.chdir(tmp_path)
+    generate_builtin_va(tmp_path / "data/builtin-va", n_train=2, n_val=2, n_test=6, seed=3, progress=False)
+    std = read_clipset(build_query_set(cfg, "video", "gaussian_noise", 3)["out"])
+    drawn = read_clipset(build_query_set(cfg, "video", "gaussian_noise", 3, draw=7)["out"])
+    assert drawn.folder.as_posix().endswith("video-seed7/gaussian_noise-s3") and drawn.meta["draw_seed"] == 7
+    every = list(range(6))
+    assert drawn.frames(every).shape == std.frames(every).shape and not np.array_equal(drawn.frames(every),
+                                                                                         std.frames(every))
+    again = read_clipset(build_query_set(cfg, "video", "gaussian_noise", 3, out=tmp_path / "again", draw=7)["out"])
+    assert np.array_equal(again.frames(every), drawn.frames(every))  # the draw is seeded
+    # audio: gaussian noise is drawn per clip; READ's environmental noises are deterministic (the
+    # recording's first samples at a fixed gain), so their drawn set equals the standard one
+    audio = {c: [read_clipset(build_query_set(cfg, "audio", c, 1, draw=d)["out"]).audio(every) for d in (None, 7)]
+             for c in ("gaussian_noise", "rain")}
+    assert not np.array_equal(*audio["gaussian_noise"]) and np.array_equal(*audio["rain"])
+    build_stream(cfg, "video", "temporal")
+    build_stream(cfg, "video", "temporal", draw=7)
+    s_std = read_clipset(tmp_path / "data/queries/builtin-va/video-stream/temporal")
+    s_drawn = read_clipset(tmp_path / "data/queries/builtin-va/video-stream-seed7/temporal")
+    assert s_drawn.meta["domains"] == s_std.meta["domains"] and s_drawn.meta["stream"]["draw_seed"] == 7
+    noisy = [i for i, d in enumerate(s_std.meta["domains"]) if d.startswith("gaussian_noise")]
+    assert noisy and not np.array_equal(s_std.frames(noisy), s_drawn.frames(noisy))
+    clean = [i for i, d in enumerate(s_std.meta["domains"]) if d.startswith("clean")]
+    assert clean and np.array_equal(s_std.frames(clean), s_drawn.frames(clean))
+    from qshift.config import check_draw
+
+    with pytest.raises(ConfigError, match="--draw-seed 5 is not a run seed"):
+        check_draw(cfg, 5)
+
+
 # -- end to end -----------------------------------------------------------------------------------
 
 def tiny_va_params(params: dict) -> dict:
@@ -365,3 +413,23 @@ def test_a_by_direction_override_reruns_the_video_audio_adapt_jobs_and_no_image_
     assert hash_of("builtin", {}, "adapt_i2t") == hash_of("builtin", override, "adapt_i2t")
     doc = qp.param_values(load_params(str(tmp_path / "builtin-0.yaml")), "adapt_i2t", method="tcr")
     assert set(doc["method"]) == {"None", "i2t", "t2i"}
+
+
+def test_snakemake_schedules_the_drawn_video_audio_query_sets(tmp_path):
+    """Under seed_corruptions the second seed's adapt jobs pull in their own drawn query sets and
+    streams (rules corrupt_*_drawn, --draw-seed 7); the project seed's read the standard ones."""
+    from pipeline_utils import REPO, make_repo, run
+
+    repo = make_repo(tmp_path)
+    params = tiny_va_params(yaml.safe_load((REPO / "params.yaml").read_text()))
+    params.update(seeds=[42, 7], seed_corruptions=True)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["snakemake", "--dry-run", "--forceall", "--printshellcmds"], repo).stdout
+    cmds = {" ".join(c.split()) for c in re.findall(r"^Shell command: (python stages/corrupt_va\.py .+)$", out, re.M)}
+    assert cmds == {"python stages/corrupt_va.py --side video --corruption gaussian_noise --severity 5",
+                    "python stages/corrupt_va.py --side audio --corruption rain --severity 5",
+                    "python stages/corrupt_va.py --side video --stream in_clip",
+                    "python stages/corrupt_va.py --side video --corruption gaussian_noise --severity 5 --draw-seed 7",
+                    "python stages/corrupt_va.py --side audio --corruption rain --severity 5 --draw-seed 7",
+                    "python stages/corrupt_va.py --side video --stream in_clip --draw-seed 7"}, cmds
+    assert "data/queries/builtin-va/video-seed7/gaussian_noise-s5" in out

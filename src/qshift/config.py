@@ -58,6 +58,8 @@ LOGS = {
     # the video-audio task's query sets (qshift.va; stages/corrupt_va.py)
     "corrupt_video": "logs/corrupt_video/{dataset}/{corruption}-s{severity}.log",
     "corrupt_audio": "logs/corrupt_audio/{dataset}/{corruption}-s{severity}.log",
+    "corrupt_video_drawn": "logs/corrupt_video/{dataset}/seed{draw}/{corruption}-s{severity}.log",
+    "corrupt_audio_drawn": "logs/corrupt_audio/{dataset}/seed{draw}/{corruption}-s{severity}.log",
     # the same stages drawing with another seed (seed_corruptions)
     "corrupt_images_drawn": "logs/corrupt_images/{dataset}/seed{draw}/{corruption}-s{severity}.log",
     "corrupt_text_drawn": "logs/corrupt_text/{dataset}/seed{draw}/{corruption}-s{severity}.log",

@@ -58,6 +58,10 @@ CLIPS = "clips.json"
 VIDEO_QUERIES = "data/queries/{dataset}/video/{corruption}-s{severity}"
 AUDIO_QUERIES = "data/queries/{dataset}/audio/{corruption}-s{severity}"
 STREAM_QUERIES = "data/queries/{dataset}/{side}-stream/{stream}"
+# seed_corruptions: true — the same sets drawn for another run seed (as qshift.config.DRAWN for image-text)
+DRAWN = {"video": "data/queries/{dataset}/video-seed{draw}/{corruption}-s{severity}",
+         "audio": "data/queries/{dataset}/audio-seed{draw}/{corruption}-s{severity}",
+         "stream": "data/queries/{dataset}/{side}-stream-seed{draw}/{stream}"}
 SIDE = {"v2a": "video", "a2v": "audio"}
 GALLERY_KEYS = ("task", "video", "audio", "video_owner", "audio_owner", "model", "manifest_sha256", "split")
 STREAM_KINDS = ("mixed", "sequential", "segments")
@@ -288,12 +292,25 @@ def _side_cfg(cfg: dict, side: str) -> dict:
     return dict(((cfg.get("corrupt") or {}).get(side)) or {})
 
 
+def _draw(cfg: dict, seed) -> int | None:
+    from .config import draw_seed
+
+    return None if seed is None else draw_seed(cfg, seed)
+
+
 def query_set_path(cfg: dict, direction: str, corruption: str, severity: int, seed=None) -> str:
-    pattern = VIDEO_QUERIES if SIDE[direction] == "video" else AUDIO_QUERIES
+    """A cell's query set: drawn for run ``seed`` when seed_corruptions makes it its own draw."""
+    side, draw = SIDE[direction], _draw(cfg, seed)
+    if draw is not None:
+        return DRAWN[side].format(dataset=cfg["benchmark"], draw=draw, corruption=corruption, severity=severity)
+    pattern = VIDEO_QUERIES if side == "video" else AUDIO_QUERIES
     return pattern.format(dataset=cfg["benchmark"], corruption=corruption, severity=severity)
 
 
 def stream_path(cfg: dict, direction: str, stream: str, seed=None) -> str:
+    draw = _draw(cfg, seed)
+    if draw is not None:
+        return DRAWN["stream"].format(dataset=cfg["benchmark"], side=SIDE[direction], draw=draw, stream=stream)
     return STREAM_QUERIES.format(dataset=cfg["benchmark"], side=SIDE[direction], stream=stream)
 
 
@@ -304,8 +321,8 @@ def queries_path(cfg: dict, direction: str, corruption: str, severity: int, seed
     if corruption == CLEAN:
         return str(test_set(cfg) / CLIPS)
     if is_stream(cfg, direction, corruption):
-        return stream_path(cfg, direction, corruption) + "/" + CLIPS
-    return query_set_path(cfg, direction, corruption, severity) + "/" + CLIPS
+        return stream_path(cfg, direction, corruption, seed) + "/" + CLIPS
+    return query_set_path(cfg, direction, corruption, severity, seed) + "/" + CLIPS
 
 
 def registry(side: str):
@@ -388,16 +405,17 @@ def bed_rms(cfg: dict) -> float | None:
     return None if v is None else float(v)
 
 
-def _clip_seed(dataset: str, clip_id, corruption: str, severity: int) -> int:
+def _clip_seed(dataset: str, clip_id, corruption: str, severity: int, draw: int | None = None) -> int:
     from .io import query_seed
 
-    return query_seed(dataset, int(clip_id), corruption, severity)
+    return query_seed(dataset, int(clip_id), corruption, severity, draw)
 
 
 def build_query_set(cfg: dict, side: str, corruption: str, severity: int, out: str | Path | None = None,
-                    chunk: int = 64, progress: bool = False, split: str = "test") -> dict:
+                    chunk: int = 64, progress: bool = False, split: str = "test", draw: int | None = None) -> dict:
     """The ``split`` clips' ``side`` (video | audio) under one corruption, written chunk by chunk
-    (``test``: a reported query set; ``val``: a tuning set, :func:`tune_queries`)."""
+    (``test``: a reported query set; ``val``: a tuning set, :func:`tune_queries`). ``draw``: the set
+    drawn anew for that run seed (params seed_corruptions; every clip and frame seeded with it too)."""
     from .corrupt.audio import corrupt_audio
     from .corrupt.video import corrupt_video, frame_seed
     from .io import atomic_dir
@@ -410,7 +428,9 @@ def build_query_set(cfg: dict, side: str, corruption: str, severity: int, out: s
     src = read_clipset(dataset_dir(cfg) / split)
     ds = src.dataset or cfg["benchmark"]
     direction = "v2a" if side == "video" else "a2v"
-    out = Path(out or query_set_path(cfg, direction, corruption, severity))
+    out = Path(out or (query_set_path(cfg, direction, corruption, severity) if draw is None else
+                       DRAWN[side].format(dataset=cfg["benchmark"], draw=draw, corruption=corruption,
+                                          severity=severity)))
     impl, options = _video_options(cfg, ds) if side == "video" else ("", None)
     nd = noise_dir(cfg) if side == "audio" else None
     with atomic_dir(out) as tmp:
@@ -423,16 +443,18 @@ def build_query_set(cfg: dict, side: str, corruption: str, severity: int, out: s
                 cid = int(src.ids[i])
                 if side == "video":
                     fr = corrupt_video(corruption, src.frames([i])[0], severity,
-                                       lambda t, c=cid: frame_seed(ds, c, corruption, severity, t), impl, options,
-                                       what=src.clip(i))
+                                       lambda t, c=cid: frame_seed(ds, c, corruption, severity, t, draw), impl,
+                                       options, what=src.clip(i))
                     w.put(int(i), frames=fr)
                 else:
                     wav = corrupt_audio(corruption, src.checked_wave(int(i)), severity,
-                                        _clip_seed(ds, cid, corruption, severity), src.sample_rate, nd,
+                                        _clip_seed(ds, cid, corruption, severity, draw), src.sample_rate, nd,
                                         what=src.clip(i), bed_rms=bed_rms(cfg))
                     w.put(int(i), audio=wav)
         meta = {"source": os.path.relpath(src.folder, out), "corruption": corruption, "severity": severity,
                 "modality": side, "seed": cfg["seed"]}
+        if draw is not None:
+            meta["draw_seed"] = int(draw)
         if side == "audio" and "audio_samples" in src.meta:
             meta["audio_samples"] = src.meta["audio_samples"]
         if side == "video" and impl != "imagecorruptions":
@@ -490,8 +512,11 @@ def validate_va_stream(name: str, spec, side: str, reserved: set) -> None:
         raise ConfigError(f"{where} has a single domain; a stream needs at least two")
 
 
-def build_stream(cfg: dict, side: str, name: str, out: str | Path | None = None, progress: bool = False) -> dict:
-    """A query stream over successive test clips (mixed / sequential) or inside each clip (segments)."""
+def build_stream(cfg: dict, side: str, name: str, out: str | Path | None = None, progress: bool = False,
+                 draw: int | None = None) -> dict:
+    """A query stream over successive test clips (mixed / sequential) or inside each clip (segments).
+    ``draw`` (seed_corruptions): every clip corrupted with that run seed's draw; the domains stay the
+    project seed's assignment, as for image-text streams."""
     from collections import Counter
 
     from .config import streams
@@ -511,7 +536,8 @@ def build_stream(cfg: dict, side: str, name: str, out: str | Path | None = None,
     ds = src.dataset or cfg["benchmark"]
     domains = stream_domains(spec)
     labels = [domain_label(c, s) for c, s in domains]
-    out = Path(out or stream_path(cfg, direction, name))
+    out = Path(out or (stream_path(cfg, direction, name) if draw is None else
+                       DRAWN["stream"].format(dataset=cfg["benchmark"], side=side, draw=draw, stream=name)))
     impl, options = _video_options(cfg, ds) if side == "video" else ("", None)
     nd = noise_dir(cfg) if side == "audio" else None
     segments = spec["kind"] == "segments"
@@ -526,24 +552,26 @@ def build_stream(cfg: dict, side: str, name: str, out: str | Path | None = None,
             cid = int(src.ids[i])
             if segments:
                 w.put(i, frames=corrupt_segments(src.frames([i])[0], domains,
-                                                 lambda c, s, t, cid=cid: frame_seed(ds, cid, c, s, t), impl, options,
-                                                 src.clip(i)))
+                                                 lambda c, s, t, cid=cid: frame_seed(ds, cid, c, s, t, draw), impl,
+                                                 options, src.clip(i)))
                 continue
             c, s = domains[dom[i]]
             if side == "video":
                 fr = src.frames([i])[0]
                 if c != CLEAN:
-                    fr = corrupt_video(c, fr, s, lambda t, cid=cid, c=c, s=s: frame_seed(ds, cid, c, s, t), impl,
-                                       options, src.clip(i))
+                    fr = corrupt_video(c, fr, s, lambda t, cid=cid, c=c, s=s: frame_seed(ds, cid, c, s, t, draw),
+                                       impl, options, src.clip(i))
                 w.put(i, frames=fr)
             else:
                 wav = src.checked_wave(i)
                 if c != CLEAN:
-                    wav = corrupt_audio(c, wav, s, _clip_seed(ds, cid, c, s), src.sample_rate, nd, src.clip(i),
+                    wav = corrupt_audio(c, wav, s, _clip_seed(ds, cid, c, s, draw), src.sample_rate, nd, src.clip(i),
                                         bed_rms=bed_rms(cfg))
                 w.put(i, audio=wav)
         stream = {"name": name, "kind": spec["kind"], "domains": ["+".join(labels)] if segments else labels,
                   "seed": cfg["seed"], "segments": labels if segments else None}
+        if draw is not None:
+            stream["draw_seed"] = int(draw)
         if order is not None:
             stream["order"] = [int(i) for i in order]
         per_clip = ["+".join(labels)] * src.n if segments else [labels[d] for d in dom]
@@ -600,9 +628,6 @@ def validate(cfg: dict) -> None:
     br = _side_cfg(cfg, "audio").get("bed_rms")
     if br is not None and (isinstance(br, bool) or not isinstance(br, (int, float)) or not 0 < br <= 1):
         raise ConfigError(f"params: corrupt.audio.bed_rms must be a number in (0, 1] or null, got {br!r}")
-    if cfg.get("seed_corruptions"):
-        raise ConfigError("params: seed_corruptions: true is not supported for the video-audio task (one draw of "
-                          "each query set); set seed_corruptions: false")
     st = cfg.get("streams") or {}
     validate_tune(cfg)
     reserved = {CLEAN, *registry("video").names(), *registry("audio").names()}

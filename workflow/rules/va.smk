@@ -15,6 +15,7 @@ if qtasks.cfg_task(config).name == "video-audio":
         output:
             directory(qva.VIDEO_QUERIES.format(dataset=DS, corruption="{corruption}", severity="{severity}")),
         params:
+            draw="",  # the _drawn variant: --draw-seed N
             cfg=qpipe.param_hash(config, "corrupt_video"),
         threads: 1
         resources:
@@ -25,7 +26,7 @@ if qtasks.cfg_task(config).name == "video-audio":
         conda:
             ENV_FILE
         shell:
-            "python stages/corrupt_va.py --side video --corruption {wildcards.corruption} --severity {wildcards.severity}"
+            "python stages/corrupt_va.py --side video --corruption {wildcards.corruption} --severity {wildcards.severity}{params.draw}"
 
     rule corrupt_audio:
         input:
@@ -33,6 +34,7 @@ if qtasks.cfg_task(config).name == "video-audio":
         output:
             directory(qva.AUDIO_QUERIES.format(dataset=DS, corruption="{corruption}", severity="{severity}")),
         params:
+            draw="",  # the _drawn variant: --draw-seed N
             cfg=qpipe.param_hash(config, "corrupt_audio"),
         threads: 1
         resources:
@@ -43,7 +45,7 @@ if qtasks.cfg_task(config).name == "video-audio":
         conda:
             ENV_FILE
         shell:
-            "python stages/corrupt_va.py --side audio --corruption {wildcards.corruption} --severity {wildcards.severity}"
+            "python stages/corrupt_va.py --side audio --corruption {wildcards.corruption} --severity {wildcards.severity}{params.draw}"
 
     rule corrupt_stream_video:
         input:
@@ -51,6 +53,7 @@ if qtasks.cfg_task(config).name == "video-audio":
         output:
             directory(qva.STREAM_QUERIES.format(dataset=DS, side="video", stream="{stream}")),
         params:
+            draw="",  # the _drawn variant: --draw-seed N
             cfg=lambda w: qpipe.param_hash(config, "corrupt_stream_video", stream=w.stream),
         threads: 1
         resources:
@@ -61,7 +64,7 @@ if qtasks.cfg_task(config).name == "video-audio":
         conda:
             ENV_FILE
         shell:
-            "python stages/corrupt_va.py --side video --stream {wildcards.stream}"
+            "python stages/corrupt_va.py --side video --stream {wildcards.stream}{params.draw}"
 
     rule corrupt_stream_audio:
         input:
@@ -69,6 +72,7 @@ if qtasks.cfg_task(config).name == "video-audio":
         output:
             directory(qva.STREAM_QUERIES.format(dataset=DS, side="audio", stream="{stream}")),
         params:
+            draw="",  # the _drawn variant: --draw-seed N
             cfg=lambda w: qpipe.param_hash(config, "corrupt_stream_audio", stream=w.stream),
         threads: 1
         resources:
@@ -79,4 +83,50 @@ if qtasks.cfg_task(config).name == "video-audio":
         conda:
             ENV_FILE
         shell:
-            "python stages/corrupt_va.py --side audio --stream {wildcards.stream}"
+            "python stages/corrupt_va.py --side audio --stream {wildcards.stream}{params.draw}"
+
+    # `seed_corruptions: true`: the same query sets drawn for each run seed but the project's
+    # (src/qshift/va.py DRAWN), read by that seed's adapt jobs; the stream domains stay the project seed's
+    use rule corrupt_video as corrupt_video_drawn with:
+        output:
+            directory(qva.DRAWN["video"].format(dataset=DS, draw="{draw}", corruption="{corruption}",
+                                                severity="{severity}")),
+        params:
+            draw=lambda w: f" --draw-seed {w.draw}",
+            cfg=qpipe.param_hash(config, "corrupt_video"),
+        benchmark: f"logs/benchmarks/corrupt_video/{DS}/seed{{draw}}/{{corruption}}-s{{severity}}.tsv"
+        log:
+            qc.LOGS["corrupt_video_drawn"].format(dataset=DS, draw="{draw}", corruption="{corruption}",
+                                                  severity="{severity}"),
+
+    use rule corrupt_audio as corrupt_audio_drawn with:
+        output:
+            directory(qva.DRAWN["audio"].format(dataset=DS, draw="{draw}", corruption="{corruption}",
+                                                severity="{severity}")),
+        params:
+            draw=lambda w: f" --draw-seed {w.draw}",
+            cfg=qpipe.param_hash(config, "corrupt_audio"),
+        benchmark: f"logs/benchmarks/corrupt_audio/{DS}/seed{{draw}}/{{corruption}}-s{{severity}}.tsv"
+        log:
+            qc.LOGS["corrupt_audio_drawn"].format(dataset=DS, draw="{draw}", corruption="{corruption}",
+                                                  severity="{severity}"),
+
+    use rule corrupt_stream_video as corrupt_stream_video_drawn with:
+        output:
+            directory(qva.DRAWN["stream"].format(dataset=DS, side="video", draw="{draw}", stream="{stream}")),
+        params:
+            draw=lambda w: f" --draw-seed {w.draw}",
+            cfg=lambda w: qpipe.param_hash(config, "corrupt_stream_video", stream=w.stream),
+        benchmark: f"logs/benchmarks/corrupt_stream/{DS}/video/seed{{draw}}/{{stream}}.tsv"
+        log:
+            qc.LOGS["corrupt_stream_drawn"].format(dataset=DS, side="video", draw="{draw}", stream="{stream}"),
+
+    use rule corrupt_stream_audio as corrupt_stream_audio_drawn with:
+        output:
+            directory(qva.DRAWN["stream"].format(dataset=DS, side="audio", draw="{draw}", stream="{stream}")),
+        params:
+            draw=lambda w: f" --draw-seed {w.draw}",
+            cfg=lambda w: qpipe.param_hash(config, "corrupt_stream_audio", stream=w.stream),
+        benchmark: f"logs/benchmarks/corrupt_stream/{DS}/audio/seed{{draw}}/{{stream}}.tsv"
+        log:
+            qc.LOGS["corrupt_stream_drawn"].format(dataset=DS, side="audio", draw="{draw}", stream="{stream}"),

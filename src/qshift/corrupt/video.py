@@ -44,9 +44,10 @@ for _name in BENCHMARK_IMAGE + VALIDATION_IMAGE:
     VIDEO_CORRUPTIONS.register(_name)(IMAGE_CORRUPTIONS.get(_name))
 
 
-def frame_seed(dataset: str, clip_id, corruption: str, severity: int, frame: int) -> int:
-    """The seed of one frame's corruption: the clip's query seed (as an image query's) and the frame."""
-    return derive_seed(query_seed(dataset, clip_id, corruption, severity), "frame", int(frame))
+def frame_seed(dataset: str, clip_id, corruption: str, severity: int, frame: int, draw: int | None = None) -> int:
+    """The seed of one frame's corruption: the clip's query seed (as an image query's; with ``draw``,
+    a set drawn anew for another run seed: params seed_corruptions) and the frame."""
+    return derive_seed(query_seed(dataset, clip_id, corruption, severity, draw), "frame", int(frame))
 
 
 def check_frames(frames: np.ndarray, what: str = "clip") -> np.ndarray:

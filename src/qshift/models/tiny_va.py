@@ -271,7 +271,7 @@ def train_tiny_va(dataset_dir: str | Path, out_dir: str | Path, hp: dict | None,
     module.eval()
     train_seconds = time.perf_counter() - start
     del video, audio
-    figures = {"final_loss": round(float(np.mean(losses[-20:])), 4), "temperature": round(float(1 / module.logit_scale.exp()), 4)}
+    figures = {"final_loss": round(float(np.mean(losses[-20:])), 4), "temperature": round(1 / module.logit_scale.exp().item(), 4)}
     if val is not None:
         v, a = split_tensors(model, val)
         figures.update({f"val_{k}": x for k, x in recall(model, v, a).items()})
