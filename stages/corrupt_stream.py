@@ -46,7 +46,8 @@ def main() -> None:
         counts = build_cir_stream(MANIFEST.format(dataset=ds), out, args.stream, defs[args.stream], cfg["seed"],
                                   quality=image["jpeg_quality"],
                                   implementation=image.get("implementation", "imagecorruptions"),
-                                  mm_options=image.get("mm_robustness"), cfg=cfg, progress=cli.progress_enabled(args))
+                                  mm_options=image.get("mm_robustness"), cfg=cfg, progress=cli.progress_enabled(args),
+                                  draw=draw)
     elif args.direction == "i2t":
         counts = build_image_stream(MANIFEST.format(dataset=ds), out, args.stream, defs[args.stream], cfg["seed"],
                                     quality=cfg["corrupt"]["image"]["jpeg_quality"],

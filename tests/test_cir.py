@@ -353,3 +353,21 @@ def test_builtin_cir_runs_through_snakemake(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "run it with Snakemake" in proc.stderr
     shutil.rmtree(repo / "data", ignore_errors=True)
+
+
+def test_snakemake_schedules_the_drawn_composed_queries(tmp_path):
+    """seed_corruptions: true — run seed 7's CIR cells and streams read their own drawn sets (the
+    image-text corruption rules' _drawn variants on the CIR manifest, corrupt_stream_cir_drawn)."""
+    from pipeline_utils import REPO, make_repo, run
+
+    repo = make_repo(tmp_path)
+    params = tiny_cir_params(yaml.safe_load((REPO / "params.yaml").read_text()))
+    params.update(seeds=[42, 7], seed_corruptions=True)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["snakemake", "--dry-run", "--forceall", "--printshellcmds"], repo).stdout
+    cmds = {" ".join(c.split()) for c in re.findall(r"^Shell command: (python stages/corrupt_\w+\.py .+)$", out, re.M)}
+    assert {"python stages/corrupt_stream.py --direction cir --stream multimodal",
+            "python stages/corrupt_stream.py --direction cir --stream multimodal --draw-seed 7",
+            "python stages/corrupt_stream.py --direction cir --stream joint --draw-seed 7",
+            "python stages/corrupt_images.py --corruption gaussian_noise --severity 3 --draw-seed 7",
+            "python stages/corrupt_text.py --corruption ocr --level 2 --draw-seed 7"} <= cmds, cmds

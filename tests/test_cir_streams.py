@@ -222,3 +222,35 @@ def test_triplets_sharing_a_reference_point_at_one_file_per_domain(world, tmp_pa
     for im in mixed_refs:
         refs = {s["domain"]: s["reference"] for s in im["sentences"]}
         assert len(set(refs.values())) == len(refs)
+
+
+def test_a_seed_drawn_stream_corrupts_each_part_as_that_seeds_cell_sets(world, tmp_path):
+    """seed_corruptions: the stream for run seed 7 keeps the project seed's domain per triplet and
+    corrupts each part exactly as seed 7's drawn cell sets do (image-seed7/, text-seed7/)."""
+    from qshift.cir import load_triplets
+    from qshift.cir_streams import build_cir_stream, stream_info, stream_path
+    from qshift.config import load_params
+    from qshift.corrupt.build import build_image_queries, build_text_queries
+
+    manifest = world["data"] / "manifest.json"
+    _, base = _stream(world, "mm", SPEC)
+    out = tmp_path / "drawn"
+    build_cir_stream(manifest, out, "mm", SPEC, seed=0, quality=95, progress=False, draw=7)
+    st = load_triplets(out / "manifest.json")
+    build_image_queries(manifest, tmp_path / "img7", "gaussian_noise", 3, seed=0, progress=False, draw=7)
+    build_text_queries(manifest, tmp_path / "txt7.json", "ocr", 2, seed=0, progress=False, draw=7)
+    img7, txt7 = load_triplets(tmp_path / "img7/manifest.json"), load_triplets(tmp_path / "txt7.json")
+    labels = stream_info(st, "cir")["query_domain"]
+    assert labels == stream_info(base, "cir")["query_domain"]  # the domains: the project seed's assignment
+    for i, lab in enumerate(labels):
+        if lab == "gaussian_noise-s3":
+            assert st.image_paths[i].read_bytes() == img7.image_paths[i].read_bytes()
+            assert st.image_paths[i].read_bytes() != base.image_paths[i].read_bytes()
+        else:
+            assert st.captions[i] == txt7.captions[i]
+    assert any(a != b for a, b in zip(st.captions, base.captions))
+    assert json.loads((out / "manifest.json").read_text())["meta"]["stream"]["draw_seed"] == 7
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_params(root / "params.yaml", ["benchmark=builtin-cir", "seeds=[42, 7]", "seed_corruptions=true"])
+    assert stream_path(cfg, "cir", "joint", 7) == "data/queries/builtin-cir/cir-stream-seed7/joint"
+    assert stream_path(cfg, "cir", "joint", 42) == "data/queries/builtin-cir/cir-stream/joint"

@@ -146,14 +146,16 @@ def validate(cfg: dict) -> None:
     reserved = {CLEAN, *IMAGE_CORRUPTIONS.names(), *TEXT_CORRUPTIONS.names()}
     for name, spec in defs.items():
         validate_cir_stream(name, spec, reserved)
-    if defs and cfg.get("seed_corruptions"):
-        raise ConfigError("params: seed_corruptions: true is not supported for streams.cir (one draw of each "
-                          "composed stream); set seed_corruptions: false or drop streams.cir")
 
 
 def stream_path(cfg: dict, direction: str, stream: str, seed=None) -> str:
-    from .config import STREAM_CIR_QUERIES
+    """A composed stream's folder; under seed_corruptions a run seed other than the project's reads
+    its own draw (cir-stream-seed<N>/: the same domains, every part corrupted with that draw)."""
+    from .config import DRAWN, STREAM_CIR_QUERIES, draw_seed
 
+    draw = None if seed is None else draw_seed(cfg, seed)
+    if draw is not None:
+        return DRAWN["cir-stream"].format(dataset=cfg["benchmark"], draw=draw, stream=stream)
     return STREAM_CIR_QUERIES.format(dataset=cfg["benchmark"], stream=stream)
 
 
@@ -161,8 +163,10 @@ def stream_path(cfg: dict, direction: str, stream: str, seed=None) -> str:
 
 def build_cir_stream(manifest: str | Path, out_dir: str | Path, name: str, spec: dict, seed: int,
                      quality: int = 95, implementation: str = "imagecorruptions", mm_options: dict | None = None,
-                     cfg: dict | None = None, progress: bool = True) -> dict[str, int]:
-    """Build the stream folder (see the module docstring); returns the triplets per domain."""
+                     cfg: dict | None = None, progress: bool = True, draw: int | None = None) -> dict[str, int]:
+    """Build the stream folder (see the module docstring); returns the triplets per domain. ``draw``
+    (seed_corruptions): every part corrupted as that run seed's drawn cell sets are; the domain
+    assignment stays the project ``seed``'s."""
     from .corrupt import mm_robustness
     from .corrupt.build import _corrupt_file, _ImageTask, _output_names
     from .corrupt.image import check_implementation
@@ -196,7 +200,7 @@ def build_cir_stream(manifest: str | Path, out_dir: str | Path, name: str, spec:
             by_dom[int(d)].append(q)
     for d, qs in by_dom.items():
         c, level = parts[d][2]
-        seeds = [query_seed(dataset, trip[q][1]["sentid"], c, level) for q in qs]
+        seeds = [query_seed(dataset, trip[q][1]["sentid"], c, level, draw) for q in qs]
         try:
             out, _ = corrupt_texts_info(c, [trip[q][1]["raw"] for q in qs], level, seeds, cfg, progress=False)
         except InputError as e:
@@ -220,7 +224,7 @@ def build_cir_stream(manifest: str | Path, out_dir: str | Path, name: str, spec:
                     if rel not in written:
                         (tmp / folder).mkdir(exist_ok=True)
                         _corrupt_file(_ImageTask(str(src), str(tmp / rel), c, int(sev),
-                                                 query_seed(dataset, im["imgid"], c, sev), quality, implementation,
+                                                 query_seed(dataset, im["imgid"], c, sev, draw), quality, implementation,
                                                  options))
                 else:
                     rel = f"clean/{Path(names[im['imgid']]).stem}{Path(im['filename']).suffix}"
@@ -240,6 +244,8 @@ def build_cir_stream(manifest: str | Path, out_dir: str | Path, name: str, spec:
             first = Path(sents[0]["reference"])
             entries.append({**im, "filepath": str(first.parent), "filename": first.name, "sentences": sents})
         stream = {"name": name, "kind": spec["kind"], "domains": labels, "seed": seed}
+        if draw is not None:
+            stream["draw_seed"] = int(draw)
         if order is not None:
             stream["order"] = [int(i) for i in order]
         meta = {"source_manifest": os.path.relpath(manifest, out_dir), "modality": "composed", "stream": stream,

@@ -38,7 +38,8 @@ STREAM_CIR_QUERIES = "data/queries/{dataset}/cir-stream/{stream}"  # folder: ref
 DRAWN = {"image": "data/queries/{dataset}/image-seed{draw}/{corruption}-s{severity}",
          "text": "data/queries/{dataset}/text-seed{draw}/{corruption}-s{severity}.json",
          "image-stream": "data/queries/{dataset}/image-stream-seed{draw}/{stream}",
-         "text-stream": "data/queries/{dataset}/text-stream-seed{draw}/{stream}.json"}
+         "text-stream": "data/queries/{dataset}/text-stream-seed{draw}/{stream}.json",
+         "cir-stream": "data/queries/{dataset}/cir-stream-seed{draw}/{stream}"}
 GALLERY = "data/embeddings/{model}/{dataset}/gallery.pt"
 # one folder per adaptation seed (params `seeds`): the seeds of one grid coexist
 RESULT = "results/{dataset}/{model}/{direction}/{method}/seed{seed}/{corruption}-s{severity}.json"

@@ -132,6 +132,7 @@ rule corrupt_stream_cir:
         directory(qc.STREAM_CIR_QUERIES.format(dataset=DS, stream="{stream}")),
     params:
         cfg=lambda w: qpipe.param_hash(config, "corrupt_stream_cir", stream=w.stream),
+        draw="",  # corrupt_stream_cir_drawn: --draw-seed N
     threads: 1
     resources:
         **qpipe.resources("corrupt_stream_cir"),
@@ -141,7 +142,7 @@ rule corrupt_stream_cir:
     conda:
         ENV_FILE
     shell:
-        "python stages/corrupt_stream.py --direction cir --stream {wildcards.stream}"
+        "python stages/corrupt_stream.py --direction cir --stream {wildcards.stream}{params.draw}"
 
 
 # `seed_corruptions: true`: the same query sets drawn for each run seed but the project's
@@ -190,6 +191,17 @@ use rule corrupt_stream_text as corrupt_stream_text_drawn with:
     benchmark: f"logs/benchmarks/corrupt_stream/{DS}/text/seed{{draw}}/{{stream}}.tsv"
     log:
         qc.LOGS["corrupt_stream_drawn"].format(dataset=DS, side="text", draw="{draw}", stream="{stream}"),
+
+
+use rule corrupt_stream_cir as corrupt_stream_cir_drawn with:
+    output:
+        directory(qc.DRAWN["cir-stream"].format(dataset=DS, draw="{draw}", stream="{stream}")),
+    params:
+        cfg=lambda w: qpipe.param_hash(config, "corrupt_stream_cir", stream=w.stream),
+        draw=lambda w: f" --draw-seed {w.draw}",
+    benchmark: f"logs/benchmarks/corrupt_stream/{DS}/cir/seed{{draw}}/{{stream}}.tsv"
+    log:
+        qc.LOGS["corrupt_stream_drawn"].format(dataset=DS, side="cir", draw="{draw}", stream="{stream}"),
 
 
 # A corruption x severity contact sheet and a table of text corruptions by type and level.
