@@ -70,3 +70,17 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> su
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
                              f"{proc.stderr[-8000:]}")
     return proc
+
+
+def dry_run_commands(dest: Path, params: dict, script: str = r"corrupt_\w+") -> tuple[set[str], str]:
+    """(the stage commands of `script` a whole-grid Snakemake dry run lists, its output) for a
+    repository at ``dest`` with ``params``."""
+    import re
+
+    import yaml
+
+    repo = make_repo(dest)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["snakemake", "--dry-run", "--forceall", "--printshellcmds"], repo).stdout
+    found = re.findall(rf"^Shell command: (python stages/{script}\.py .+)$", out, re.M)
+    return {" ".join(c.split()) for c in found}, out

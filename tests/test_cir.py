@@ -358,14 +358,10 @@ def test_builtin_cir_runs_through_snakemake(tmp_path):
 def test_snakemake_schedules_the_drawn_composed_queries(tmp_path):
     """seed_corruptions: true — run seed 7's CIR cells and streams read their own drawn sets (the
     image-text corruption rules' _drawn variants on the CIR manifest, corrupt_stream_cir_drawn)."""
-    from pipeline_utils import REPO, make_repo, run
+    from pipeline_utils import REPO, dry_run_commands
 
-    repo = make_repo(tmp_path)
     params = tiny_cir_params(yaml.safe_load((REPO / "params.yaml").read_text()))
-    params.update(seeds=[42, 7], seed_corruptions=True)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = run(["snakemake", "--dry-run", "--forceall", "--printshellcmds"], repo).stdout
-    cmds = {" ".join(c.split()) for c in re.findall(r"^Shell command: (python stages/corrupt_\w+\.py .+)$", out, re.M)}
+    cmds, _ = dry_run_commands(tmp_path, {**params, "seeds": [42, 7], "seed_corruptions": True})
     assert {"python stages/corrupt_stream.py --direction cir --stream multimodal",
             "python stages/corrupt_stream.py --direction cir --stream multimodal --draw-seed 7",
             "python stages/corrupt_stream.py --direction cir --stream joint --draw-seed 7",

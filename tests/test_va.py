@@ -4,7 +4,6 @@ on the query tower, bad input, and one end-to-end Snakemake run of benchmark bui
 from __future__ import annotations
 
 import json
-import re
 import wave
 
 import numpy as np
@@ -418,14 +417,10 @@ def test_a_by_direction_override_reruns_the_video_audio_adapt_jobs_and_no_image_
 def test_snakemake_schedules_the_drawn_video_audio_query_sets(tmp_path):
     """Under seed_corruptions the second seed's adapt jobs pull in their own drawn query sets and
     streams (rules corrupt_*_drawn, --draw-seed 7); the project seed's read the standard ones."""
-    from pipeline_utils import REPO, make_repo, run
+    from pipeline_utils import REPO, dry_run_commands
 
-    repo = make_repo(tmp_path)
     params = tiny_va_params(yaml.safe_load((REPO / "params.yaml").read_text()))
-    params.update(seeds=[42, 7], seed_corruptions=True)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = run(["snakemake", "--dry-run", "--forceall", "--printshellcmds"], repo).stdout
-    cmds = {" ".join(c.split()) for c in re.findall(r"^Shell command: (python stages/corrupt_va\.py .+)$", out, re.M)}
+    cmds, out = dry_run_commands(tmp_path, {**params, "seeds": [42, 7], "seed_corruptions": True}, "corrupt_va")
     assert cmds == {"python stages/corrupt_va.py --side video --corruption gaussian_noise --severity 5",
                     "python stages/corrupt_va.py --side audio --corruption rain --severity 5",
                     "python stages/corrupt_va.py --side video --stream in_clip",
