@@ -375,14 +375,16 @@ def _validate_tune(cfg: dict) -> None:
     t = cfg.get("tune") or {}
     if not isinstance(t, dict) or not t.get("enabled"):
         return
+    from .cir_streams import domain_parts
+
     img, txt = t.get("image") or {}, t.get("text") or {}
     for name, spec in ((cfg.get("streams") or {}).get("cir") or {}).items():
-        if not isinstance(spec, dict):
-            continue
-        parts = [spec, spec.get("joint") or {}]
-        images = {c for part in parts for c in ((part.get("image") or {}).get("corruptions") or [])}
-        texts = {(c, int(lv)) for part in parts for c in ((part.get("text") or {}).get("corruptions") or [])
-                 for lv in ((part.get("text") or {}).get("levels") or [])}
+        try:
+            parts = domain_parts(spec)
+        except (AttributeError, TypeError, ValueError):
+            continue  # a malformed stream: its own validator (qshift.cir_streams.validate) names the key
+        images = {im[0] for _, im, _ in parts if im is not None}
+        texts = {tx for _, _, tx in parts if tx is not None}
         for c in img.get("corruptions") or []:
             if c in images:
                 raise ConfigError(f"params: tune.image.corruptions has {c!r}, which the composed stream "
@@ -418,12 +420,10 @@ def tune_queries(cfg: dict, direction: str, workdir: str | Path, progress: bool 
     """{cell label: the val triplets under one validation-only corruption}: ``tune.image`` corrupts
     every reference image (seeded per image as a reported image cell is), ``tune.text`` every
     modification text (seeded per triplet; an empty text stays empty), files under ``workdir``."""
-    from PIL import Image
-
     from .config import DATASET_DIR
-    from .corrupt import corrupt_image
     from .corrupt.text import corrupt_texts
     from .io import derive_seed
+    from .tune import corrupt_image_files
 
     manifest = Path(DATASET_DIR.format(dataset=cfg["benchmark"])) / "manifest.json"
     trip = load_triplets(manifest, "val")
@@ -432,18 +432,9 @@ def tune_queries(cfg: dict, direction: str, workdir: str | Path, progress: bool 
     sets = {}
     for c in img.get("corruptions") or []:
         sev = int(img["severity"])
-        out = Path(workdir) / "cir" / f"{c}-s{sev}"
-        out.mkdir(parents=True, exist_ok=True)
-        done: dict[int, Path] = {}
-        for imgid, src in zip(trip.image_ids.tolist(), trip.image_paths):
-            if imgid not in done:
-                with Image.open(src) as pil:
-                    arr = np.asarray(pil.convert("RGB"))
-                dst = out / f"{imgid}.jpg"
-                Image.fromarray(corrupt_image(c, arr, sev, derive_seed(trip.dataset, int(imgid), c, sev))).save(
-                    dst, quality=95)
-                done[imgid] = dst
-        sets[out.name] = dataclasses.replace(trip, image_paths=[done[i] for i in trip.image_ids.tolist()])
+        paths = corrupt_image_files(trip.dataset, trip.image_ids.tolist(), trip.image_paths, c, sev,
+                                    Path(workdir) / "cir" / f"{c}-s{sev}")
+        sets[f"{c}-s{sev}"] = dataclasses.replace(trip, image_paths=paths)
     doc = read_manifest(manifest)
     raws = {s["sentid"]: s["raw"] for im in doc["images"] if im["split"] == "val" for s in im["sentences"]}
     norm, words = _caption_norm(doc, manifest)

@@ -132,29 +132,39 @@ def _corruptions(cfg: dict, direction: str) -> tuple[list[str], int]:
     return list(side.get("corruptions") or []), int(side.get("severity" if direction == "i2t" else "level") or 0)
 
 
+def corrupt_image_files(dataset: str, ids, paths, corruption: str, severity: int, out: Path) -> list[Path]:
+    """Each distinct image of (``ids``, ``paths``) corrupted once into ``out`` (``<id>.jpg``), seeded
+    per image as a reported image cell is; one path per entry (an image several queries share
+    is written once)."""
+    from PIL import Image
+
+    from .corrupt import corrupt_image
+    from .io import derive_seed
+
+    out.mkdir(parents=True, exist_ok=True)
+    done: dict[int, Path] = {}
+    for imgid, src in zip((int(i) for i in ids), paths):
+        if imgid not in done:
+            with Image.open(src) as pil:
+                arr = np.asarray(pil.convert("RGB"))
+            img = corrupt_image(corruption, arr, severity, derive_seed(dataset, imgid, corruption, severity))
+            done[imgid] = out / f"{imgid}.jpg"
+            Image.fromarray(img).save(done[imgid], quality=95)
+    return [done[int(i)] for i in ids]
+
+
 def validation_queries(manifest: Path, direction: str, corruption: str, severity: int, workdir: Path, split=None,
                        captions_per_image: int | None = None):
     """The validation split's queries under one corruption (images in ``workdir``), seeded like
     the reported sets (``derive_seed(dataset, id, corruption, severity)``)."""
-    from PIL import Image
-
-    from .corrupt import corrupt_image
     from .corrupt.text import corrupt_texts
     from .data.manifest import load_split, normalize_caption, read_manifest
     from .io import derive_seed
 
     split = split or load_split(manifest, "val")
     if direction == "i2t":
-        paths = []
-        out = workdir / f"{corruption}-s{severity}"
-        out.mkdir(parents=True, exist_ok=True)
-        for imgid, src in zip(split.image_ids, split.image_paths):
-            with Image.open(src) as pil:
-                arr = np.asarray(pil.convert("RGB"))
-            img = corrupt_image(corruption, arr, severity, derive_seed(split.dataset, int(imgid), corruption, severity))
-            dst = out / f"{Path(src).stem}.jpg"
-            Image.fromarray(img).save(dst, quality=95)
-            paths.append(dst)
+        paths = corrupt_image_files(split.dataset, split.image_ids, split.image_paths, corruption, severity,
+                                    workdir / f"{corruption}-s{severity}")
         return dataclasses.replace(split, image_paths=paths)
     doc = read_manifest(manifest)
     raws = [s["raw"] for im in doc["images"] if im["split"] == "val" for s in im["sentences"]]

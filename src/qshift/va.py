@@ -300,7 +300,11 @@ def _draw(cfg: dict, seed) -> int | None:
 
 def query_set_path(cfg: dict, direction: str, corruption: str, severity: int, seed=None) -> str:
     """A cell's query set: drawn for run ``seed`` when seed_corruptions makes it its own draw."""
-    side, draw = SIDE[direction], _draw(cfg, seed)
+    return _set_path(cfg, SIDE[direction], corruption, severity, _draw(cfg, seed))
+
+
+def _set_path(cfg: dict, side: str, corruption: str, severity: int, draw: int | None) -> str:
+    """The query set of one (side, corruption, severity), the project's or that of ``draw``."""
     if draw is not None:
         return DRAWN[side].format(dataset=cfg["benchmark"], draw=draw, corruption=corruption, severity=severity)
     pattern = VIDEO_QUERIES if side == "video" else AUDIO_QUERIES
@@ -308,10 +312,13 @@ def query_set_path(cfg: dict, direction: str, corruption: str, severity: int, se
 
 
 def stream_path(cfg: dict, direction: str, stream: str, seed=None) -> str:
-    draw = _draw(cfg, seed)
+    return _stream_path(cfg, SIDE[direction], stream, _draw(cfg, seed))
+
+
+def _stream_path(cfg: dict, side: str, stream: str, draw: int | None) -> str:
     if draw is not None:
-        return DRAWN["stream"].format(dataset=cfg["benchmark"], side=SIDE[direction], draw=draw, stream=stream)
-    return STREAM_QUERIES.format(dataset=cfg["benchmark"], side=SIDE[direction], stream=stream)
+        return DRAWN["stream"].format(dataset=cfg["benchmark"], side=side, draw=draw, stream=stream)
+    return STREAM_QUERIES.format(dataset=cfg["benchmark"], side=side, stream=stream)
 
 
 def queries_path(cfg: dict, direction: str, corruption: str, severity: int, seed=None) -> str:
@@ -427,10 +434,7 @@ def build_query_set(cfg: dict, side: str, corruption: str, severity: int, out: s
         raise ConfigError(f"{side} corruption severity must be an integer in 1..5, got {severity!r}")
     src = read_clipset(dataset_dir(cfg) / split)
     ds = src.dataset or cfg["benchmark"]
-    direction = "v2a" if side == "video" else "a2v"
-    out = Path(out or (query_set_path(cfg, direction, corruption, severity) if draw is None else
-                       DRAWN[side].format(dataset=cfg["benchmark"], draw=draw, corruption=corruption,
-                                          severity=severity)))
+    out = Path(out or _set_path(cfg, side, corruption, severity, draw))
     impl, options = _video_options(cfg, ds) if side == "video" else ("", None)
     nd = noise_dir(cfg) if side == "audio" else None
     with atomic_dir(out) as tmp:
@@ -536,8 +540,7 @@ def build_stream(cfg: dict, side: str, name: str, out: str | Path | None = None,
     ds = src.dataset or cfg["benchmark"]
     domains = stream_domains(spec)
     labels = [domain_label(c, s) for c, s in domains]
-    out = Path(out or (stream_path(cfg, direction, name) if draw is None else
-                       DRAWN["stream"].format(dataset=cfg["benchmark"], side=side, draw=draw, stream=name)))
+    out = Path(out or _stream_path(cfg, side, name, draw))
     impl, options = _video_options(cfg, ds) if side == "video" else ("", None)
     nd = noise_dir(cfg) if side == "audio" else None
     segments = spec["kind"] == "segments"
