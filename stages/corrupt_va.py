@@ -8,7 +8,8 @@ NAME, frame by frame (src/qshift/corrupt/video.py), -> data/queries/<benchmark>/
 the query stream streams.<side>.NAME (-> <side>-stream/NAME/). Each output is a clip set
 (src/qshift/va.py) written clip by clip. ``--draw-seed N`` (params seed_corruptions): the
 corruptions drawn for run seed N, under <side>-seed<N>/ (<side>-stream-seed<N>/ for a stream).
-Snakemake only (dvc.yaml holds the image-text stages).
+One Snakemake rule (workflow/rules/va.smk) or DVC stage (dvc.yaml rendered for the benchmark) per
+output folder.
 """
 
 from qshift import cli

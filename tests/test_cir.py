@@ -348,10 +348,11 @@ def test_builtin_cir_runs_through_snakemake(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert re.search(rf"CIR triplet {first['sentences'][0]['sentid']} .*target 10000000 is not in the gallery",
                      proc.stderr), proc.stderr[-2000:]
-    # DVC holds the image-text stages only: refused with the way to run it
+    # under DVC while dvc.yaml is builtin's (not rendered for builtin-cir): refused with the way to render it
     proc = subprocess.run(["python", "stages/prepare.py"], cwd=repo, env={**env(), "DVC_STAGE": "prepare"},
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "run it with Snakemake" in proc.stderr
+    assert proc.returncode == 2 and "dvc.yaml is stale" in proc.stderr and "adapt_cir" in proc.stderr
+    assert "python -m qshift.pipeline dvc" in proc.stderr
     shutil.rmtree(repo / "data", ignore_errors=True)
 
 

@@ -62,7 +62,7 @@ def test_dvc_yaml_is_generated_from_the_stage_table():
     fails here with the command that fixes it."""
     from qshift import pipeline
 
-    assert (REPO / "dvc.yaml").read_text() == pipeline.render_dvc(), \
+    assert (REPO / "dvc.yaml").read_text() == pipeline.render_dvc(pipeline.read_params(REPO / "params.yaml")), \
         "dvc.yaml is stale: regenerate it with `python -m qshift.pipeline dvc`"
     proc = subprocess.run([sys.executable, "-m", "qshift.pipeline", "dvc", "--check"], cwd=REPO,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
@@ -72,7 +72,8 @@ def test_dvc_yaml_is_generated_from_the_stage_table():
 def test_dvc_check_fails_on_a_stale_file(tmp_path):
     stale = tmp_path / "dvc.yaml"
     stale.write_text((REPO / "dvc.yaml").read_text().replace("- adapt.steps\n", "", 1))
-    proc = subprocess.run([sys.executable, "-m", "qshift.pipeline", "dvc", "--check", "--file", str(stale)],
+    proc = subprocess.run([sys.executable, "-m", "qshift.pipeline", "dvc", "--check", "--file", str(stale),
+                           "--params", str(REPO / "params.yaml")],
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     assert proc.returncode == 1 and "stale" in proc.stderr and "python -m qshift.pipeline dvc" in proc.stderr
 
@@ -82,8 +83,11 @@ def test_every_parameter_key_of_the_stage_table_exists_in_params_yaml():
     from qshift import pipeline
     from qshift.config import load_params
 
-    cfg = load_params(REPO / "params.yaml")
-    for stage in pipeline.STAGES.values():
+    cfgs = [load_params(REPO / "params.yaml", [f"benchmark={b}", *drawn])  # a pipeline of every stage's
+            for b in ("builtin", "builtin-cir", "builtin-va", "coco-c")
+            for drawn in ([], ["seeds=[42, 7]", "seed_corruptions=true"])]
+    for name, stage in pipeline.STAGES.items():
+        cfg = next(c for c in cfgs if stage.when is None or stage.when(c))
         for key in (*stage.params, *stage.grid):
             if key in pipeline.DERIVED:
                 continue
@@ -91,7 +95,7 @@ def test_every_parameter_key_of_the_stage_table_exists_in_params_yaml():
             for part in pipeline._fill(key, stage.context).split("."):
                 assert isinstance(node, dict) and part in node, (stage.name, key)
                 node = node[part]
-        values = pipeline.param_values(cfg, stage.name, method="tcr", stream="mix")
+        values = pipeline.param_values(cfg, name, method="tcr", stream="mix")
         assert set(values) == set(stage.params)
 
 

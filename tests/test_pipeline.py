@@ -231,15 +231,6 @@ def test_seed_corruptions_draws_the_new_seeds_query_sets_only(snake_repo):
     a = json.loads((snake_repo / target.result_path.replace("/seed7/", "/seed42/")).read_text())
     b = json.loads((snake_repo / target.result_path).read_text())
     assert a["n_queries"] == b["n_queries"] and b["key"]["seed"] == 7
-    # DVC cannot follow (no per-seed stages): refused with the reason, before any work
-    import subprocess
-
-    from pipeline_utils import env
-
-    proc = subprocess.run(["python", "stages/corrupt_text.py", "--corruption", "ocr", "--level", "2", "--draw-seed",
-                           "7", "--set", "seed_corruptions=true", "--set", "seeds=[42,7]"], cwd=snake_repo,
-                          env={**env(), "DVC_STAGE": "corrupt_text"}, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "seed_corruptions: true needs query sets drawn per run seed" in proc.stderr
 
 
 def test_same_seed_same_metrics_across_orchestrators(snake_repo, dvc_repo):
@@ -454,3 +445,75 @@ def test_snakemake_report_has_the_figures_and_tables(snake_repo):
     page = (snake_repo / "report.html").read_text(errors="replace")
     for name in ("i2t_r1.png", "t2i_online.png", "i2t_heatmap.png", "i2t_r1.csv", "report.md"):
         assert name in page, name
+
+
+# -- DVC follows the benchmark switch: dvc.yaml rendered for the preset, the other tasks too -------
+
+DRAWN = {"seeds": [42, 7], "seed_corruptions": True}
+
+
+@pytest.mark.parametrize("benchmark,extra", [("builtin-cir", {}), ("builtin-va", DRAWN), ("coco-c", {}),
+                                             ("builtin", DRAWN)], ids=["cir", "va-drawn", "coco-c", "drawn"])
+def test_dvc_yaml_rendered_for_a_preset_is_the_dag_snakemake_runs(tmp_path, benchmark, extra):
+    """`python -m qshift.pipeline dvc` for another preset (its full grid; coco-c: a fetched BLIP and
+    the preset's values written out; seed_corruptions: seed 7's own draws of every query set):
+    the same commands and outputs as Snakemake's jobs."""
+    import sys
+
+    repo = make_repo(tmp_path)
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "benchmark": benchmark, "adapt_jobs": "method",
+                                                      **extra}, sort_keys=False))
+    out = run([sys.executable, "-m", "qshift.pipeline", "dvc"], repo).stdout
+    assert f"benchmark '{benchmark}'" in out
+    snake, dvc = snakemake_stages(repo), dvc_stages(repo)
+    assert snake == dvc, f"only in Snakemake: {sorted(snake - dvc)}\nonly in DVC: {sorted(dvc - snake)}"
+    assert any("--draw-seed 7" in cmd for cmd, _ in dvc) == bool(extra)
+    assert run([sys.executable, "-m", "qshift.pipeline", "dvc", "--check"], repo).returncode == 0
+
+
+def _other_task_repo(tmp_path: Path, task: str) -> Path:
+    import sys
+
+    from test_cir import tiny_cir_params
+    from test_va import tiny_va_params
+
+    repo = make_repo(tmp_path)
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    tiny = (tiny_cir_params if task == "cir" else tiny_va_params)(params)
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
+    run([sys.executable, "-m", "qshift.pipeline", "dvc"], repo)
+    return repo
+
+
+@pytest.mark.slow
+@pytest.mark.pipeline
+def test_dvc_repro_runs_the_video_audio_and_composed_tasks(tmp_path):
+    """`dvc repro` on builtin-va and builtin-cir (tiny): every results file Snakemake's run makes
+    (tests test_va / test_cir list them), then nothing to do; an edited preset stream reruns its
+    stream stage and the adapt stages of its direction only."""
+    va = _other_task_repo(tmp_path / "va", "va")
+    run(["dvc", "repro"], va, timeout=900)
+    res = va / "results/builtin-va/qshift-tiny-va"
+    files = sorted(p.relative_to(res).as_posix() for p in res.rglob("*.json") if p.parent.name != "tuned")
+    assert files == ["a2v/source/seed42/clean-s0.json", "a2v/source/seed42/rain-s5.json",
+                     "a2v/tcr/seed42/rain-s5.json", "v2a/source/seed42/clean-s0.json",
+                     "v2a/source/seed42/gaussian_noise-s5.json", "v2a/tcr/seed42/gaussian_noise-s5.json",
+                     "v2a/tcr/seed42/in_clip-s0.json"]
+    assert "Video-to-audio retrieval" in (va / "reports/report.md").read_text()
+    assert _dvc_changed(va) == set()
+    params = yaml.safe_load((va / "params.yaml").read_text())
+    params["benchmarks"]["builtin-va"]["streams"]["video"]["in_clip"]["severities"] = [3]
+    (va / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert _dvc_changed(va) == {"corrupt_stream_video@in_clip", "adapt_v2a@source-42", "adapt_v2a@tcr-42",
+                                "observe", "report"}
+    cir = _other_task_repo(tmp_path / "cir", "cir")
+    run(["dvc", "repro"], cir, timeout=900)
+    res = cir / "results/builtin-cir/qshift-tiny-cir/cir"
+    files = sorted(p.relative_to(res).as_posix() for p in res.rglob("*.json"))
+    assert files == ["source/seed42/clean-s0.json", "source/seed42/gaussian_noise-s3.json",
+                     "source/seed42/joint-s0.json", "source/seed42/multimodal-s0.json", "source/seed42/ocr-s2.json",
+                     "tcr/seed42/gaussian_noise-s3.json", "tcr/seed42/joint-s0.json", "tcr/seed42/multimodal-s0.json",
+                     "tcr/seed42/ocr-s2.json"]
+    assert "Composed image retrieval" in (cir / "reports/report.md").read_text()
+    assert _dvc_changed(cir) == set()

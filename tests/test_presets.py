@@ -1,4 +1,4 @@
-"""Benchmark presets: one switch moves the pipeline; DVC is refused what it cannot follow."""
+"""Benchmark presets: one switch moves the pipeline, Snakemake and DVC alike."""
 
 from __future__ import annotations
 
@@ -53,19 +53,61 @@ def test_unknown_benchmark_and_setting_are_named():
         presets.dataset_cfg(cfg)
 
 
-def test_dvc_guard_lists_the_lines_to_copy_and_only_fires_under_dvc():
-    resolved = presets.apply_preset({**BASE, "benchmark": "coco-c"})
-    raw = {**BASE, "benchmark": "coco-c"}
-    presets.dvc_guard(raw, resolved, environ={})  # Snakemake / direct runs: presets are applied, fine
+def _params() -> dict:
+    import yaml
+
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_dvc_guard_refuses_a_dvc_yaml_rendered_for_another_benchmark_and_only_under_dvc(tmp_path):
+    from qshift import pipeline
+
+    raw = _params()
+    (tmp_path / "dvc.yaml").write_text(pipeline.render_dvc(raw))  # rendered for builtin
+    cir = {**raw, "benchmark": "builtin-cir"}
+    resolved = presets.apply_preset(cir)
+    presets.dvc_guard(cir, resolved, environ={})  # Snakemake / direct runs: presets are applied, fine
+    env = {"DVC_STAGE": "prepare", "DVC_ROOT": str(tmp_path)}
     with pytest.raises(ConfigError) as e:
-        presets.dvc_guard(raw, resolved, environ={"DVC_STAGE": "adapt"})
+        presets.dvc_guard(cir, resolved, environ=env)
     msg = str(e.value)
-    assert "model.name: blip   # now tiny" in msg
-    assert "corrupt.image.names: [fog, snow]" in msg and "corrupt.image.severities: [5]" in msg
-    # after copying those values to the top level, DVC's literal reading agrees: no error
-    fixed = presets.deep_merge(raw, {"model": {"name": "blip"},
-                                     "corrupt": {"image": {"names": ["fog", "snow"], "severities": [5]}}})
-    presets.dvc_guard(fixed, presets.apply_preset(fixed), environ={"DVC_STAGE": "adapt"})
+    assert ("dvc.yaml is stale: it was rendered for other params (stages only in the file: adapt_i2t, adapt_t2i, "
+            "corrupt_stream_image, corrupt_stream_text; only for params.yaml's benchmark 'builtin-cir': adapt_cir, "
+            "corrupt_stream_cir)") in msg and "`python -m qshift.pipeline dvc`, then run `dvc repro` again" in msg
+    (tmp_path / "dvc.yaml").write_text(pipeline.render_dvc(cir))  # rendered for it: the stage runs
+    presets.dvc_guard(cir, resolved, environ=env)
+    (tmp_path / "dvc.yaml").write_text(pipeline.render_dvc(raw))
+    coco = {**raw, "benchmark": "coco-c"}  # builtin's stages, other values
+    with pytest.raises(ConfigError, match=r"dvc.yaml is stale: line \d+ differs"):
+        presets.dvc_guard(coco, presets.apply_preset(coco), environ=env)
+
+
+def test_dvc_yaml_writes_out_what_the_preset_sets_and_tracks_it_there():
+    """DVC cannot select benchmarks.<benchmark>: a value the preset sets is written out, and the
+    stages reading it track the preset's key (a key the preset replaces: there only)."""
+    import yaml
+
+    from qshift import pipeline
+
+    raw = _params()
+    default = pipeline.render_dvc(raw)
+    assert "corruption: ${corrupt.image.names}" in default and "models/${model.name}" in default
+    doc = yaml.safe_load(pipeline.render_dvc({**raw, "benchmark": "coco-c"}))["stages"]
+    assert doc["corrupt_images"]["matrix"]["severity"] == [5] and len(doc["corrupt_images"]["matrix"]["corruption"]) == 16
+    assert doc["encode_gallery"]["outs"] == ["data/embeddings/blip-itm-base-coco/${benchmark}/gallery.pt"]
+    adapt = doc["adapt_i2t"]["params"]
+    assert "benchmarks.coco-c.corrupt.image.severities" in adapt and "corrupt.image.severities" not in adapt
+    assert "adapt.batch_size" in adapt and not any(k.startswith("benchmarks.coco-c.adapt.b") for k in adapt)
+    # a fetched model: the fetch stage, as Snakemake's pretrain rule (model keys only)
+    assert doc["pretrain"]["cmd"] == ("python stages/pretrain.py --set model.name=blip-itm-base-coco --set "
+                                      "model.source=hf-blip:Salesforce/blip-itm-base-coco --set model.cache_dir=models/cache")
+    assert doc["pretrain"]["outs"] == ["models/blip-itm-base-coco"]
+    # the other tasks' stages, matrices from the preset's own keys; no streams where none run
+    va = yaml.safe_load(pipeline.render_dvc({**raw, "benchmark": "builtin-va"}))["stages"]
+    assert va["corrupt_audio"]["matrix"] == {"corruption": ["traffic", "rain", "crowd"], "severity": [3, 5]}
+    assert "adapt_i2t" not in va and {"adapt_v2a", "adapt_a2v", "corrupt_stream_video"} <= set(va)
+    qgs = yaml.safe_load(pipeline.render_dvc({**raw, "benchmark": "qgs-coco"}))["stages"]
+    assert qgs["corrupt_stream_image"]["matrix"] == {"stream": []} and qgs["corrupt_images"]["matrix"]["corruption"] == []
 
 
 def test_paper_flags_base_cells_more_than_a_point_off():
@@ -116,10 +158,13 @@ def test_method_hyperparameters_can_differ_per_direction():
         load_params(REPO / "params.yaml", ["methods.tcr={lr: 1.0e-3, by_direction: {x2y: {lr: 1}}}"])
 
 
-def test_dvc_guard_refuses_text_types_that_cannot_run():
-    from qshift.config import load_params
+def test_dvc_yaml_leaves_out_text_types_that_cannot_run():
+    """As Snakemake does (the report lists them as not run): the matrix holds the runnable ones."""
+    import yaml
 
-    cfg = load_params(REPO / "params.yaml", ["corrupt.text.names=[ocr, formal]"])
-    presets.dvc_guard(cfg, cfg, environ={})
-    with pytest.raises(ConfigError, match=r"formal: not run \(no model configured: corrupt.text.models.formal\)"):
-        presets.dvc_guard(cfg, cfg, environ={"DVC_STAGE": "corrupt_text"})
+    from qshift import pipeline
+
+    raw = _params()
+    raw["corrupt"]["text"]["names"] = ["ocr", "formal"]
+    doc = yaml.safe_load(pipeline.render_dvc(raw))["stages"]
+    assert doc["corrupt_text"]["matrix"]["corruption"] == ["ocr"]

@@ -218,9 +218,9 @@ def test_config_grid_and_dvc_guard():
     assert ("v2a", "gaussian_noise") in cells and ("a2v", "rain") in cells and ("v2a", "temporal") in cells
     assert not {c for d, c in cells if d == "a2v"} & {"defocus_blur", "fog"}  # audio queries: audio registry
     assert queries_path(cfg, "v2a", "fog", 5) == "data/queries/builtin-va/video/fog-s5/clips.json"
-    with pytest.raises(ConfigError, match="video-audio retrieval benchmark.*snakemake --cores 2 --config "
-                                          "benchmark=builtin-va"):
-        dvc_guard(raw, cfg, {"DVC_STAGE": "prepare"})
+    with pytest.raises(ConfigError, match="dvc.yaml is stale: it was rendered for other params .*only for "
+                                          "params.yaml's benchmark 'builtin-va': .*adapt_a2v, adapt_v2a"):
+        dvc_guard({**raw, "benchmark": "builtin-va"}, cfg, {"DVC_STAGE": "prepare", "DVC_ROOT": str(REPO)})
     with pytest.raises(ConfigError, match=r"corrupt\.audio\.severities has 6"):
         load_params(REPO / "params.yaml", ["benchmark=builtin-va", "corrupt.audio.severities=[6]"])
     with pytest.raises(Exception, match="audio corruption.*'fog'"):

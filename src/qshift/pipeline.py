@@ -2,9 +2,12 @@
 
 Both orchestrators come from it:
 
-* **DVC** — ``dvc.yaml`` is generated from :data:`STAGES` (``python -m qshift.pipeline dvc``
-  writes it; ``--check`` exits 1 when the committed file is stale, as tests/test_layout.py
-  checks). Never edit dvc.yaml by hand.
+* **DVC** — ``dvc.yaml`` is generated from :data:`STAGES` for params.yaml's benchmark
+  (``python -m qshift.pipeline dvc`` writes it; ``--check`` exits 1 when the file is stale, as
+  tests/test_layout.py checks for the committed one). The selected task's stages only (each
+  stage's ``when``), and every value DVC cannot read from the file's own keys — what the preset
+  sets — written out, its preset key tracked as a parameter. Never edit dvc.yaml by hand; a DVC
+  stage refuses to run while it was rendered for other params (qshift.presets.dvc_guard).
 * **Snakemake** — every rule's rerun trigger, ``params: cfg=``, is :func:`param_hash` of the
   same stage's :attr:`Stage.params`; the rules' paths come from :mod:`qshift.config`'s path
   table, as the stage table's do.
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import config as qc
+from .errors import ConfigError
 from .io import stable_hash, write_text
 from .presets import get_dotted
 
@@ -47,7 +51,7 @@ class Out:
 class Derived:
     """A parameter no single key path names: its DVC keys and its value for a Snakemake job."""
 
-    dvc: tuple[str, ...]
+    dvc: tuple[str, ...] | Callable[[dict], tuple[str, ...]]  # (or of the resolved params)
     value: Callable[[dict, dict], Any]
 
 
@@ -63,6 +67,12 @@ def _method_hparams(cfg: dict, method: str) -> dict:
     return {str(d): qc.method_hparams(cfg, method, d) for d in (None, *qc.DIRECTIONS, *own)}
 
 
+def _dataset_name(cfg: dict) -> str:
+    from .presets import dataset_name
+
+    return dataset_name(cfg) if "benchmarks" in cfg else cfg["benchmark"]
+
+
 def _prebuilt(cfg: dict, wc: dict):
     from .data.prebuilt import prebuilt_dir
 
@@ -71,8 +81,11 @@ def _prebuilt(cfg: dict, wc: dict):
 
 
 DERIVED: dict[str, Derived] = {
-    # the datasets entry the benchmark runs on (DVC cannot index datasets by the benchmark)
-    "dataset": Derived(("benchmark", "benchmarks", "datasets"), lambda cfg, wc: qc.dataset_params(cfg)),
+    # the datasets entry the benchmark runs on (DVC cannot index datasets by the benchmark: the
+    # rendered dvc.yaml names the entry)
+    "dataset": Derived(lambda cfg: ("benchmark", f"benchmarks.{cfg['benchmark']}.dataset",
+                                    f"datasets.{_dataset_name(cfg)}"),
+                       lambda cfg, wc: qc.dataset_params(cfg)),
     # the authors' prebuilt query sets, if the dataset names a folder (datasets.<name>.prebuilt)
     "prebuilt": Derived((), _prebuilt),
     "method": Derived(("methods.${item.method}",), lambda cfg, wc: _method_hparams(cfg, wc["method"])),
@@ -81,8 +94,9 @@ DERIVED: dict[str, Derived] = {
     "stream": Derived(("streams.{side}.${item.stream}",),
                       lambda cfg, wc: ((cfg.get("streams") or {}).get(wc["side"]) or {}).get(wc["stream"])),
     # the video-audio task's user-supplied environmental recordings (a preset key: qshift.va)
-    "audio_noise": Derived((), lambda cfg, wc: [get_dotted(cfg, "corrupt.audio.noise_dir"),
-                                                get_dotted(cfg, "corrupt.audio.bed_rms")]),
+    "audio_noise": Derived(("corrupt.audio.noise_dir", "corrupt.audio.bed_rms"),
+                           lambda cfg, wc: [get_dotted(cfg, "corrupt.audio.noise_dir"),
+                                            get_dotted(cfg, "corrupt.audio.bed_rms")]),
 }
 
 
@@ -104,9 +118,31 @@ class Stage:
     # mem_mb, runtime (minutes), gpu (one GPU per job under SLURM, --gpus=1; ignored by local runs),
     # gpu_model ("" = any GPU; slurm/config.yaml's `set-resources` pins one per site)
     resources: dict[str, Any] = field(default_factory=lambda: {"mem_mb": 2000, "runtime": 30})
-    # False: a Snakemake-only stage, left out of dvc.yaml (DVC's stage list is fixed, so stages of
-    # another task, e.g. adapt_cir, cannot depend on the benchmark there; qshift.presets.dvc_guard)
-    dvc: bool = True
+    # whether the pipeline of the resolved params has the stage (None: every pipeline), e.g. a
+    # direction's adapt stage only where adapt.directions lists it: dvc.yaml is rendered for the
+    # selected benchmark (render_dvc), as Snakemake defines a task's rules only for its grid
+    when: Callable[[dict], bool] | None = None
+    # matrix entries whose values the resolved params decide beyond one key (written out in dvc.yaml)
+    matrix_values: Callable[[dict], dict[str, list]] | None = None
+    command_args: Callable[[dict], str] | None = None  # args the resolved params decide (written out)
+    key: str = ""  # its STAGES key where two stages share a name (default: the name)
+
+
+def _runnable_text(cfg: dict) -> dict[str, list]:
+    """The text types that can run, where some cannot (Snakemake leaves those out; the report lists them)."""
+    from .corrupt.text import available_text_corruptions, not_run_types
+
+    return {"corruption": available_text_corruptions(cfg)} if not_run_types(cfg) else {}
+
+
+def _used_streams(cfg: dict) -> dict[str, list]:
+    """No stream stages where no method runs the streams (streams.methods empty)."""
+    return {} if get_dotted(cfg, "streams.methods") else {"stream": []}
+
+
+def _runs(*directions: str) -> Callable[[dict], bool]:
+    """A stage of the pipelines whose grid has one of ``directions``."""
+    return lambda cfg: any(d in (get_dotted(cfg, "adapt.directions") or []) for d in directions)
 
 
 def _fill(text: str, values: dict[str, Any]) -> str:
@@ -127,13 +163,14 @@ def _query_stages() -> list[Stage]:
               ("seed", "corrupt.image.jpeg_quality", "corrupt.image.implementation", "corrupt.image.mm_robustness",
                "prebuilt"),
               matrix={"corruption": "${corrupt.image.names}", "severity": "${corrupt.image.severities}"},
-              resources={"mem_mb": 2000, "runtime": 60},
+              resources={"mem_mb": 2000, "runtime": 60}, when=_runs("i2t", "t2i", "cir"),
               outs=(Out(_dvc_path(qc.IMAGE_QUERIES, corruption="${item.corruption}", severity="${item.severity}")),)),
         Stage("corrupt_text", "stages/corrupt_text.py", "--corruption ${item.corruption} --level ${item.level}",
               corrupt_code, dataset,
               ("seed", "corrupt.text.models", "corrupt.text.prefixes", "corrupt.text.generation", "corrupt.text.filter",
                "prebuilt"),
               matrix={"corruption": "${corrupt.text.names}", "level": "${corrupt.text.levels}"},
+              when=_runs("i2t", "t2i", "cir"), matrix_values=_runnable_text,
               outs=(Out(_dvc_path(qc.TEXT_QUERIES, corruption="${item.corruption}", severity="${item.level}")),)),
     ]
     for side, direction, pattern, extra in (("image", "i2t", qc.STREAM_IMAGE_QUERIES, ("corrupt.image.jpeg_quality",)),
@@ -142,8 +179,8 @@ def _query_stages() -> list[Stage]:
             f"corrupt_stream_{side}", "stages/corrupt_stream.py", f"--direction {direction} --stream ${{item.stream}}",
             corrupt_code + ("src/qshift/streams.py",), dataset, ("seed", *extra, "stream"),
             matrix={"stream": f"${{streams.{side}}}"}, context={"side": side},
-            resources={"mem_mb": 2000, "runtime": 60 if side == "image" else 30},
-            outs=(Out(_dvc_path(pattern, stream="${item.stream}")),),
+            resources={"mem_mb": 2000, "runtime": 60 if side == "image" else 30}, when=_runs(direction),
+            matrix_values=_used_streams, outs=(Out(_dvc_path(pattern, stream="${item.stream}")),),
             comment="multi-domain query streams (params `streams`), one stage per stream" if side == "image" else ""))
     return stages
 
@@ -167,6 +204,7 @@ def _adapt_stage(direction: str) -> Stage:
               f"streams.{side}"),
         matrix={"method": "${adapt.methods}", "seed": "${seeds}"},
         resources={"mem_mb": 4000, "runtime": 240, **GPU},  # runtime: every cell of the job
+        when=_runs(direction),
         outs=(Out(_dvc_path(folder, direction=direction, method="${item.method}", seed="${item.seed}"),
                   cache=False, persist=True),),
         comment=comment)
@@ -174,52 +212,65 @@ def _adapt_stage(direction: str) -> Stage:
 
 def _adapt_cir_stage() -> Stage:
     """Composed image retrieval (qshift.cir): one job per (method, seed) over the image cells
-    (corrupted references) and the text cells (corrupted modification texts). Snakemake only."""
+    (corrupted references) and the text cells (corrupted modification texts)."""
     base = _adapt_stage("i2t")
     folder = qc.RESULT.rsplit("/", 1)[0]
     return Stage(
         "adapt_cir", base.script, "--method ${item.method} --direction cir --seed ${item.seed}",
         base.code + ("src/qshift/cir.py", "src/qshift/tasks.py", "src/qshift/models/composed.py"), base.inputs,
         base.params, grid=("adapt.clean_methods", "corrupt.image.names", "corrupt.image.severities",
-                           "corrupt.text.names", "corrupt.text.levels", "streams.methods"),
-        # (streams.cir, the preset's composed streams, has no top-level default: the grid keys are DVC's)
-        matrix=base.matrix, resources=base.resources, dvc=False,
+                           "corrupt.text.names", "corrupt.text.levels", "streams.methods", "streams.cir"),
+        matrix=base.matrix, resources=base.resources, when=_runs("cir"),
         outs=(Out(_dvc_path(folder, direction="cir", method="${item.method}", seed="${item.seed}"),
                   cache=False, persist=True),))
 
 
 def _cir_stream_stage() -> Stage:
     """A composed query stream (params ``streams.cir``; qshift.cir_streams): the image cells' and the
-    text cells' corruption settings, as corrupt_images / corrupt_text read them. Snakemake only."""
+    text cells' corruption settings, as corrupt_images / corrupt_text read them."""
     return Stage("corrupt_stream_cir", "stages/corrupt_stream.py", "--direction cir --stream ${item.stream}",
                  ("src/qshift/corrupt", "src/qshift/streams.py", "src/qshift/cir_streams.py"), (qc.DATASET_DIR,),
                  ("seed", "corrupt.image.jpeg_quality", "corrupt.image.implementation", "corrupt.image.mm_robustness",
                   "corrupt.text.models", "corrupt.text.prefixes", "corrupt.text.generation", "corrupt.text.filter",
-                  "stream"), context={"side": "cir"}, resources={"mem_mb": 2000, "runtime": 60}, dvc=False)
+                  "stream"), matrix={"stream": "${streams.cir}"}, context={"side": "cir"},
+                 resources={"mem_mb": 2000, "runtime": 60}, when=_runs("cir"), matrix_values=_used_streams,
+                 outs=(Out(_dvc_path(qc.STREAM_CIR_QUERIES, stream="${item.stream}")),))
 
 
 def _va_stages() -> list[Stage]:
     """Video-audio retrieval (qshift.va; benchmark builtin-va): the corrupted video / audio query sets
-    and streams (stages/corrupt_va.py, clip sets) and one adapt job per (direction, method, seed).
-    Snakemake only (workflow/rules/va.smk); dvc_guard refuses the task under DVC."""
+    (one stage per corruption x severity) and streams (stages/corrupt_va.py, clip sets), and one
+    adapt job per (direction, method, seed). Snakemake: workflow/rules/va.smk."""
+    from . import va as qva
+
     code = ("src/qshift/va.py", "src/qshift/corrupt", "src/qshift/streams.py")
     video = ("seed", "corrupt.image.implementation", "corrupt.image.mm_robustness")
-    out = [Stage("corrupt_video", "stages/corrupt_va.py", "--side video", code, (qc.DATASET_DIR,), video,
-                 resources={"mem_mb": 2000, "runtime": 60}, dvc=False),
-           Stage("corrupt_audio", "stages/corrupt_va.py", "--side audio", code, (qc.DATASET_DIR,),
-                 ("seed", "audio_noise"), resources={"mem_mb": 2000, "runtime": 30}, dvc=False)]
-    for side in ("video", "audio"):
+    out = []
+    for side, direction, params, pattern in (("video", "v2a", video, qva.VIDEO_QUERIES),
+                                             ("audio", "a2v", ("seed", "audio_noise"), qva.AUDIO_QUERIES)):
+        out.append(Stage(
+            f"corrupt_{side}", "stages/corrupt_va.py",
+            f"--side {side} --corruption ${{item.corruption}} --severity ${{item.severity}}", code, (qc.DATASET_DIR,),
+            params, grid=(f"corrupt.{side}.names", f"corrupt.{side}.severities"),
+            matrix={"corruption": f"${{corrupt.{side}.names}}", "severity": f"${{corrupt.{side}.severities}}"},
+            resources={"mem_mb": 2000, "runtime": 60 if side == "video" else 30}, when=_runs(direction),
+            outs=(Out(_dvc_path(pattern, corruption="${item.corruption}", severity="${item.severity}")),)))
+    for side, direction in (("video", "v2a"), ("audio", "a2v")):
         out.append(Stage(f"corrupt_stream_{side}", "stages/corrupt_va.py", f"--side {side} --stream ${{item.stream}}",
                          code, (qc.DATASET_DIR,), (*video, "audio_noise", "stream"), context={"side": side},
-                         resources={"mem_mb": 2000, "runtime": 60}, dvc=False))
+                         matrix={"stream": f"${{streams.{side}}}"}, resources={"mem_mb": 2000, "runtime": 60},
+                         when=_runs(direction), matrix_values=_used_streams,
+                         outs=(Out(_dvc_path(qva.STREAM_QUERIES, side=side, stream="${item.stream}")),)))
     base = _adapt_stage("i2t")
     folder = qc.RESULT.rsplit("/", 1)[0]
-    for direction in ("v2a", "a2v"):
+    for direction, side in (("v2a", "video"), ("a2v", "audio")):
         out.append(Stage(
             f"adapt_{direction}", base.script, f"--method ${{item.method}} --direction {direction} --seed ${{item.seed}}",
             base.code + ("src/qshift/va.py", "src/qshift/tasks.py", "src/qshift/models/video_audio.py",
-                         "src/qshift/models/tiny_va.py"), base.inputs, base.params, matrix=base.matrix,
-            resources=base.resources, dvc=False,
+                         "src/qshift/models/tiny_va.py"), base.inputs, base.params,
+            grid=("adapt.clean_methods", f"corrupt.{side}.names", f"corrupt.{side}.severities", "streams.methods",
+                  f"streams.{side}"),
+            matrix=base.matrix, resources=base.resources, when=_runs(direction),
             outs=(Out(_dvc_path(folder, direction=direction, method="${item.method}", seed="${item.seed}"),
                       cache=False, persist=True),)))
     return out
@@ -244,11 +295,52 @@ def adapt_resources(direction: str, n_methods: int) -> dict[str, Any]:
     return out
 
 
+def _drawn_seeds(cfg: dict) -> list[int]:
+    """The run seeds that draw their own query sets (params seed_corruptions: every seed but ``seed``)."""
+    return [s for s in qc.run_seeds(cfg) if qc.draw_seed(cfg, s) is not None]
+
+
+def _drawn(base: Stage, pattern: str, **fill: str) -> Stage:
+    """``base``'s query sets drawn for another run seed (``--draw-seed``, under ``<kind>-seed<N>/``):
+    one stage per (drawn seed, cell), as Snakemake's ``<rule>_drawn`` jobs (qshift.config.DRAWN)."""
+    def values(cfg: dict) -> dict[str, list]:
+        return {**(base.matrix_values(cfg) if base.matrix_values else {}), "draw": _drawn_seeds(cfg)}
+
+    return Stage(
+        f"{base.name}_drawn", base.script, f"{base.args} --draw-seed ${{item.draw}}", base.code, base.inputs,
+        base.params, base.grid, (Out(_dvc_path(pattern, draw="${item.draw}", **fill)),),
+        matrix={"draw": "${seeds}", **base.matrix}, context=base.context, resources=base.resources,
+        when=lambda cfg: (base.when is None or base.when(cfg)) and bool(_drawn_seeds(cfg)), matrix_values=values)
+
+
+def _drawn_stages(stages: list[Stage]) -> list[Stage]:
+    from . import va as qva
+
+    by = {s.name: s for s in stages}
+    cell = {"corruption": "${item.corruption}", "severity": "${item.severity}"}
+    stream = {"stream": "${item.stream}"}
+    return [_drawn(by["corrupt_images"], qc.DRAWN["image"], **cell),
+            _drawn(by["corrupt_text"], qc.DRAWN["text"], corruption="${item.corruption}", severity="${item.level}"),
+            _drawn(by["corrupt_stream_image"], qc.DRAWN["image-stream"], **stream),
+            _drawn(by["corrupt_stream_text"], qc.DRAWN["text-stream"], **stream),
+            _drawn(by["corrupt_stream_cir"], qc.DRAWN["cir-stream"], **stream),
+            _drawn(by["corrupt_video"], qva.DRAWN["video"], **cell),
+            _drawn(by["corrupt_audio"], qva.DRAWN["audio"], **cell),
+            _drawn(by["corrupt_stream_video"], qva.DRAWN["stream"], side="video", **stream),
+            _drawn(by["corrupt_stream_audio"], qva.DRAWN["stream"], side="audio", **stream)]
+
+
 REPORT_OUTS = ("reports/report.md", "reports/report.html", "reports/figures", "reports/summary.json",
                "reports/plots", "reports/tables")
 
 
 def _stages() -> list[Stage]:
+    stages = _main_stages()
+    at = next(i for i, s in enumerate(stages) if s.name == "observe")
+    return stages[:at] + _drawn_stages(stages) + stages[at:]
+
+
+def _main_stages() -> list[Stage]:
     nocache = dict(cache=False)
     return [
         Stage("download", "stages/download.py", code=("src/qshift/data/download.py", "src/qshift/data/karpathy.py",
@@ -263,11 +355,17 @@ def _stages() -> list[Stage]:
               outs=tuple(Out(f"{qc.EXAMPLES_DIR}/{f}", **nocache)
                          for f in ("contact_sheet.png", "text_examples.md", "examples.json"))),
         Stage("pretrain", "stages/pretrain.py", code=("src/qshift/models",), inputs=(qc.DATASET_DIR,),
-              resources={"mem_mb": 4000, "runtime": 60, "cpus_per_task": 2},
+              resources={"mem_mb": 4000, "runtime": 60, "cpus_per_task": 2}, when=qc.trains_model,
               params=("seed", "amp", "pretrain", "model.source"),
               outs=(Out(qc.MODEL_DIR), Out("reports/pretrain.json", comment=(
                   "the training figures (strings and numbers): an output, not a DVC metric, so\n"
                   "`dvc metrics show` lists only the numeric reports/metrics.json"), **nocache))),
+        # a pretrained source is fetched, not trained: the job reads the model keys only (not the
+        # benchmark), so benchmarks sharing a model share it (workflow/rules/model.smk)
+        Stage("pretrain", "stages/pretrain.py", key="fetch_model", code=("src/qshift/models",),
+              params=("model.name", "model.source", "model.cache_dir"), resources=FETCH_RESOURCES,
+              command_args=lambda cfg: qc.model_overrides(cfg).strip(), when=lambda cfg: not qc.trains_model(cfg),
+              outs=(Out(qc.MODEL_DIR),)),
         *_query_stages(),
         Stage("encode_gallery", "stages/encode_gallery.py", code=("src/qshift/gallery.py",),
               resources={"mem_mb": 4000, "runtime": 60, **GPU},
@@ -302,7 +400,7 @@ def _stages() -> list[Stage]:
 
 
 REPORT_CODE = "src/qshift/report"  # the report package
-STAGES: dict[str, Stage] = {s.name: s for s in _stages()}
+STAGES: dict[str, Stage] = {s.key or s.name: s for s in _stages()}
 
 
 # -- Snakemake: a job's rerun trigger ------------------------------------------------------------
@@ -323,16 +421,15 @@ def param_hash(cfg: dict, stage: str, **wildcards: Any) -> str:
 
 # -- DVC: dvc.yaml, generated --------------------------------------------------------------------
 HEADER = """\
-# QShift pipeline (DVC). GENERATED from the stage table in src/qshift/pipeline.py — do not edit;
-# regenerate with `python -m qshift.pipeline dvc` (tests/test_layout.py fails when this file is
-# stale). The same DAG as workflow/Snakefile: same stage CLIs, same outputs, same parameter keys
-# (tests/test_pipeline.py::test_snakemake_and_dvc_describe_the_same_dag). Every value comes from params.yaml.
+# QShift pipeline (DVC). GENERATED from the stage table in src/qshift/pipeline.py and params.yaml's
+# benchmark ({benchmark}) — do not edit; regenerate with `python -m qshift.pipeline dvc` after switching
+# the benchmark (a stage refuses to run while this file is stale; tests/test_layout.py checks the
+# committed one). The same DAG as workflow/Snakefile: same stage CLIs, same outputs, same parameter
+# keys (tests/test_pipeline.py::test_snakemake_and_dvc_describe_the_same_dag). Values come from
+# params.yaml: `${{key}}` where the file's own key holds the value, a literal where the preset sets it.
 #   dvc repro                                  # run what is out of date
 #   dvc exp run -S '++methods.tcr.lr=1e-3'     # an experiment with one value changed
 #   dvc exp show ; dvc metrics show ; dvc plots show   # reports/metrics.json, reports/plots/
-# The image-text task's stages only: the composed image retrieval task (benchmark builtin-cir,
-# stage adapt_cir) and the video-audio task (benchmark builtin-va: corrupt_video, corrupt_audio,
-# adapt_v2a, adapt_a2v) run under Snakemake, since a DVC stage list cannot depend on the benchmark.
 """
 
 PLOTS = """\
@@ -349,19 +446,86 @@ plots:
       title: Cumulative R@1 (%) along the query stream (mean over the corruption cells)
 """
 
+_MISSING = object()
+_INTERP = re.compile(r"\$\{([A-Za-z_][\w.-]*)\}")
+
+
+def _lookup(cfg: dict, dotted: str) -> Any:
+    """``cfg``'s value at a dotted key path, :data:`_MISSING` where there is none (not ``None``)."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _literal(value: Any) -> str:
+    """A value written into dvc.yaml: a list in flow style (a mapping as its keys), a scalar as is."""
+    if isinstance(value, dict):
+        value = list(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class _Render:
+    """What dvc.yaml is rendered for: params.yaml as DVC reads it and the preset's overlay."""
+
+    raw: dict
+    resolved: dict
+    preset: str | None
+    overlay: dict
+
+    @classmethod
+    def of(cls, raw: dict) -> "_Render":
+        from .presets import apply_preset, overlay_of, preset
+
+        if "benchmarks" not in raw:
+            return cls(raw, raw, None, {})
+        return cls(raw, apply_preset(raw), raw.get("benchmark"), overlay_of(preset(raw)))
+
+    def value(self, match: re.Match, matrix: bool = False) -> str:
+        """A ``${key}`` DVC reads from params.yaml as is, or the resolved value where the preset
+        sets it (DVC cannot select ``benchmarks.<benchmark>``); a mapping as a matrix: its keys,
+        an absent one an empty matrix (no stages: e.g. a side without streams)."""
+        key = match[1]
+        raw, value = _lookup(self.raw, key), _lookup(self.resolved, key)
+        if key.startswith("item.") or (raw is not _MISSING and raw == value):
+            return match[0]
+        if value is _MISSING and not matrix:
+            raise ConfigError(f"params: {key} is not set (dvc.yaml's stages read it); benchmark "
+                              f"{self.preset!r} runs a stage that needs it")
+        return _literal([] if value is _MISSING or value is None else value)
+
+    def params(self, s: Stage) -> list[str]:
+        """The stage's DVC params: the file's own keys, and ``benchmarks.<preset>.<key>`` where the
+        preset sets (part of) one, so an edited preset reruns what reads it."""
+        keys: list[str] = []
+        for key in (*s.params, *s.grid):
+            dvc = DERIVED[key].dvc if key in DERIVED else (key,)
+            for k in (dvc(self.resolved) if callable(dvc) else dvc):
+                k = _fill(k, s.context)
+                static = k.split(".${", 1)[0]
+                found = [k] if _lookup(self.raw, static) is not _MISSING else []
+                parts = static.split(".")  # the preset sets the key (or under it), or a value above it
+                hit = static if _lookup(self.overlay, static) is not _MISSING else next(
+                    (p for p in (".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1))
+                     if not isinstance(_lookup(self.overlay, p), dict) and _lookup(self.overlay, p) is not _MISSING),
+                    None)
+                if hit is not None:  # a value the preset replaces outright is tracked there only
+                    replaced = hit != static or not isinstance(_lookup(self.overlay, static), dict)
+                    found = [] if replaced and k == static else found
+                    found.append(f"benchmarks.{self.preset}.{hit}")
+                keys += [f for f in found if f not in keys]
+        if "benchmarks" in keys:
+            keys = [k for k in keys if not k.startswith("benchmarks.")]
+        return keys
+
 
 def _comment(text: str, indent: str) -> list[str]:
     return [f"{indent}# {line}" for line in text.splitlines()] if text else []
-
-
-def _dvc_params(s: Stage) -> list[str]:
-    keys: list[str] = []
-    for key in (*s.params, *s.grid):
-        for k in (DERIVED[key].dvc if key in DERIVED else (key,)):
-            k = _fill(k, s.context)
-            if k not in keys:
-                keys.append(k)
-    return keys
 
 
 def _dvc_outs(outs: tuple[Out, ...]) -> list[str]:
@@ -378,46 +542,97 @@ def _dvc_outs(outs: tuple[Out, ...]) -> list[str]:
     return lines
 
 
-def _dvc_stage(s: Stage) -> list[str]:
+def _dvc_stage(s: Stage, r: _Render) -> list[str]:
     lines = _comment(s.comment, "  ") + [f"  {s.name}:"]
     if s.matrix:
-        lines += ["    matrix:"] + [f"      {k}: {v}" for k, v in s.matrix.items()]
-    lines.append(f"    cmd: python {s.script}" + (f" {s.args}" if s.args else ""))
+        fixed = s.matrix_values(r.resolved) if s.matrix_values else {}
+        lines += ["    matrix:"] + [f"      {k}: " + (_literal(fixed[k]) if k in fixed else
+                                                    _INTERP.sub(lambda m: r.value(m, matrix=True), v))
+                                    for k, v in s.matrix.items()]
+    args = s.command_args(r.resolved) if s.command_args else s.args
+    lines.append(f"    cmd: python {s.script}" + (f" {args}" if args else ""))
     lines += ["    deps:"] + [f"      - {d}" for d in (s.script, *s.code, *(_dvc_path(p) for p in s.inputs))]
-    params = _dvc_params(s)
+    params = r.params(s)
     if params:
         lines += ["    params:"] + [f"      - {k}" for k in params]
     lines += ["    outs:"] + _dvc_outs(s.outs)
     if s.metrics:
         lines += ["    metrics:"] + _dvc_outs(s.metrics)
-    return lines
+    return [_INTERP.sub(r.value, line) for line in lines]
 
 
-def render_dvc() -> str:
-    """dvc.yaml's text, from :data:`STAGES`."""
-    lines = HEADER.splitlines() + ["stages:"]
-    for i, s in enumerate(st for st in STAGES.values() if st.dvc):
-        lines += ([""] if i else []) + _dvc_stage(s)
-    return "\n".join(lines) + "\n\n" + PLOTS
+def dvc_stages(raw: dict) -> list[Stage]:
+    """The stages of the pipeline params.yaml (``raw``, as DVC reads it) selects."""
+    resolved = _Render.of(raw).resolved
+    return [s for s in STAGES.values() if s.when is None or s.when(resolved)]
+
+
+def render_dvc(raw: dict | None = None) -> str:
+    """dvc.yaml's text, from :data:`STAGES`, for ``raw`` (default: ./params.yaml): the stages of
+    the benchmark it selects, each value DVC cannot take from the file itself written out."""
+    if raw is None:
+        raw = read_params()
+    r = _Render.of(raw)
+    lines = HEADER.format(benchmark=raw.get("benchmark", "builtin")).splitlines() + ["stages:"]
+    for i, s in enumerate(dvc_stages(raw)):
+        lines += ([""] if i else []) + _dvc_stage(s, r)
+    plots = _INTERP.sub(r.value, PLOTS)
+    return "\n".join(lines) + "\n\n" + plots
+
+
+def read_params(path: str | Path = "params.yaml") -> dict:
+    import yaml
+
+    try:
+        with open(path) as fh:
+            return yaml.safe_load(fh) or {}
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the params file ({e.strerror})") from None
+
+
+def stale_dvc(raw: dict, path: str | Path = DVC_FILE) -> str | None:
+    """Why ``path`` is not dvc.yaml as rendered for ``raw`` (``None``: it is): the stages that
+    differ, or the first differing line."""
+    want = render_dvc(raw)
+    try:
+        have = Path(path).read_text()
+    except OSError:
+        return "the file is missing"
+    if have == want:
+        return None
+    names = lambda text: set(re.findall(r"^  (\w+):$", text, re.M))  # noqa: E731
+    only_file, only_params = sorted(names(have) - names(want)), sorted(names(want) - names(have))
+    if only_file or only_params:
+        return (f"it was rendered for other params (stages only in the file: {', '.join(only_file) or '-'}; "
+                f"only for params.yaml's benchmark {raw.get('benchmark')!r}: {', '.join(only_params) or '-'})")
+    line = next(i for i, (a, b) in enumerate(zip(have.splitlines() + [""], want.splitlines() + [""])) if a != b)
+    return f"line {line + 1} differs from the stage table rendered for params.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m qshift.pipeline", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    dvc = sub.add_parser("dvc", help="write dvc.yaml from the stage table")
+    dvc = sub.add_parser("dvc", help="write dvc.yaml from the stage table, for params.yaml's benchmark")
     dvc.add_argument("--check", action="store_true", help="only check: exit 1 if dvc.yaml is stale")
     dvc.add_argument("--file", default=DVC_FILE)
+    dvc.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
     args = ap.parse_args(argv)
-    text = render_dvc()
-    path = Path(args.file)
-    if args.check:
-        if not path.exists() or path.read_text() != text:
-            print(f"{path} is stale: regenerate it with `python -m qshift.pipeline dvc`", file=sys.stderr)
-            return 1
-        print(f"{path} is up to date with the stage table")
-        return 0
-    write_text(path, text)
-    print(f"wrote {path} ({sum(st.dvc for st in STAGES.values())} stages)")
+    try:
+        raw = read_params(args.params)
+        if args.check:
+            why = stale_dvc(raw, args.file)
+            if why:
+                print(f"{args.file} is stale ({why}): regenerate it with `python -m qshift.pipeline dvc`",
+                      file=sys.stderr)
+                return 1
+            print(f"{args.file} is up to date with the stage table and {args.params}")
+            return 0
+        text = render_dvc(raw)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    write_text(Path(args.file), text)
+    print(f"wrote {args.file} ({len(dvc_stages(raw))} stages, benchmark {raw.get('benchmark')!r})")
     return 0
 
 

@@ -25,9 +25,10 @@ Settings:
   QGS table).
 
 DVC's templating reads ``params.yaml`` literally and cannot index a mapping by another
-parameter (``${benchmarks.${benchmark}}`` is not supported), so under ``dvc repro`` a preset
-that changes a key ``dvc.yaml`` interpolates is refused with the exact lines to copy into the
-file's top level (:func:`dvc_guard`). Snakemake applies presets itself.
+parameter (``${benchmarks.${benchmark}}`` is not supported), so ``dvc.yaml`` is rendered for the
+selected benchmark (``python -m qshift.pipeline dvc``: its stages, and the preset's values written
+out where the file's own keys do not hold them); a DVC stage refuses to run while dvc.yaml was
+rendered for other params (:func:`dvc_guard`). Snakemake applies presets itself.
 """
 
 from __future__ import annotations
@@ -36,17 +37,12 @@ import copy
 import os
 from typing import Any
 
-import yaml
-
 from .errors import ConfigError
 
 SETTINGS = ("query-shift", "query-gallery-shift")
 QUERY_SHIFT, QUERY_GALLERY_SHIFT = SETTINGS
 # keys of a preset that are not params overlays but describe the benchmark itself
 META_KEYS = ("dataset", "setting", "description")
-# keys dvc.yaml interpolates (paths and matrices): DVC cannot follow a preset that changes them
-DVC_KEYS = ("model.name", "corrupt.image.names", "corrupt.image.severities", "corrupt.text.names",
-            "corrupt.text.levels", "adapt.methods", "adapt.clean_methods", "adapt.directions", "seeds")
 
 
 def deep_merge(base: dict, overlay: dict) -> dict:
@@ -116,46 +112,17 @@ def get_dotted(cfg: dict, dotted: str) -> Any:
 
 
 def dvc_guard(raw: dict, resolved: dict, environ: dict | None = None) -> None:
-    """Refuse to run a DVC stage whose DAG (read literally from params.yaml) disagrees with
-    the resolved params — the stage would compute something the DAG does not describe — or
-    lists a text type that cannot run (the matrix cannot skip it)."""
+    """Refuse to run a DVC stage whose dvc.yaml was rendered for other params (another benchmark:
+    the stage list and the values DVC cannot read from the file differ; ``python -m
+    qshift.pipeline dvc`` renders it anew)."""
     environ = os.environ if environ is None else environ
     if "DVC_STAGE" not in environ:
         return
-    from .corrupt.text import not_run_types
+    from pathlib import Path
 
-    from .config import draw_seed, run_seeds
-    from .tasks import is_cir
+    from .pipeline import DVC_FILE, stale_dvc
 
-    if is_cir(resolved):
-        raise ConfigError(f"benchmark {resolved.get('benchmark')!r} is a composed image retrieval (cir) benchmark: "
-                          f"dvc.yaml holds the image-text stages only (its stage list cannot depend on the "
-                          f"benchmark); run it with Snakemake: snakemake --cores 2 --config "
-                          f"benchmark={resolved.get('benchmark')}")
-    from .tasks import cfg_task
-
-    if cfg_task(resolved).name == "video-audio":
-        raise ConfigError(f"benchmark {resolved.get('benchmark')!r} is a video-audio retrieval benchmark: dvc.yaml "
-                          f"holds the image-text stages only (its stage list cannot depend on the benchmark); run "
-                          f"it with Snakemake: snakemake --cores 2 --config benchmark={resolved.get('benchmark')}")
-    if resolved.get("seed_corruptions") and any(draw_seed(resolved, s) is not None for s in run_seeds(resolved)):
-        raise ConfigError("seed_corruptions: true needs query sets drawn per run seed, which dvc.yaml (a fixed "
-                          "stage list) has no stages for; run the pipeline with Snakemake (`snakemake --cores 2`), "
-                          "or set seed_corruptions: false under DVC")
-    skipped = not_run_types(resolved)  # dvc.yaml's matrix runs every listed text type
-    if skipped:
-        raise ConfigError("dvc.yaml runs every name in corrupt.text.names, but these cannot run: "
-                          + "; ".join(f"{n}: {why}" for n, why in skipped.items())
-                          + ". Configure their models or remove them from corrupt.text.names "
-                            "(Snakemake leaves them out and the report lists them as not run).")
-    diffs = [(k, get_dotted(raw, k), get_dotted(resolved, k)) for k in DVC_KEYS
-             if get_dotted(raw, k) != get_dotted(resolved, k)]
-    if not diffs:
-        return
-    lines = "\n".join(f"  {k}: {yaml.safe_dump(new, default_flow_style=True).strip().removesuffix('...').strip()}"
-                      f"   # now {yaml.safe_dump(old, default_flow_style=True).strip().removesuffix('...').strip()}"
-                      for k, old, new in diffs)
-    raise ConfigError(
-        f"benchmark {resolved.get('benchmark')!r} changes keys that dvc.yaml reads literally, and DVC's templating "
-        f"cannot select them by the 'benchmark' switch. Set them at the top level of params.yaml (or run the "
-        f"pipeline with `snakemake --config benchmark={resolved.get('benchmark')}`, which applies presets):\n{lines}")
+    why = stale_dvc(raw, Path(environ.get("DVC_ROOT") or ".") / DVC_FILE)
+    if why:
+        raise ConfigError(f"{DVC_FILE} is stale: {why}. Render it for params.yaml (benchmark {resolved.get('benchmark')!r}) with "
+                          f"`python -m qshift.pipeline dvc`, then run `dvc repro` again")
