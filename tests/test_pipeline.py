@@ -452,8 +452,10 @@ def test_snakemake_report_has_the_figures_and_tables(snake_repo):
 DRAWN = {"seeds": [42, 7], "seed_corruptions": True}
 
 
-@pytest.mark.parametrize("benchmark,extra", [("builtin-cir", {}), ("builtin-va", DRAWN), ("coco-c", {}),
-                                             ("builtin", DRAWN)], ids=["cir", "va-drawn", "coco-c", "drawn"])
+@pytest.mark.parametrize("benchmark,extra", [
+    pytest.param("builtin-cir", {}, id="cir"), pytest.param("builtin-va", DRAWN, id="va-drawn"),
+    pytest.param("coco-c", {}, id="coco-c", marks=pytest.mark.slow),
+    pytest.param("builtin", DRAWN, id="drawn", marks=pytest.mark.slow)])
 def test_dvc_yaml_rendered_for_a_preset_is_the_dag_snakemake_runs(tmp_path, benchmark, extra):
     """`python -m qshift.pipeline dvc` for another preset (its full grid; coco-c: a fetched BLIP and
     the preset's values written out; seed_corruptions: seed 7's own draws of every query set):
