@@ -283,6 +283,13 @@ def test_tasks_keep_image_text_as_it_was():
 
 # -- one builtin-cir pipeline, through Snakemake -------------------------------------------------------
 
+# what a tiny_cir_params pipeline writes under results/builtin-cir/qshift-tiny-cir/cir/ (either orchestrator)
+TINY_CIR_RESULTS = ["source/seed42/clean-s0.json", "source/seed42/gaussian_noise-s3.json",
+                    "source/seed42/joint-s0.json", "source/seed42/multimodal-s0.json", "source/seed42/ocr-s2.json",
+                    "tcr/seed42/gaussian_noise-s3.json", "tcr/seed42/joint-s0.json", "tcr/seed42/multimodal-s0.json",
+                    "tcr/seed42/ocr-s2.json"]
+
+
 def tiny_cir_params(params: dict) -> dict:
     p = yaml.safe_load(yaml.safe_dump(params))
     p["benchmark"] = "builtin-cir"
@@ -308,10 +315,7 @@ def test_builtin_cir_runs_through_snakemake(tmp_path):
     run(["snakemake", "--cores", "2"], repo, timeout=600)
     res = repo / "results/builtin-cir/qshift-tiny-cir/cir"
     files = sorted(p.relative_to(res).as_posix() for p in res.rglob("*.json"))
-    assert files == ["source/seed42/clean-s0.json", "source/seed42/gaussian_noise-s3.json",
-                     "source/seed42/joint-s0.json", "source/seed42/multimodal-s0.json", "source/seed42/ocr-s2.json",
-                     "tcr/seed42/gaussian_noise-s3.json", "tcr/seed42/joint-s0.json", "tcr/seed42/multimodal-s0.json",
-                     "tcr/seed42/ocr-s2.json"]
+    assert files == TINY_CIR_RESULTS
     # the joint stream: a third domain shifting both parts of the query at once
     joint = json.loads((res / "source/seed42/joint-s0.json").read_text())
     assert list(joint["metrics_by_domain"]) == ["gaussian_noise-s3", "ocr-s2", "gaussian_noise-s3+ocr-s2"]

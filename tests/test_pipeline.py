@@ -494,14 +494,14 @@ def test_dvc_repro_runs_the_video_audio_and_composed_tasks(tmp_path):
     """`dvc repro` on builtin-va and builtin-cir (tiny): every results file Snakemake's run makes
     (tests test_va / test_cir list them), then nothing to do; an edited preset stream reruns its
     stream stage and the adapt stages of its direction only."""
+    from test_cir import TINY_CIR_RESULTS
+    from test_va import TINY_VA_RESULTS
+
     va = _other_task_repo(tmp_path / "va", "va")
     run(["dvc", "repro"], va, timeout=900)
     res = va / "results/builtin-va/qshift-tiny-va"
     files = sorted(p.relative_to(res).as_posix() for p in res.rglob("*.json") if p.parent.name != "tuned")
-    assert files == ["a2v/source/seed42/clean-s0.json", "a2v/source/seed42/rain-s5.json",
-                     "a2v/tcr/seed42/rain-s5.json", "v2a/source/seed42/clean-s0.json",
-                     "v2a/source/seed42/gaussian_noise-s5.json", "v2a/tcr/seed42/gaussian_noise-s5.json",
-                     "v2a/tcr/seed42/in_clip-s0.json"]
+    assert files == TINY_VA_RESULTS
     assert "Video-to-audio retrieval" in (va / "reports/report.md").read_text()
     assert _dvc_changed(va) == set()
     params = yaml.safe_load((va / "params.yaml").read_text())
@@ -513,9 +513,6 @@ def test_dvc_repro_runs_the_video_audio_and_composed_tasks(tmp_path):
     run(["dvc", "repro"], cir, timeout=900)
     res = cir / "results/builtin-cir/qshift-tiny-cir/cir"
     files = sorted(p.relative_to(res).as_posix() for p in res.rglob("*.json"))
-    assert files == ["source/seed42/clean-s0.json", "source/seed42/gaussian_noise-s3.json",
-                     "source/seed42/joint-s0.json", "source/seed42/multimodal-s0.json", "source/seed42/ocr-s2.json",
-                     "tcr/seed42/gaussian_noise-s3.json", "tcr/seed42/joint-s0.json", "tcr/seed42/multimodal-s0.json",
-                     "tcr/seed42/ocr-s2.json"]
+    assert files == TINY_CIR_RESULTS
     assert "Composed image retrieval" in (cir / "reports/report.md").read_text()
     assert _dvc_changed(cir) == set()

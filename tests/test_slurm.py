@@ -310,69 +310,42 @@ def test_dvc_adopts_the_slurm_outputs(slurm_repo):
 
 
 @pytest.mark.slow
-def test_the_video_audio_task_runs_as_slurm_jobs(cluster, tmp_path):
-    """The built-in video-audio benchmark (tiny) through `snakemake --profile slurm`: its own
-    corruption rules and the v2a/a2v adapt jobs as SLURM jobs (one per method x direction, a GPU
+@pytest.mark.parametrize("task", ["video-audio", "cir"])
+def test_the_other_tasks_run_as_slurm_jobs(cluster, tmp_path, task):
+    """The built-in video-audio and CIR benchmarks (tiny) through `snakemake --profile slurm`: each
+    task's own corruption rules and its adapt jobs as SLURM jobs (one per method x direction, a GPU
     each), every results file from one of them; a rerun does nothing."""
+    from test_cir import tiny_cir_params
     from test_va import tiny_va_params
 
     from qshift.config import load_params, runs
 
+    tiny, rules, directions, n_files, heading = {
+        "video-audio": (tiny_va_params, ("corrupt_video", "corrupt_audio", "pretrain", "encode_gallery", "report"),
+                        {"v2a", "a2v"}, 7, "Video-to-audio retrieval"),
+        "cir": (tiny_cir_params, ("corrupt_images", "corrupt_text", "corrupt_stream_cir", "pretrain",
+                                  "encode_gallery", "tune", "report"), {"cir"}, 9, "Composed image retrieval")}[task]
     repo = make_repo(tmp_path)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_va_params(params), sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny(params), sort_keys=False))
     before = job_ids()
     run(SNAKE, repo, timeout=900)
     jobs = {int(j["JobID"]): j for j in squeue("JobID,State,Comment:200,tres-per-job") if int(j["JobID"]) not in before}
     assert jobs and all(j["State"] == "COMPLETED" for j in jobs.values()), jobs
     comments = [j["Comment"] for j in jobs.values()]
-    for rule in ("corrupt_video", "corrupt_audio", "pretrain", "encode_gallery", "report"):
+    for rule in rules:
         assert any(c.startswith(f"rule_{rule}") for c in comments), (rule, comments)
     cfg = load_params(repo / "params.yaml")
     grid = {(r.method, r.direction) for r in runs(cfg)}
-    assert {d for _, d in grid} == {"v2a", "a2v"}
+    assert {d for _, d in grid} == directions
     adapt = {j: v for j, v in jobs.items() if v["Comment"].startswith("rule_adapt_")}
     assert sorted(v["Comment"].split("_wildcards")[0] for v in adapt.values()) == sorted(
         f"rule_adapt_{d}_{m}" for m, d in grid), comments
     assert all(v["tres-per-job"] == "gres:gpu:1" for v in adapt.values()), adapt
     files = [repo / r.result_path for r in runs(cfg)]
-    assert len(files) == 7
+    assert len(files) == n_files
     for path in files:
         doc = json.loads(path.read_text())
         assert doc["status"] == "ok" and int(doc["env"]["slurm_job_id"]) in adapt, path
-    assert "Video-to-audio retrieval" in (repo / "reports/report.md").read_text()
-    assert planned(repo) == {}
-
-
-@pytest.mark.slow
-def test_the_composed_image_retrieval_task_runs_as_slurm_jobs(cluster, tmp_path):
-    """The built-in CIR benchmark (tiny) through `snakemake --profile slurm`: its composed stream
-    rule and one adapt job per method (a GPU each) as SLURM jobs, every results file from one of
-    them; a rerun does nothing."""
-    from test_cir import tiny_cir_params
-
-    from qshift.config import load_params, runs
-
-    repo = make_repo(tmp_path)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_cir_params(params), sort_keys=False))
-    before = job_ids()
-    run(SNAKE, repo, timeout=900)
-    jobs = {int(j["JobID"]): j for j in squeue("JobID,State,Comment:200,tres-per-job") if int(j["JobID"]) not in before}
-    assert jobs and all(j["State"] == "COMPLETED" for j in jobs.values()), jobs
-    comments = [j["Comment"] for j in jobs.values()]
-    for rule in ("corrupt_images", "corrupt_text", "corrupt_stream_cir", "pretrain", "encode_gallery", "tune",
-                 "report"):
-        assert any(c.startswith(f"rule_{rule}") for c in comments), (rule, comments)
-    cfg = load_params(repo / "params.yaml")
-    adapt = {j: v for j, v in jobs.items() if v["Comment"].startswith("rule_adapt_")}
-    assert sorted(v["Comment"].split("_wildcards")[0] for v in adapt.values()) == sorted(
-        f"rule_adapt_cir_{m}" for m in {r.method for r in runs(cfg)}), comments
-    assert all(v["tres-per-job"] == "gres:gpu:1" for v in adapt.values()), adapt
-    files = [repo / r.result_path for r in runs(cfg)]
-    assert len(files) == 9
-    for path in files:
-        doc = json.loads(path.read_text())
-        assert doc["status"] == "ok" and int(doc["env"]["slurm_job_id"]) in adapt, path
-    assert "Composed image retrieval" in (repo / "reports/report.md").read_text()
+    assert heading in (repo / "reports/report.md").read_text()
     assert planned(repo) == {}

@@ -323,6 +323,13 @@ def test_seed_corruptions_draws_the_query_sets_and_streams_per_run_seed(tmp_path
 
 # -- end to end -----------------------------------------------------------------------------------
 
+# what a tiny_va_params pipeline writes under results/builtin-va/qshift-tiny-va/ (either orchestrator)
+TINY_VA_RESULTS = ["a2v/source/seed42/clean-s0.json", "a2v/source/seed42/rain-s5.json",
+                   "a2v/tcr/seed42/rain-s5.json", "v2a/source/seed42/clean-s0.json",
+                   "v2a/source/seed42/gaussian_noise-s5.json", "v2a/tcr/seed42/gaussian_noise-s5.json",
+                   "v2a/tcr/seed42/in_clip-s0.json"]
+
+
 def tiny_va_params(params: dict) -> dict:
     p = yaml.safe_load(yaml.safe_dump(params))
     p["benchmark"] = "builtin-va"
@@ -351,10 +358,7 @@ def test_builtin_va_runs_through_snakemake(tmp_path):
     run(["snakemake", "--cores", "2"], repo, timeout=600)
     res = repo / "results/builtin-va/qshift-tiny-va"
     files = sorted(p.relative_to(res).as_posix() for p in res.rglob("*.json") if p.parent.name != "tuned")
-    assert files == ["a2v/source/seed42/clean-s0.json", "a2v/source/seed42/rain-s5.json",
-                     "a2v/tcr/seed42/rain-s5.json", "v2a/source/seed42/clean-s0.json",
-                     "v2a/source/seed42/gaussian_noise-s5.json", "v2a/tcr/seed42/gaussian_noise-s5.json",
-                     "v2a/tcr/seed42/in_clip-s0.json"]
+    assert files == TINY_VA_RESULTS
     clean = json.loads((res / "v2a/source/seed42/clean-s0.json").read_text())
     assert clean["key"]["direction"] == "v2a" and set(clean["metrics"]) == {"R@1", "R@5", "R@10"}
     assert clean["n_queries"] == 64 and clean["n_gallery"] == 64

@@ -32,7 +32,7 @@ from typing import Any, Callable
 from . import config as qc
 from .errors import ConfigError
 from .io import stable_hash, write_text
-from .presets import get_dotted
+from .presets import MISSING, get_dotted, lookup
 
 DVC_FILE = "dvc.yaml"
 # DVC's spelling of the wildcards a path pattern or key may contain
@@ -446,18 +446,7 @@ plots:
       title: Cumulative R@1 (%) along the query stream (mean over the corruption cells)
 """
 
-_MISSING = object()
 _INTERP = re.compile(r"\$\{([A-Za-z_][\w.-]*)\}")
-
-
-def _lookup(cfg: dict, dotted: str) -> Any:
-    """``cfg``'s value at a dotted key path, :data:`_MISSING` where there is none (not ``None``)."""
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
 
 
 def _literal(value: Any) -> str:
@@ -491,13 +480,13 @@ class _Render:
         sets it (DVC cannot select ``benchmarks.<benchmark>``); a mapping as a matrix: its keys,
         an absent one an empty matrix (no stages: e.g. a side without streams)."""
         key = match[1]
-        raw, value = _lookup(self.raw, key), _lookup(self.resolved, key)
-        if key.startswith("item.") or (raw is not _MISSING and raw == value):
+        raw, value = lookup(self.raw, key), lookup(self.resolved, key)
+        if key.startswith("item.") or (raw is not MISSING and raw == value):
             return match[0]
-        if value is _MISSING and not matrix:
+        if value is MISSING and not matrix:
             raise ConfigError(f"params: {key} is not set (dvc.yaml's stages read it); benchmark "
                               f"{self.preset!r} runs a stage that needs it")
-        return _literal([] if value is _MISSING or value is None else value)
+        return _literal([] if value is MISSING or value is None else value)
 
     def params(self, s: Stage) -> list[str]:
         """The stage's DVC params: the file's own keys, and ``benchmarks.<preset>.<key>`` where the
@@ -508,14 +497,14 @@ class _Render:
             for k in (dvc(self.resolved) if callable(dvc) else dvc):
                 k = _fill(k, s.context)
                 static = k.split(".${", 1)[0]
-                found = [k] if _lookup(self.raw, static) is not _MISSING else []
+                found = [k] if lookup(self.raw, static) is not MISSING else []
                 parts = static.split(".")  # the preset sets the key (or under it), or a value above it
-                hit = static if _lookup(self.overlay, static) is not _MISSING else next(
+                hit = static if lookup(self.overlay, static) is not MISSING else next(
                     (p for p in (".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1))
-                     if not isinstance(_lookup(self.overlay, p), dict) and _lookup(self.overlay, p) is not _MISSING),
+                     if not isinstance(lookup(self.overlay, p), dict) and lookup(self.overlay, p) is not MISSING),
                     None)
                 if hit is not None:  # a value the preset replaces outright is tracked there only
-                    replaced = hit != static or not isinstance(_lookup(self.overlay, static), dict)
+                    replaced = hit != static or not isinstance(lookup(self.overlay, static), dict)
                     found = [] if replaced and k == static else found
                     found.append(f"benchmarks.{self.preset}.{hit}")
                 keys += [f for f in found if f not in keys]

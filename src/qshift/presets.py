@@ -101,14 +101,22 @@ def setting(cfg: dict) -> str:
     return value
 
 
-def get_dotted(cfg: dict, dotted: str) -> Any:
-    """``cfg``'s value at a dotted key path (``adapt.batch_size``); ``None`` where it is absent."""
+MISSING = object()  # lookup's default: tells an absent key from a null value
+
+
+def lookup(cfg: dict, dotted: str, default: Any = MISSING) -> Any:
+    """``cfg``'s value at a dotted key path (``adapt.batch_size``); ``default`` where it is absent."""
     node: Any = cfg
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            return None
+            return default
         node = node[part]
     return node
+
+
+def get_dotted(cfg: dict, dotted: str) -> Any:
+    """``cfg``'s value at a dotted key path; ``None`` where it is absent."""
+    return lookup(cfg, dotted, None)
 
 
 def dvc_guard(raw: dict, resolved: dict, environ: dict | None = None) -> None:
