@@ -391,7 +391,9 @@ def test_builtin_va_runs_through_snakemake(tmp_path):
     assert "NaN/inf samples" in proc.stderr and "rain-s5/clips.json" in proc.stderr
     proc = subprocess.run(["python", "stages/prepare.py"], cwd=repo, env={**env(), "DVC_STAGE": "prepare"},
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "run it with Snakemake" in proc.stderr
+    # under DVC while dvc.yaml is builtin's (not rendered for builtin-va): refused with the way to render it
+    assert proc.returncode == 2 and "dvc.yaml is stale" in proc.stderr and "adapt_v2a" in proc.stderr
+    assert "python -m qshift.pipeline dvc" in proc.stderr
 
 
 def test_a_by_direction_override_reruns_the_video_audio_adapt_jobs_and_no_image_text_one(tmp_path):
