@@ -61,8 +61,9 @@ def test_dvc_yaml_is_generated_from_the_stage_table():
     """dvc.yaml is the stage table rendered; a hand edit (or a table change without regenerating)
     fails here with the command that fixes it."""
     from qshift import pipeline
+    from qshift.config import read_raw_params
 
-    assert (REPO / "dvc.yaml").read_text() == pipeline.render_dvc(pipeline.read_params(REPO / "params.yaml")), \
+    assert (REPO / "dvc.yaml").read_text() == pipeline.render_dvc(read_raw_params(REPO / "params.yaml")), \
         "dvc.yaml is stale: regenerate it with `python -m qshift.pipeline dvc`"
     proc = subprocess.run([sys.executable, "-m", "qshift.pipeline", "dvc", "--check"], cwd=REPO,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})

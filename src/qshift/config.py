@@ -88,7 +88,8 @@ def default_params_path() -> str:
     return os.environ.get(PARAMS_ENV) or DEFAULT_PARAMS
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None) -> dict:
+def read_raw_params(path: str | Path = DEFAULT_PARAMS) -> dict:
+    """The params file as written (no preset applied): what DVC reads."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"params file not found: {path}")
@@ -98,6 +99,11 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None =
         raise InputError(f"params file {path} is not valid YAML: {e}") from None
     if not isinstance(cfg, dict):
         raise InputError(f"params file {path} must hold a mapping at top level")
+    return cfg
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None) -> dict:
+    cfg = read_raw_params(path)
     if cfg.get(RESOLVED_KEY):  # written by write_resolved: presets and overrides already applied
         cfg = copy.deepcopy(cfg)
         for item in overrides or []:

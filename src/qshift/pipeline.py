@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import config as qc
-from .errors import ConfigError
+from .errors import ConfigError, QShiftError
 from .io import stable_hash, write_text
 from .presets import MISSING, get_dotted, lookup
 
@@ -498,19 +498,25 @@ class _Render:
                 k = _fill(k, s.context)
                 static = k.split(".${", 1)[0]
                 found = [k] if lookup(self.raw, static) is not MISSING else []
-                parts = static.split(".")  # the preset sets the key (or under it), or a value above it
-                hit = static if lookup(self.overlay, static) is not MISSING else next(
-                    (p for p in (".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1))
-                     if not isinstance(lookup(self.overlay, p), dict) and lookup(self.overlay, p) is not MISSING),
-                    None)
+                hit = self._preset_sets(static)
                 if hit is not None:  # a value the preset replaces outright is tracked there only
                     replaced = hit != static or not isinstance(lookup(self.overlay, static), dict)
                     found = [] if replaced and k == static else found
                     found.append(f"benchmarks.{self.preset}.{hit}")
                 keys += [f for f in found if f not in keys]
-        if "benchmarks" in keys:
-            keys = [k for k in keys if not k.startswith("benchmarks.")]
         return keys
+
+    def _preset_sets(self, key: str) -> str | None:
+        """The overlay path that sets ``key``: the key itself (or what lies under it), or the
+        nearest path above it holding a value that is not a mapping; None where the preset leaves it."""
+        if lookup(self.overlay, key) is not MISSING:
+            return key
+        parts = key.split(".")
+        for i in range(len(parts) - 1, 0, -1):
+            value = lookup(self.overlay, ".".join(parts[:i]))
+            if value is not MISSING and not isinstance(value, dict):
+                return ".".join(parts[:i])
+        return None
 
 
 def _comment(text: str, indent: str) -> list[str]:
@@ -550,33 +556,26 @@ def _dvc_stage(s: Stage, r: _Render) -> list[str]:
     return [_INTERP.sub(r.value, line) for line in lines]
 
 
+def _selected(resolved: dict) -> list[Stage]:
+    return [s for s in STAGES.values() if s.when is None or s.when(resolved)]
+
+
 def dvc_stages(raw: dict) -> list[Stage]:
     """The stages of the pipeline params.yaml (``raw``, as DVC reads it) selects."""
-    resolved = _Render.of(raw).resolved
-    return [s for s in STAGES.values() if s.when is None or s.when(resolved)]
+    return _selected(_Render.of(raw).resolved)
 
 
 def render_dvc(raw: dict | None = None) -> str:
     """dvc.yaml's text, from :data:`STAGES`, for ``raw`` (default: ./params.yaml): the stages of
     the benchmark it selects, each value DVC cannot take from the file itself written out."""
     if raw is None:
-        raw = read_params()
+        raw = qc.read_raw_params()
     r = _Render.of(raw)
     lines = HEADER.format(benchmark=raw.get("benchmark", "builtin")).splitlines() + ["stages:"]
-    for i, s in enumerate(dvc_stages(raw)):
+    for i, s in enumerate(_selected(r.resolved)):
         lines += ([""] if i else []) + _dvc_stage(s, r)
     plots = _INTERP.sub(r.value, PLOTS)
     return "\n".join(lines) + "\n\n" + plots
-
-
-def read_params(path: str | Path = "params.yaml") -> dict:
-    import yaml
-
-    try:
-        with open(path) as fh:
-            return yaml.safe_load(fh) or {}
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the params file ({e.strerror})") from None
 
 
 def stale_dvc(raw: dict, path: str | Path = DVC_FILE) -> str | None:
@@ -607,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     dvc.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
     args = ap.parse_args(argv)
     try:
-        raw = read_params(args.params)
+        raw = qc.read_raw_params(args.params)
         if args.check:
             why = stale_dvc(raw, args.file)
             if why:
@@ -617,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.file} is up to date with the stage table and {args.params}")
             return 0
         text = render_dvc(raw)
-    except ConfigError as e:
+    except QShiftError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     write_text(Path(args.file), text)
