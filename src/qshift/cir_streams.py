@@ -153,7 +153,7 @@ def stream_path(cfg: dict, direction: str, stream: str, seed=None) -> str:
     its own draw (cir-stream-seed<N>/: the same domains, every part corrupted with that draw)."""
     from .config import DRAWN, STREAM_CIR_QUERIES, draw_seed
 
-    draw = None if seed is None else draw_seed(cfg, seed)
+    draw = draw_seed(cfg, seed)  # None for seed None
     if draw is not None:
         return DRAWN["cir-stream"].format(dataset=cfg["benchmark"], draw=draw, stream=stream)
     return STREAM_CIR_QUERIES.format(dataset=cfg["benchmark"], stream=stream)

@@ -292,15 +292,11 @@ def _side_cfg(cfg: dict, side: str) -> dict:
     return dict(((cfg.get("corrupt") or {}).get(side)) or {})
 
 
-def _draw(cfg: dict, seed) -> int | None:
-    from .config import draw_seed
-
-    return None if seed is None else draw_seed(cfg, seed)
-
-
 def query_set_path(cfg: dict, direction: str, corruption: str, severity: int, seed=None) -> str:
     """A cell's query set: drawn for run ``seed`` when seed_corruptions makes it its own draw."""
-    return _set_path(cfg, SIDE[direction], corruption, severity, _draw(cfg, seed))
+    from .config import draw_seed
+
+    return _set_path(cfg, SIDE[direction], corruption, severity, draw_seed(cfg, seed))
 
 
 def _set_path(cfg: dict, side: str, corruption: str, severity: int, draw: int | None) -> str:
@@ -312,7 +308,9 @@ def _set_path(cfg: dict, side: str, corruption: str, severity: int, draw: int | 
 
 
 def stream_path(cfg: dict, direction: str, stream: str, seed=None) -> str:
-    return _stream_path(cfg, SIDE[direction], stream, _draw(cfg, seed))
+    from .config import draw_seed
+
+    return _stream_path(cfg, SIDE[direction], stream, draw_seed(cfg, seed))
 
 
 def _stream_path(cfg: dict, side: str, stream: str, draw: int | None) -> str:
