@@ -844,7 +844,7 @@ def dataset_params(cfg: dict) -> dict:
     """The ``datasets`` entry the selected benchmark runs on."""
     from .presets import dataset_cfg
 
-    d = dataset_cfg(cfg) if "benchmarks" in cfg else cfg["datasets"][cfg["benchmark"]]
+    d = dataset_cfg(cfg)
     return {k: v for k, v in d.items() if k != "prebuilt"}  # prebuilt: the query stages' (qshift.data.prebuilt)
 
 

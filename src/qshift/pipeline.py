@@ -32,7 +32,7 @@ from typing import Any, Callable
 from . import config as qc
 from .errors import ConfigError, QShiftError
 from .io import stable_hash, write_text
-from .presets import MISSING, get_dotted, lookup
+from .presets import MISSING, dataset_name, get_dotted, lookup
 
 DVC_FILE = "dvc.yaml"
 # DVC's spelling of the wildcards a path pattern or key may contain
@@ -67,12 +67,6 @@ def _method_hparams(cfg: dict, method: str) -> dict:
     return {str(d): qc.method_hparams(cfg, method, d) for d in (None, *qc.DIRECTIONS, *own)}
 
 
-def _dataset_name(cfg: dict) -> str:
-    from .presets import dataset_name
-
-    return dataset_name(cfg) if "benchmarks" in cfg else cfg["benchmark"]
-
-
 def _prebuilt(cfg: dict, wc: dict):
     from .data.prebuilt import prebuilt_dir
 
@@ -84,7 +78,7 @@ DERIVED: dict[str, Derived] = {
     # the datasets entry the benchmark runs on (DVC cannot index datasets by the benchmark: the
     # rendered dvc.yaml names the entry)
     "dataset": Derived(lambda cfg: ("benchmark", f"benchmarks.{cfg['benchmark']}.dataset",
-                                    f"datasets.{_dataset_name(cfg)}"),
+                                    f"datasets.{dataset_name(cfg)}"),
                        lambda cfg, wc: qc.dataset_params(cfg)),
     # the authors' prebuilt query sets, if the dataset names a folder (datasets.<name>.prebuilt)
     "prebuilt": Derived((), _prebuilt),

@@ -82,14 +82,18 @@ def apply_preset(cfg: dict) -> dict:
 
 
 def dataset_name(cfg: dict) -> str:
-    """The ``datasets`` entry the selected benchmark runs on."""
+    """The ``datasets`` entry the selected benchmark runs on (a params file without a
+    ``benchmarks`` table names it by the benchmark switch itself)."""
+    if "benchmarks" not in cfg:
+        return cfg["benchmark"]
     return preset(cfg).get("dataset", cfg["benchmark"])
 
 
 def dataset_cfg(cfg: dict) -> dict:
     name = dataset_name(cfg)
     if name not in cfg.get("datasets", {}):
-        raise ConfigError(f"params: benchmarks.{cfg['benchmark']}.dataset is {name!r}, which has no entry under "
+        key = f"benchmarks.{cfg['benchmark']}.dataset" if "benchmarks" in cfg else "benchmark"
+        raise ConfigError(f"params: {key} is {name!r}, which has no entry under "
                           f"'datasets'; valid: {', '.join(cfg.get('datasets', {}))}")
     return cfg["datasets"][name]
 
