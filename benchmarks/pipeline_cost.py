@@ -13,7 +13,10 @@ Prints:
    multiple of its floor (the query-tower passes it must make: source 1 forward; entropy
    methods and TCR ``steps`` x (forward + backward) ~ 3 x steps forwards; SAR twice that;
    TCR should stay within 1.3x of its floor);
-4. the elapsed time of the whole run and the largest peak RSS.
+4. the elapsed time of the whole run, the largest peak RSS, and the run's CPU work (the jobs'
+   ``cpu_time``): on ``--cores`` cores no schedule of these jobs finishes in less than work /
+   cores, so the elapsed time against that bound is the scheduling's efficiency, and what a
+   wall-time target needs is read off the work (e.g. 5 minutes on 2 cores = 600 core-seconds).
 
 Job wall times and peak RSS come from Snakemake's ``benchmark:`` files
 (``logs/benchmarks/<rule>/...tsv``, written by every rule); without them (e.g. a ``dvc
@@ -21,7 +24,7 @@ repro`` run) the wall time falls back to the span between a job log's first and 
 timestamps, a lower bound that misses process start and imports (a stage that logs one line
 has none), and RSS reads n/a.
 
-    python benchmarks/pipeline_cost.py [--root .] [--params params.yaml] [--json]
+    python benchmarks/pipeline_cost.py [--root .] [--params params.yaml] [--cores N] [--json]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
 from collections import defaultdict
 from datetime import datetime
@@ -129,15 +133,22 @@ def adapt_cells(root: Path, key: str) -> list[tuple[str, float, str]] | None:
     return cells or None
 
 
-def budget(root: Path, steps: int) -> dict:
+def _work(job: dict) -> float:
+    """CPU seconds of a job: its benchmark's ``cpu_time``, else its wall time (one busy core)."""
+    return job["cpu"] if job.get("cpu") is not None else job["wall"]
+
+
+def budget(root: Path, steps: int, cores: int | None = None) -> dict:
     everything = collect(root)
     jobs = [j for j in everything if j["wall"] is not None]
     untimed = sorted({j["stage"] for j in everything if j["wall"] is None})
     stages: dict[str, dict] = {}
     for j in jobs:
-        s = stages.setdefault(j["stage"], {"jobs": 0, "wall": 0.0, "max": 0.0, "rss": None, "from": set()})
+        s = stages.setdefault(j["stage"], {"jobs": 0, "wall": 0.0, "cpu": 0.0, "max": 0.0, "rss": None,
+                                           "from": set()})
         s["jobs"] += 1
         s["wall"] += j["wall"]
+        s["cpu"] += _work(j)
         s["max"] = max(s["max"], j["wall"])
         s["from"].add(j["from"])
         if j["rss"] is not None:
@@ -171,8 +182,14 @@ def budget(root: Path, steps: int) -> dict:
     starts = [j["start"] for j in everything if "start" in j]
     ends = [j["end"] for j in everything if "end" in j]
     rss = [j["rss"] for j in jobs if j["rss"] is not None]
+    elapsed = (max(ends) - min(starts)) if starts else None
+    cores = cores or os.cpu_count() or 1
+    work = sum(_work(j) for j in jobs)
+    bound = work / cores
+    run = {"cores": cores, "cpu_work": work, "no_cpu_time": sum(j.get("cpu") is None for j in jobs),
+           "bound": bound, "efficiency": bound / elapsed if elapsed else None}
     return {"stages": {k: {**v, "from": sorted(v["from"])} for k, v in stages.items()}, "adapt": adapt,
-            "methods": methods, "elapsed": (max(ends) - min(starts)) if starts else None,
+            "methods": methods, "elapsed": elapsed, "run": run,
             "job_wall_total": sum(j["wall"] for j in jobs), "peak_rss": max(rss) if rss else None,
             "n_jobs": len(jobs), "untimed": {"jobs": len(everything) - len(jobs), "stages": untimed}}
 
@@ -189,11 +206,11 @@ def show(b: dict, steps: int) -> None:
         print("no finished jobs found (run the pipeline first: logs/ and results/ are read)")
         return
     print(f"1. per stage ({b['n_jobs']} jobs)")
-    print(f"{'stage':<22}{'jobs':>6}{'wall s':>10}{'mean s':>9}{'max s':>9}{'peak RSS MiB':>14}  source")
+    print(f"{'stage':<22}{'jobs':>6}{'wall s':>10}{'mean s':>9}{'max s':>9}{'CPU s':>9}{'peak RSS MiB':>14}  source")
     for name, s in sorted(b["stages"].items(), key=lambda kv: -kv[1]["wall"]):
         print(f"{name:<22}{s['jobs']:>6}{s['wall']:>10.1f}{s['wall'] / s['jobs']:>9.1f}{s['max']:>9.1f}"
-              f"{_f(s['rss'], '.0f', 14)}  {'+'.join(s['from'])}")
-    print(f"{'all jobs':<22}{b['n_jobs']:>6}{b['job_wall_total']:>10.1f}")
+              f"{s['cpu']:>9.1f}{_f(s['rss'], '.0f', 14)}  {'+'.join(s['from'])}")
+    print(f"{'all jobs':<22}{b['n_jobs']:>6}{b['job_wall_total']:>10.1f}{'':>18}{b['run']['cpu_work']:>9.1f}")
     a = b["adapt"]
     print(f"\n2. adapt stage: {a['jobs']} jobs ({a['cells']} cells), job wall {a['wall']:.1f} s, adaptation (timing.seconds) "
           f"{a['adapt']:.1f} s -> overhead {_f(a['overhead'] and 100 * a['overhead'], '.1f', 0)} % of the "
@@ -205,14 +222,21 @@ def show(b: dict, steps: int) -> None:
         note = "  (target <= 1.3)" if m == "tcr" else ""
         print(f"{m:<13}{r['cells']:>6}{r['seconds']:>10.1f}{_f(r['x_source'], '.2f', 10)}{r['floor']:>7.0f}"
               f"{_f(r['x_floor'], '.2f', 9)}{note}")
+    r = b["run"]
     print(f"\n4. run: elapsed {_f(b['elapsed'], '.1f', 0)} s (first to last log line), "
           f"peak RSS of any job {_f(b['peak_rss'], '.0f', 0)} MiB")
+    print(f"   CPU work {r['cpu_work']:.1f} core-s" + (f" ({r['no_cpu_time']} jobs without cpu_time counted at "
+                                                     f"their wall time)" if r["no_cpu_time"] else "")
+          + f": on {r['cores']} cores no schedule finishes under {r['bound']:.1f} s; elapsed / that bound -> "
+          f"scheduling efficiency {_f(r['efficiency'] and 100 * r['efficiency'], '.0f', 0)} %")
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=".", help="the pipeline's working directory (holds logs/ and results/)")
     p.add_argument("--params", default=None, help="params file for adapt.steps (default: ROOT/params.yaml)")
+    p.add_argument("--cores", type=int, default=None,
+                   help="cores the run had, for the work bound (default: this machine's, os.cpu_count())")
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     args = p.parse_args(argv)
     root = Path(args.root)
@@ -222,7 +246,7 @@ def main(argv=None) -> dict:
         import yaml
 
         steps = int(((yaml.safe_load(params.read_text()) or {}).get("adapt") or {}).get("steps", steps))
-    b = budget(root, steps)
+    b = budget(root, steps, args.cores)
     show(b, steps)
     if args.json:
         print(json.dumps(b))

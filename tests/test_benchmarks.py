@@ -18,10 +18,11 @@ import pipeline_cost  # noqa: E402
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 
 
-def _bench(root: Path, rel: str, seconds: float, rss) -> None:
+def _bench(root: Path, rel: str, seconds: float, rss, cpu: float | None = None) -> None:
     p = root / "logs/benchmarks" / f"{rel}.tsv"
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(HEADER + f"{seconds}\t0:00:{int(seconds):02d}\t{rss}\t1\t1\t1\t0\t0\t50\t{seconds}\n")
+    cpu = seconds if cpu is None else cpu
+    p.write_text(HEADER + f"{seconds}\t0:00:{int(seconds):02d}\t{rss}\t1\t1\t1\t0\t0\t50\t{cpu}\n")
 
 
 def _log(root: Path, rel: str, start: str, end: str) -> None:
@@ -44,13 +45,13 @@ def _result(root: Path, rel: str, seconds: float) -> None:
 
 @pytest.fixture
 def run(tmp_path):
-    """prepare 10 s, pretrain 100 s (benchmark files); 4 adapt jobs: source 5 s wall / 1 s
+    """prepare 10 s, pretrain 100 s on two threads (180 CPU s) (benchmark files); 4 adapt jobs: source 5 s wall / 1 s
     adapting, tcr 14 s / 10 s on the same two cells; one tcr job has only its log (12 s span)."""
     root = tmp_path
     (root / "params.yaml").write_text(yaml.safe_dump({"adapt": {"steps": 3}}))
     _bench(root, "prepare/builtin", 10.0, 300.5)
     _log(root, "prepare/builtin", "00:00,000", "00:09,000")
-    _bench(root, "pretrain/m", 100.0, 900.0)
+    _bench(root, "pretrain/m", 100.0, 900.0, cpu=180.0)
     _log(root, "pretrain/m", "00:10,000", "01:50,000")
     for method, wall, sec in (("source", 5.0, 1.0), ("tcr", 14.0, 10.0)):
         for cell in ("clean-s0", "gaussian_noise-s3"):
@@ -79,13 +80,25 @@ def test_budget_figures(run):
     assert tcr["x_floor"] == pytest.approx(10 / 9)
     assert b["peak_rss"] == 900.0
     assert b["elapsed"] == pytest.approx(132.0)  # 10:00:00 -> 10:02:12
+    assert b["stages"]["pretrain"]["cpu"] == 180.0
+
+
+def test_budget_work_bound(run):
+    """The run's CPU work (cpu_time; the job with only a log counts at its wall time) over the
+    cores: no schedule beats it, and the elapsed time against it is the scheduling's efficiency."""
+    r = pipeline_cost.budget(run, steps=3, cores=2)["run"]
+    work = 10 + 180 + (5 + 5 + 14) + 12 + 3
+    assert r["cpu_work"] == pytest.approx(work) and r["no_cpu_time"] == 1 and r["cores"] == 2
+    assert r["bound"] == pytest.approx(work / 2) and r["efficiency"] == pytest.approx(work / 2 / 132)
+    assert pipeline_cost.budget(run, steps=3, cores=4)["run"]["bound"] == pytest.approx(work / 4)
 
 
 def test_budget_cli_prints_the_tables(run):
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks/pipeline_cost.py"), "--root", str(run), "--json"],
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks/pipeline_cost.py"), "--root", str(run), "--cores", "2", "--json"],
                          capture_output=True, text=True, check=True).stdout
     assert "1. per stage (7 jobs)" in out
     assert "overhead 38.9 %" in out  # (36 - 22) / 36
+    assert "CPU work 229.0 core-s" in out and "on 2 cores no schedule finishes under 114.5 s" in out
     line = next(x for x in out.splitlines() if x.startswith("tcr "))
     assert line.split()[1:6] == ["2", "20.0", "10.00", "9", "1.11"]
     assert json.loads(out.strip().splitlines()[-1])["adapt"]["jobs"] == 4

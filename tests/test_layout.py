@@ -135,3 +135,25 @@ def test_every_rule_takes_its_resources_from_the_stage_table(tmp_path):
             # an adapt job's runtime: the stage's (one method's cells) per method it runs
             want = value * res["_methods"] if key == "runtime" and stage.startswith("adapt_") else value
             assert res[key] == str(want), (rule, key, res)
+
+
+def test_every_rule_writes_a_log_and_a_benchmark_file():
+    """benchmarks/pipeline_cost.py reads each job's wall time, CPU time and peak RSS from its
+    rule's `benchmark:` file: a rule without one (tune and observe had none) drops out of the
+    cost budget and the work bound."""
+    import re
+
+    missing, checked = [], set()
+    for path in [REPO / "workflow/Snakefile", *sorted((REPO / "workflow/rules").glob("*.smk"))]:
+        # each rule's block: from its `rule NAME:` / `rule:` line to the next rule (or the end)
+        blocks = re.split(r"^\s*(?:local)?rule\b", path.read_text(), flags=re.M)[1:]
+        for block in blocks:
+            name = re.match(r"\s*(\w*)\s*:", block)[1] or re.search(r"name:\s*(.+)", block)[1].strip()
+            if name == "all":
+                continue
+            checked.add(name)
+            for directive in ("log:", "benchmark:"):
+                if not re.search(rf"^\s+{directive}", block, re.M):
+                    missing.append(f"{path.name}: rule {name} has no {directive}")
+    assert not missing, missing
+    assert {"prepare", "pretrain", "tune", "observe", "report", "encode_gallery"} <= checked and len(checked) >= 15

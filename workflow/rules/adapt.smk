@@ -86,6 +86,7 @@ rule tune:
     threads: 1
     resources:
         **qpipe.resources("tune"),
+    benchmark: f"logs/benchmarks/tune/{DS}/{MODEL}/{{method}}.tsv"
     log:
         qc.LOGS["tune"].format(dataset=DS, model=MODEL, method="{method}"),
     conda:

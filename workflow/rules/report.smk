@@ -12,6 +12,7 @@ rule observe:
     threads: 1
     resources:
         **qpipe.resources("observe"),
+    benchmark: f"logs/benchmarks/observe/{DS}.tsv"
     log:
         qc.LOGS["observe"].format(dataset=DS),
     conda:
