@@ -13,8 +13,10 @@ Prints:
    multiple of its floor (the query-tower passes it must make: source 1 forward; entropy
    methods and TCR ``steps`` x (forward + backward) ~ 3 x steps forwards; SAR twice that;
    TCR should stay within 1.3x of its floor);
-4. the elapsed time of the whole run, the largest peak RSS, and the run's CPU work (the jobs'
-   ``cpu_time``): on ``--cores`` cores no schedule of these jobs finishes in less than work /
+4. the elapsed time of the whole run, the largest peak RSS, and the run's CPU work (each stage
+   logs the CPU seconds of its process and children as its last line, ``qshift.cli.log_usage``;
+   a job without that line counts its benchmark's ``cpu_time`` or, if larger, its wall time —
+   Snakemake samples ``cpu_time`` every 0.5 s for 15 s, then every 30 s): on ``--cores`` cores no schedule of these jobs finishes in less than work /
    cores, so the elapsed time against that bound is the scheduling's efficiency, and what a
    wall-time target needs is read off the work (e.g. 5 minutes on 2 cores = 600 core-seconds).
 
@@ -40,6 +42,7 @@ from pathlib import Path
 
 FLOOR = {"source": 1.0, "tcr_untrain": 1.0}  # forward-only methods; the rest: steps x (fwd + bwd)
 TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+CPU_LOGGED = re.compile(r"qshift\.stage: cpu: ([0-9.]+) s ")  # qshift.cli.CPU_LINE
 
 
 def floor(method: str, steps: int) -> float:
@@ -49,17 +52,21 @@ def floor(method: str, steps: int) -> float:
     return steps * 3.0 * (2 if method == "sar" else 1)
 
 
-def _log_span(path: Path) -> tuple[float, float] | None:
-    """(first, last) timestamp of a stage log (``%(asctime)s`` lines), as POSIX seconds."""
-    stamps = []
+def _log_span(path: Path) -> tuple[float, float, float | None] | None:
+    """(first, last) timestamp of a stage log (``%(asctime)s`` lines), as POSIX seconds, and the
+    CPU seconds its closing line reports (None without one)."""
+    stamps, cpu = [], None
     try:
         for line in path.read_text(errors="replace").splitlines():
             m = TIMESTAMP.match(line)
             if m:
                 stamps.append(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp())
+            c = CPU_LOGGED.search(line)
+            if c:
+                cpu = float(c.group(1))
     except OSError:
         return None
-    return (min(stamps), max(stamps)) if stamps else None
+    return (min(stamps), max(stamps), cpu) if stamps else None
 
 
 def _bench_row(path: Path) -> dict | None:
@@ -99,7 +106,7 @@ def collect(root: Path) -> list[dict]:
             job = jobs.setdefault((rel.parts[0], "/".join(rel.parts[1:])), {"wall": None, "rss": None, "cpu": None,
                                                                              "from": "log"})
             if span:
-                job["start"], job["end"] = span
+                job["start"], job["end"], job["cpu_logged"] = span
                 if job["wall"] is None and span[1] > span[0]:  # a stage that logs once gives no span
                     job["wall"] = span[1] - span[0]
     return [{"stage": s, "key": k, **v} for (s, k), v in sorted(jobs.items())]
@@ -134,8 +141,11 @@ def adapt_cells(root: Path, key: str) -> list[tuple[str, float, str]] | None:
 
 
 def _work(job: dict) -> float:
-    """CPU seconds of a job: its benchmark's ``cpu_time``, else its wall time (one busy core)."""
-    return job["cpu"] if job.get("cpu") is not None else job["wall"]
+    """CPU seconds of a job: what its log's closing line reports, else the larger of its
+    benchmark's (sampled) ``cpu_time`` and its wall time (it held a core throughout)."""
+    if job.get("cpu_logged") is not None:
+        return job["cpu_logged"]
+    return max(job["cpu"] or 0.0, job["wall"])
 
 
 def budget(root: Path, steps: int, cores: int | None = None) -> dict:
@@ -186,7 +196,7 @@ def budget(root: Path, steps: int, cores: int | None = None) -> dict:
     cores = cores or os.cpu_count() or 1
     work = sum(_work(j) for j in jobs)
     bound = work / cores
-    run = {"cores": cores, "cpu_work": work, "no_cpu_time": sum(j.get("cpu") is None for j in jobs),
+    run = {"cores": cores, "cpu_work": work, "no_cpu_time": sum(j.get("cpu_logged") is None for j in jobs),
            "bound": bound, "efficiency": bound / elapsed if elapsed else None}
     return {"stages": {k: {**v, "from": sorted(v["from"])} for k, v in stages.items()}, "adapt": adapt,
             "methods": methods, "elapsed": elapsed, "run": run,
@@ -225,8 +235,8 @@ def show(b: dict, steps: int) -> None:
     r = b["run"]
     print(f"\n4. run: elapsed {_f(b['elapsed'], '.1f', 0)} s (first to last log line), "
           f"peak RSS of any job {_f(b['peak_rss'], '.0f', 0)} MiB")
-    print(f"   CPU work {r['cpu_work']:.1f} core-s" + (f" ({r['no_cpu_time']} jobs without cpu_time counted at "
-                                                     f"their wall time)" if r["no_cpu_time"] else "")
+    print(f"   CPU work {r['cpu_work']:.1f} core-s" + (f" ({r['no_cpu_time']} jobs without the log's cpu line: "
+                                                     f"their sampled cpu_time or wall time)" if r["no_cpu_time"] else "")
           + f": on {r['cores']} cores no schedule finishes under {r['bound']:.1f} s; elapsed / that bound -> "
           f"scheduling efficiency {_f(r['efficiency'] and 100 * r['efficiency'], '.0f', 0)} %")
 

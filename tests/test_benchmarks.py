@@ -25,11 +25,14 @@ def _bench(root: Path, rel: str, seconds: float, rss, cpu: float | None = None) 
     p.write_text(HEADER + f"{seconds}\t0:00:{int(seconds):02d}\t{rss}\t1\t1\t1\t0\t0\t50\t{cpu}\n")
 
 
-def _log(root: Path, rel: str, start: str, end: str) -> None:
+def _log(root: Path, rel: str, start: str, end: str, cpu: float | None = None) -> None:
+    from qshift.cli import CPU_LINE
+
     p = root / "logs" / f"{rel}.log"
     p.parent.mkdir(parents=True, exist_ok=True)
+    closing = f"2026-12-01 10:{end} INFO qshift.stage: {CPU_LINE.format(cpu=cpu, rss=300)}\n" if cpu else ""
     p.write_text(f"2026-12-01 10:{start} INFO qshift.stage: start\nsome progress line\n"
-                 f"2026-12-01 10:{end} INFO qshift.stage: done\n")
+                 f"2026-12-01 10:{end} INFO qshift.stage: done\n" + closing)
 
 
 def _result(root: Path, rel: str, seconds: float) -> None:
@@ -50,7 +53,7 @@ def run(tmp_path):
     root = tmp_path
     (root / "params.yaml").write_text(yaml.safe_dump({"adapt": {"steps": 3}}))
     _bench(root, "prepare/builtin", 10.0, 300.5)
-    _log(root, "prepare/builtin", "00:00,000", "00:09,000")
+    _log(root, "prepare/builtin", "00:00,000", "00:09,000", cpu=9.5)  # the stage's own CPU line
     _bench(root, "pretrain/m", 100.0, 900.0, cpu=180.0)
     _log(root, "pretrain/m", "00:10,000", "01:50,000")
     for method, wall, sec in (("source", 5.0, 1.0), ("tcr", 14.0, 10.0)):
@@ -84,11 +87,12 @@ def test_budget_figures(run):
 
 
 def test_budget_work_bound(run):
-    """The run's CPU work (cpu_time; the job with only a log counts at its wall time) over the
-    cores: no schedule beats it, and the elapsed time against it is the scheduling's efficiency."""
+    """The run's CPU work over the cores: no schedule beats it, and the elapsed time against it is
+    the scheduling's efficiency. A job's CPU seconds: its log's closing line (prepare: 9.5), else
+    the larger of the benchmark's sampled cpu_time and the wall time (the job with only a log: 12)."""
     r = pipeline_cost.budget(run, steps=3, cores=2)["run"]
-    work = 10 + 180 + (5 + 5 + 14) + 12 + 3
-    assert r["cpu_work"] == pytest.approx(work) and r["no_cpu_time"] == 1 and r["cores"] == 2
+    work = 9.5 + 180 + (5 + 5 + 14) + 12 + 3
+    assert r["cpu_work"] == pytest.approx(work) and r["no_cpu_time"] == 6 and r["cores"] == 2
     assert r["bound"] == pytest.approx(work / 2) and r["efficiency"] == pytest.approx(work / 2 / 132)
     assert pipeline_cost.budget(run, steps=3, cores=4)["run"]["bound"] == pytest.approx(work / 4)
 
@@ -98,7 +102,7 @@ def test_budget_cli_prints_the_tables(run):
                          capture_output=True, text=True, check=True).stdout
     assert "1. per stage (7 jobs)" in out
     assert "overhead 38.9 %" in out  # (36 - 22) / 36
-    assert "CPU work 229.0 core-s" in out and "on 2 cores no schedule finishes under 114.5 s" in out
+    assert "CPU work 228.5 core-s" in out and "on 2 cores no schedule finishes under 114.2 s" in out
     line = next(x for x in out.splitlines() if x.startswith("tcr "))
     assert line.split()[1:6] == ["2", "20.0", "10.00", "9", "1.11"]
     assert json.loads(out.strip().splitlines()[-1])["adapt"]["jobs"] == 4
@@ -204,3 +208,44 @@ def test_pretrain_speed_benchmark_prints_its_four_variants(tmp_path):
     assert rows[0]["matmul"] == rows[1]["matmul"] == "fp32" and rows[0]["speedup"] == 1.0
     assert rows[3]["matmul"] == "fp32"  # fast on the CPU
     assert all(r["s_per_step"] > 0 and r["train_s"] == round(r["s_per_step"] * doc["steps"], 1) for r in rows)
+
+
+def test_a_stage_logs_its_cpu_seconds_last(tmp_path):
+    """qshift.cli.run closes the stage's log with the CPU seconds of the process and its children,
+    in the form benchmarks/pipeline_cost.py reads (a busy child's seconds are counted)."""
+    import logging
+    import multiprocessing as mp
+
+    from qshift import cli
+
+    log_path = tmp_path / "logs/stage/x.log"
+
+    def stage():
+        cli.start_log(str(log_path)).info("working")
+        p = mp.get_context("fork").Process(target=_spin, args=(0.3,))
+        p.start()
+        p.join()
+
+    import resource
+
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # this test process's earlier subprocesses
+    try:
+        cli.run(stage)
+    finally:
+        for h in list(logging.getLogger().handlers):
+            if isinstance(h, logging.FileHandler) and h.baseFilename == str(log_path):
+                logging.getLogger().removeHandler(h)
+                h.close()
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    last = log_path.read_text().splitlines()[-1]
+    cpu = float(pipeline_cost.CPU_LOGGED.search(last).group(1))
+    earlier = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    assert cpu - earlier >= 0.25 and "peak RSS" in last  # the child's 0.3 s
+
+
+def _spin(seconds: float) -> None:
+    import time
+
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass

@@ -53,6 +53,22 @@ def run(main: Callable[[], None]) -> None:
     except QShiftError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    log_usage()
+
+
+CPU_LINE = "cpu: {cpu:.1f} s (this stage's process and its children, imports included), peak RSS {rss:.0f} MiB"
+
+
+def log_usage() -> None:
+    """One closing line in the stage's log with the CPU seconds the process (and the worker
+    processes it waited for) used: benchmarks/pipeline_cost.py sums them into the run's work.
+    (Snakemake's benchmark files sample cpu_time every 0.5 s for 15 s, then every 30 s, so a
+    20-50 s job's figure stops at its 15th second.)"""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    logging.getLogger("qshift.stage").info(CPU_LINE.format(cpu=cpu, rss=own.ru_maxrss / 1024))
 
 
 def main() -> None:
