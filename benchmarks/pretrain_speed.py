@@ -2,11 +2,11 @@
 
 Times ``--steps`` optimisation steps (after ``--warmup`` untimed ones) of the configured model
 (params.yaml ``pretrain``) at its batch size on a synthetic batch, with the compact text
-vocabulary training uses, in four variants: the text
-batch at the full context or trimmed to its longest caption (what training does), and matmuls
-in fp32 or ``pretrain.matmul: fast`` (TF32 on CUDA; on the CPU fast is fp32, and ``--cpu-bf16``
-adds the rows of oneDNN's implicit bf16 matmuls, which ``fast`` does not use because they
-measured slower for this model). Prints one row per variant: seconds per step, the speed-up over the first row, and the projected
+vocabulary training uses, in five variants: the text batch at the full context or trimmed to
+its longest caption (``pretrain.trim_text``) x matmuls in fp32 or ``pretrain.matmul: fast``
+(TF32 on CUDA; on the CPU fast is fp32), then trimmed text with torch's fused AdamW
+(``pretrain.fused_optimizer``); ``--cpu-bf16`` adds the rows of oneDNN's implicit bf16 matmuls,
+which ``fast`` does not use because they measured slower for this model. Prints one row per variant: seconds per step, the speed-up over the first row, and the projected
 training time of ``pretrain.steps`` steps. It changes nothing on disk.
 
     python benchmarks/pretrain_speed.py [--params params.yaml] [--steps 10] [--warmup 2] [--threads 2] [--cpu-bf16]
@@ -39,7 +39,8 @@ def _batch(pc: dict, device, caption_len: int = 24):
     return images.to(device), tokens.to(device)
 
 
-def time_steps(pc: dict, device, trim: bool, matmul: str, steps: int, warmup: int) -> tuple[float, str]:
+def time_steps(pc: dict, device, trim: bool, matmul: str, steps: int, warmup: int,
+               fused: bool = False) -> tuple[float, str]:
     torch.manual_seed(0)
     model = build_from_config(tiny_clip_config(pc["embed_dim"], pc["vision"], pc["text"],
                                                pc["init_temperature"])).to(device).train()
@@ -48,7 +49,7 @@ def time_steps(pc: dict, device, trim: bool, matmul: str, steps: int, warmup: in
     # (its AdamW update over the full table adds a few per cent to the step)
     _, lut = compact_vocabulary(model, tokens.cpu())
     tokens = lut[tokens.cpu()].to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=float(pc["lr"]))
+    opt = torch.optim.AdamW(model.parameters(), lr=float(pc["lr"]), **({"fused": True} if fused else {}))
     labels = torch.arange(len(images), device=device)
 
     def step():
@@ -86,13 +87,16 @@ def main() -> None:
     cfg = load_params(args.params)
     pc, device = cfg["pretrain"], pick_device(cfg["device"])
     rows = []
-    variants = [(False, "fp32"), (True, "fp32"), (False, "fast"), (True, "fast")]
+    # (trimmed text, matmul, fused AdamW): pretrain.trim_text, pretrain.matmul, pretrain.fused_optimizer
+    variants = [(False, "fp32", False), (True, "fp32", False), (False, "fast", False), (True, "fast", False),
+                (True, "fp32", True)]
     if args.cpu_bf16 and device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        variants += [(False, "cpu-bf16"), (True, "cpu-bf16")]
-    for trim, matmul in variants:
-        sec, ran = time_steps(pc, device, trim, matmul, args.steps, args.warmup)
+        variants += [(False, "cpu-bf16", False), (True, "cpu-bf16", False)]
+    for trim, matmul, fused in variants:
+        sec, ran = time_steps(pc, device, trim, matmul, args.steps, args.warmup, fused)
         sec = round(sec, 4)
-        rows.append({"text": "trimmed" if trim else "full context", "matmul": ran, "s_per_step": sec,
+        rows.append({"text": "trimmed" if trim else "full context", "matmul": ran,
+                     "optimizer": "fused" if fused else "adamw", "s_per_step": sec,
                      "speedup": round(rows[0]["s_per_step"] / sec, 2) if rows else 1.0,
                      "train_s": round(sec * int(pc["steps"]), 1)})
     if args.json:
@@ -101,9 +105,10 @@ def main() -> None:
         return
     print(f"pretraining step cost on {device} ({args.threads} threads), batch {pc['batch_size']}, "
           f"projected over pretrain.steps={pc['steps']}")
-    print(f"{'text':<14}{'matmul':<8}{'s/step':>9}{'speed-up':>10}{'train s':>9}")
+    print(f"{'text':<14}{'matmul':<8}{'AdamW':<7}{'s/step':>9}{'speed-up':>10}{'train s':>9}")
     for r in rows:
-        print(f"{r['text']:<14}{r['matmul']:<8}{r['s_per_step']:>9.4f}{r['speedup']:>9.2f}x{r['train_s']:>9.1f}")
+        print(f"{r['text']:<14}{r['matmul']:<8}{r['optimizer']:<7}{r['s_per_step']:>9.4f}{r['speedup']:>9.2f}x"
+              f"{r['train_s']:>9.1f}")
     if not all(math.isfinite(r["s_per_step"]) for r in rows):
         raise SystemExit(1)
 

@@ -369,8 +369,9 @@ def validate_run_params(cfg: dict) -> None:
     pre = cfg.get("pretrain") if isinstance(cfg.get("pretrain"), dict) else {}
     if pre.get("matmul", "fp32") not in ("fp32", "fast"):
         raise ConfigError(f"params: pretrain.matmul is {pre['matmul']!r}; valid: fp32, fast")
-    if not isinstance(pre.get("trim_text", False), bool):
-        raise ConfigError(f"params: pretrain.trim_text must be true or false, got {pre['trim_text']!r}")
+    for key in ("trim_text", "fused_optimizer"):
+        if not isinstance(pre.get(key, False), bool):
+            raise ConfigError(f"params: pretrain.{key} must be true or false, got {pre[key]!r}")
     if "amp" in cfg and not isinstance(cfg["amp"], bool):
         raise ConfigError(f"params: amp must be true or false, got {cfg['amp']!r}")
 

@@ -16,7 +16,7 @@ full-vocabulary training; ``tests/test_pretrain.py`` checks both give identical 
 The EOT id (49407, the largest) stays the largest compact id, so open_clip's argmax pooling
 finds it.
 
-Two opt-in speed-ups (``benchmarks/pretrain_speed.py`` prints what they buy; both change the
+Three opt-in speed-ups (``benchmarks/pretrain_speed.py`` prints what they buy; each changes the
 trained weights in the last bits, so they are pretraining parameters, part of the stage's
 trigger, and off by default to keep the published default numbers):
 
@@ -24,6 +24,9 @@ trigger, and off by default to keep the published default numbers):
 (:func:`encode_text_trimmed`: under the causal mask the padding after the EOT never reaches the
 pooled token; equal to ``encode_text`` up to float rounding, tested), so the text tower runs
 ~23 positions, not 40.
+
+``pretrain.fused_optimizer: true`` runs torch's fused AdamW (one kernel over every parameter
+instead of a loop of small per-tensor ops): the same update up to float rounding.
 
 ``pretrain.matmul`` (``fp32`` | ``fast``): with ``fast`` the training matmuls run in TF32 on
 CUDA (fp32 elsewhere: on the CPU oneDNN's bf16 path was measured slower for this model); what
@@ -248,7 +251,8 @@ def pretrain(manifest: str | Path, out_dir: str | Path, cfg: dict, seed: int, de
     if not all(np.array_equal(c, np.arange(s, s + n)) for c, s, n in zip(caps_of, cap_start, caps_per)):
         raise AssertionError("captions of an image must be contiguous in the manifest")
 
-    opt = torch.optim.AdamW(_param_groups(model, pc["weight_decay"]), lr=pc["lr"], betas=(0.9, 0.98), eps=1e-6)
+    opt = torch.optim.AdamW(_param_groups(model, pc["weight_decay"]), lr=pc["lr"], betas=(0.9, 0.98), eps=1e-6,
+                            **({"fused": True} if pc.get("fused_optimizer", False) else {}))
     rng = np.random.default_rng(seed)
     steps, bs = int(pc["steps"]), int(pc["batch_size"])
     data_seconds = time.perf_counter() - t_start
