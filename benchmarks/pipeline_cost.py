@@ -13,12 +13,13 @@ Prints:
    multiple of its floor (the query-tower passes it must make: source 1 forward; entropy
    methods and TCR ``steps`` x (forward + backward) ~ 3 x steps forwards; SAR twice that;
    TCR should stay within 1.3x of its floor);
-4. the elapsed time of the whole run, the largest peak RSS, and the run's CPU work (each stage
-   logs the CPU seconds of its process and children as its last line, ``qshift.cli.log_usage``;
-   a job without that line counts its benchmark's ``cpu_time`` or, if larger, its wall time —
-   Snakemake samples ``cpu_time`` every 0.5 s for 15 s, then every 30 s): on ``--cores`` cores no schedule of these jobs finishes in less than work /
-   cores, so the elapsed time against that bound is the scheduling's efficiency, and what a
-   wall-time target needs is read off the work (e.g. 5 minutes on 2 cores = 600 core-seconds).
+4. the elapsed time of the whole run, the largest peak RSS, and the run's CPU work: each stage
+   logs the CPU seconds of its process and children as its last line (``qshift.cli.log_usage``);
+   a job without that line counts its benchmark's ``cpu_time`` or, if larger, its wall time
+   (Snakemake samples ``cpu_time`` every 0.5 s for 15 s, then every 30 s). On ``--cores`` cores
+   no schedule of these jobs finishes in less than work / cores: that bound over the elapsed
+   time is the scheduling's efficiency, and what a wall-time target needs is read off the work
+   (5 minutes on 2 cores = 600 core-seconds).
 
 Job wall times and peak RSS come from Snakemake's ``benchmark:`` files
 (``logs/benchmarks/<rule>/...tsv``, written by every rule); without them (e.g. a ``dvc
@@ -237,8 +238,8 @@ def show(b: dict, steps: int) -> None:
           f"peak RSS of any job {_f(b['peak_rss'], '.0f', 0)} MiB")
     print(f"   CPU work {r['cpu_work']:.1f} core-s" + (f" ({r['no_cpu_time']} jobs without the log's cpu line: "
                                                      f"their sampled cpu_time or wall time)" if r["no_cpu_time"] else "")
-          + f": on {r['cores']} cores no schedule finishes under {r['bound']:.1f} s; elapsed / that bound -> "
-          f"scheduling efficiency {_f(r['efficiency'] and 100 * r['efficiency'], '.0f', 0)} %")
+          + f": on {r['cores']} cores no schedule finishes under {r['bound']:.1f} s; that bound / the elapsed "
+          f"time = scheduling efficiency {_f(r['efficiency'] and 100 * r['efficiency'], '.0f', 0)} %")
 
 
 def main(argv=None) -> dict:
