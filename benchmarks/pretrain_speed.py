@@ -6,8 +6,9 @@ vocabulary training uses, in five variants: the text batch at the full context o
 its longest caption (``pretrain.trim_text``) x matmuls in fp32 or ``pretrain.matmul: fast``
 (TF32 on CUDA; on the CPU fast is fp32), then trimmed text with torch's fused AdamW
 (``pretrain.fused_optimizer``); ``--cpu-bf16`` adds the rows of oneDNN's implicit bf16 matmuls,
-which ``fast`` does not use because they measured slower for this model. Prints one row per variant: seconds per step, the speed-up over the first row, and the projected
-training time of ``pretrain.steps`` steps. It changes nothing on disk.
+which ``fast`` does not use because they measured slower for this model. Prints one row per
+variant: seconds per step, the speed-up over the first row, and the projected training time of
+``pretrain.steps`` steps. It changes nothing on disk.
 
     python benchmarks/pretrain_speed.py [--params params.yaml] [--steps 10] [--warmup 2] [--threads 2] [--cpu-bf16]
 """
@@ -24,7 +25,8 @@ import torch.nn.functional as F
 
 from qshift.config import load_params
 from qshift.models.openclip import build_from_config, tiny_clip_config
-from qshift.models.train import _fp32_precision, compact_vocabulary, encode_text_trimmed, matmul_precision, normalise
+from qshift.models.train import (_fp32_precision, adamw_options, compact_vocabulary, encode_text_trimmed,
+                                 matmul_precision, normalise)
 from qshift.runtime import pick_device
 
 
@@ -49,7 +51,7 @@ def time_steps(pc: dict, device, trim: bool, matmul: str, steps: int, warmup: in
     # (its AdamW update over the full table adds a few per cent to the step)
     _, lut = compact_vocabulary(model, tokens.cpu())
     tokens = lut[tokens.cpu()].to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=float(pc["lr"]), **({"fused": True} if fused else {}))
+    opt = torch.optim.AdamW(model.parameters(), lr=float(pc["lr"]), **adamw_options(fused))
     labels = torch.arange(len(images), device=device)
 
     def step():

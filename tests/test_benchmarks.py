@@ -217,6 +217,7 @@ def test_a_stage_logs_its_cpu_seconds_last(tmp_path):
     in the form benchmarks/pipeline_cost.py reads (a busy child's seconds are counted)."""
     import logging
     import multiprocessing as mp
+    import resource
 
     from qshift import cli
 
@@ -227,8 +228,6 @@ def test_a_stage_logs_its_cpu_seconds_last(tmp_path):
         p = mp.get_context("fork").Process(target=_spin, args=(0.3,))
         p.start()
         p.join()
-
-    import resource
 
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # this test process's earlier subprocesses
     try:

@@ -154,6 +154,12 @@ def normalise(images_u8: torch.Tensor) -> torch.Tensor:
     return (images_u8.float() / 255.0 - mean) / std
 
 
+def adamw_options(fused: bool) -> dict:
+    """AdamW's keyword for ``pretrain.fused_optimizer``: ``fused=True``, or nothing at all (an
+    explicit ``fused=False`` would also turn off the foreach kernels torch picks on CUDA)."""
+    return {"fused": True} if fused else {}
+
+
 def _param_groups(model: torch.nn.Module, weight_decay: float):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -252,7 +258,7 @@ def pretrain(manifest: str | Path, out_dir: str | Path, cfg: dict, seed: int, de
         raise AssertionError("captions of an image must be contiguous in the manifest")
 
     opt = torch.optim.AdamW(_param_groups(model, pc["weight_decay"]), lr=pc["lr"], betas=(0.9, 0.98), eps=1e-6,
-                            **({"fused": True} if pc.get("fused_optimizer", False) else {}))
+                            **adamw_options(pc.get("fused_optimizer", False)))
     rng = np.random.default_rng(seed)
     steps, bs = int(pc["steps"]), int(pc["batch_size"])
     data_seconds = time.perf_counter() - t_start
