@@ -1,6 +1,7 @@
 """Stage `prepare`: the benchmark's data in the manifest format.
 
-Built-in benchmark: procedurally rendered scenes with 5 captions each, from the seed.
+Built-in benchmark: procedurally rendered scenes with 5 captions each, from the seed, on a
+process pool of the job's CPUs (Snakemake's `threads`; the same bytes whatever the count).
 Built-in video-audio benchmark (``task: video-audio``): generated clips (frames + soundtrack),
 one clip set per split (src/qshift/data/builtin_va.py).
 Built-in CIR benchmark (``task: cir``): captioned training scenes + (reference, modification, target)
@@ -37,9 +38,11 @@ def main() -> None:
     elif dataset_kind(d) == "builtin":
         from qshift.data.builtin import generate_builtin
 
+        from qshift.runtime import job_cpus
+
         stats = generate_builtin(DATASET_DIR.format(dataset=bench), n_train=d["n_train"], n_val=d["n_val"],
                                  n_test=d["n_test"], image_size=d["image_size"], seed=cfg["seed"],
-                                 progress=cli.progress_enabled(args))
+                                 progress=cli.progress_enabled(args), workers=job_cpus())
     else:
         stats = prepare_real(dataset_name(cfg), d, RAW_DIR.format(dataset=bench), DATASET_DIR.format(dataset=bench),
                              progress=cli.progress_enabled(args))

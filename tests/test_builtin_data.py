@@ -239,3 +239,28 @@ def test_crash_leaves_nothing(tmp_path, monkeypatch):
 def test_bad_parameters(tmp_path, kw):
     with pytest.raises(ConfigError):
         _generate(tmp_path / "b", **kw)
+
+
+def test_a_process_pool_writes_the_same_bytes(bench, tmp_path, monkeypatch):
+    """workers > 1 (stage prepare: the job's CPUs) renders chunks on a spawn pool; every file —
+    images and manifest — is byte-identical to the serial build, chunks crossing split ends."""
+    out, stats = bench
+    monkeypatch.setattr(builtin, "CHUNK", 7)  # several chunks per split, a short last one
+    pooled = tmp_path / "pooled"
+    assert _generate(pooled, workers=2)["unique_scenes"] == stats["unique_scenes"]
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(pooled) for p in pooled.rglob("*") if p.is_file())
+    assert all((out / f).read_bytes() == (pooled / f).read_bytes() for f in files)
+    with pytest.raises(ConfigError, match="workers must be a positive integer, got 0"):
+        _generate(tmp_path / "bad", workers=0)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_job_cpus_is_snakemakes_thread_count_else_the_affinity(monkeypatch):
+    from qshift.runtime import job_cpus
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert job_cpus() == 3
+    for unset in ("", "x", "0"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unset)
+        assert job_cpus() == len(os.sched_getaffinity(0))

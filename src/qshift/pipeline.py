@@ -342,7 +342,7 @@ def _main_stages() -> list[Stage]:
               resources={"mem_mb": 2000, "runtime": 240},
               params=("dataset",), outs=(Out(qc.RAW_DIR),)),
         Stage("prepare", "stages/prepare.py", code=("src/qshift/data",), inputs=(qc.RAW_DIR,),
-              resources={"mem_mb": 2000, "runtime": 60},
+              resources={"mem_mb": 2000, "runtime": 60, "cpus_per_task": 2},
               params=("seed", "dataset"), outs=(Out(qc.DATASET_DIR),)),
         Stage("examples", "stages/examples.py", "--no-progress", ("src/qshift/corrupt",), (qc.DATASET_DIR,),
               ("seed", "corrupt.text", "corrupt.image.implementation", "corrupt.image.mm_robustness", "report.dir"),

@@ -55,6 +55,46 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def job_cpus() -> int:
+    """The CPUs this job was given: Snakemake's thread count for the job (it exports
+    ``OMP_NUM_THREADS=<threads>`` to every job, scaled to ``--cores``), else every CPU this
+    process may run on (a DVC stage, a stage run by hand)."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        n = 0
+    if n > 0:
+        return n
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def die_with_parent(parent: int) -> None:
+    """Tie a pool worker to its job (call it in the pool's initializer): a worker must not outlive
+    the job, and a ``kill -9`` of the job (or scancel, OOM) would otherwise leave the workers
+    (~200 MB each) and multiprocessing's resource tracker running.
+    Linux: the kernel sends SIGKILL when the parent dies (PR_SET_PDEATHSIG); everywhere: a
+    watchdog thread exits once the parent is gone (re-parented)."""
+    import ctypes
+    import signal
+    import threading
+    import time
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="qshift-parent-watchdog", daemon=True).start()
+
+
 @lru_cache(maxsize=1)
 def git_commit(cwd: str | None = None) -> str | None:
     try:

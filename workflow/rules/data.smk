@@ -28,7 +28,7 @@ rule prepare:
         directory(DATASET_DIR),
     params:
         cfg=qpipe.param_hash(config, "prepare"),
-    threads: 1
+    threads: 2  # the built-in benchmark renders on a pool of the job's threads (OMP_NUM_THREADS)
     resources:
         **qpipe.resources("prepare"),
     benchmark: f"logs/benchmarks/prepare/{DS}.tsv"

@@ -28,6 +28,7 @@ from ..data.manifest import image_root, read_manifest, write_manifest
 from ..errors import ConfigError, InputError
 from ..faults import point as fault_point
 from ..io import atomic_dir, query_seed
+from ..runtime import die_with_parent
 from .image import corrupt_image
 from .text import TEXT_CORRUPTIONS
 
@@ -85,32 +86,6 @@ def _corrupt_file(task: _ImageTask) -> None:
     Image.fromarray(out).save(task.dst, format="JPEG", quality=task.quality)
 
 
-def _die_with_parent(parent: int) -> None:
-    """A pool worker must not outlive its job: a ``kill -9`` of the job (or scancel, OOM) would
-    otherwise leave the workers (~200 MB each) and multiprocessing's resource tracker running.
-    Linux: the kernel sends SIGKILL when the parent dies (PR_SET_PDEATHSIG); everywhere: a
-    watchdog thread exits once the parent is gone (re-parented)."""
-    import ctypes
-    import signal
-    import threading
-    import time
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # died before prctl took effect
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="qshift-parent-watchdog", daemon=True).start()
-
-
 def _init_worker(parent: int | None = None) -> None:
     """One thread per worker (the pool is the parallelism), glass_blur's kernel loaded, and
     the worker tied to its parent's life."""
@@ -119,7 +94,7 @@ def _init_worker(parent: int | None = None) -> None:
     from .image import _library
 
     if parent is not None:
-        _die_with_parent(parent)
+        die_with_parent(parent)
     cv2.setNumThreads(1)
     _library()
 

@@ -14,7 +14,9 @@ what was drawn.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,15 +288,37 @@ def make_example(seed: int, split: str, index: int, image_size: int = 64,
     return scene, image, make_captions(scene, n_captions, caption_rng)
 
 
+CHUNK = 250  # images a pool worker renders per task
+
+
+def _render_chunk(job: tuple) -> list[tuple[dict, tuple, list[str]]]:
+    """Render images ``start..stop`` of a split into ``folder`` (``<imgid:06d>.png``, the ids
+    running on from ``first_id``); returns each one's (scene dict, scene key, captions)."""
+    seed, split, start, stop, first_id, image_size, n_captions, folder = job
+    out = []
+    for index in range(start, stop):
+        scene, image, captions = make_example(seed, split, index, image_size, n_captions)
+        image.save(Path(folder) / f"{first_id + index:06d}.png", format="PNG")
+        out.append((scene.to_dict(), scene.key(), captions))
+    return out
+
+
+def _init_worker(parent: int) -> None:
+    from ..runtime import die_with_parent
+
+    die_with_parent(parent)
+
+
 def generate_builtin(out_dir: str | Path, n_train: int, n_val: int, n_test: int,
                      image_size: int = 64, seed: int = 42, n_captions: int = 5,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, workers: int = 1) -> dict:
     """Write the built-in benchmark to ``out_dir`` atomically and return its statistics.
 
     Writes ``out_dir/manifest.json`` and ``out_dir/images/<split>/<imgid:06d>.png``.
     imgids and sentids are consecutive across splits (train, then val, then test).
-    Returns ``{"counts": {split: n_images}, "unique_scenes": {split: n_distinct_keys},
-    "seconds": wall_time}``.
+    ``workers`` > 1 renders on a process pool: the same bytes (every image is seeded on its
+    own, and the manifest is assembled in order). Returns ``{"counts": {split: n_images},
+    "unique_scenes": {split: n_distinct_keys}, "seconds": wall_time}``.
     """
     sizes = {"train": n_train, "val": n_val, "test": n_test}
     for name, n in sizes.items():
@@ -306,28 +330,43 @@ def generate_builtin(out_dir: str | Path, n_train: int, n_val: int, n_test: int,
         raise ConfigError(f"image_size must be at least 16, got {image_size}")
     if n_captions < 1:
         raise ConfigError(f"n_captions must be at least 1, got {n_captions}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
 
     start = time.perf_counter()
     images: list[dict] = []
     unique: dict[str, int] = {}
-    with atomic_dir(out_dir) as tmp, tqdm(total=sum(sizes.values()), desc="builtin",
-                                          unit="img", disable=not progress) as bar:
+    workers = min(workers, max(1, math.ceil(sum(sizes.values()) / CHUNK)))
+    pool = None
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_dir(out_dir))
+        bar = stack.enter_context(tqdm(total=sum(sizes.values()), desc="builtin", unit="img", disable=not progress))
+        if workers > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: the parent may hold threads (tqdm's) that fork would copy mid-state
+            pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                       initargs=(os.getpid(),))
+            stack.callback(pool.shutdown, wait=True, cancel_futures=True)  # an error: no chunk rendered after it
+        first_id = 0
         for split, n in sizes.items():  # train, val, test: ids run on across splits
-            (tmp / "images" / split).mkdir(parents=True)
+            folder = tmp / "images" / split
+            folder.mkdir(parents=True)
+            jobs = [(seed, split, a, min(a + CHUNK, n), first_id, image_size, n_captions, str(folder))
+                    for a in range(0, n, CHUNK)]
             keys = set()
-            for index in range(n):
-                scene, image, captions = make_example(seed, split, index, image_size,
-                                                      n_captions)
-                imgid = len(images)
-                filename = f"{imgid:06d}.png"
-                image.save(tmp / "images" / split / filename, format="PNG")
-                entry = make_image_entry(imgid, filename, split, captions,
-                                         first_sentid=imgid * n_captions, filepath=split)
-                entry["scene"] = scene.to_dict()
-                images.append(entry)
-                keys.add(scene.key())
-                bar.update()
+            for chunk in (pool.map(_render_chunk, jobs) if pool else map(_render_chunk, jobs)):  # in order
+                for scene, key, captions in chunk:
+                    imgid = len(images)
+                    entry = make_image_entry(imgid, f"{imgid:06d}.png", split, captions,
+                                             first_sentid=imgid * n_captions, filepath=split)
+                    entry["scene"] = scene
+                    images.append(entry)
+                    keys.add(key)
+                bar.update(len(chunk))
             unique[split] = len(keys)
+            first_id += n
         meta = {"generator": "qshift.data.builtin", "version": VERSION, "seed": seed,
                 "n_train": n_train, "n_val": n_val, "n_test": n_test,
                 "image_size": image_size, "n_captions": n_captions}
