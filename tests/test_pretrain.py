@@ -157,3 +157,30 @@ def test_fused_optimizer_is_deterministic_and_the_same_update_up_to_rounding(man
     a, b, loop = (load_file(str(tmp_path / n / WEIGHTS_NAME)) for n in ("a", "b", "loop"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert max((a[k] - loop[k]).abs().max().item() for k in a) < 1e-3
+
+
+def test_muon_optimizer_is_deterministic_keeps_the_compact_vocabulary_exact_and_is_another_recipe(manifest, tmp_path):
+    """pretrain.optimizer: muon — Muon on the transformer blocks' matrices, AdamW on the rest: the
+    same bytes run after run, the compact vocabulary still exact (the embedding stays with AdamW),
+    and a different update from AdamW's where (and only where) Muon steps."""
+    from qshift.models.train import _muon_matrix, build_optimizer
+    from qshift.models.openclip import build_from_config, tiny_clip_config
+
+    muon = {**CFG, "optimizer": "muon"}
+    for name, cfg, kw in (("a", muon, {}), ("b", muon, {}), ("full", muon, {"compact_vocab": False}),
+                          ("adamw", CFG, {})):
+        m = pretrain(manifest, tmp_path / name, cfg, seed=3, device=torch.device("cpu"), progress=False, **kw)
+        assert m["optimizer"] == cfg.get("optimizer", "adamw")
+    a, b, full, adamw = (load_file(str(tmp_path / n / WEIGHTS_NAME)) for n in ("a", "b", "full", "adamw"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert max((a[k] - full[k]).abs().max().item() for k in a) <= 1e-6
+    stepped = [k for k in a if ".resblocks." in f".{k}" and a[k].ndim == 2]
+    assert stepped and all(not torch.allclose(a[k], adamw[k], atol=1e-4) for k in stepped)
+    # the optimizer split: every trainable parameter in exactly one of the two optimizers
+    model = build_from_config(tiny_clip_config(CFG["embed_dim"], CFG["vision"], CFG["text"], CFG["init_temperature"]))
+    opt = build_optimizer(model, muon)
+    adam_ids, muon_ids = ([id(p) for g in o.param_groups for p in g["params"]] for o in opt.optimizers)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert set(adam_ids).isdisjoint(muon_ids) and len(adam_ids) + len(muon_ids) == len(list(model.parameters()))
+    assert all(_muon_matrix(names[i], model.get_parameter(names[i])) for i in muon_ids)
+    assert "token_embedding.weight" in {names[i] for i in adam_ids}

@@ -369,6 +369,8 @@ def validate_run_params(cfg: dict) -> None:
     pre = cfg.get("pretrain") if isinstance(cfg.get("pretrain"), dict) else {}
     if pre.get("matmul", "fp32") not in ("fp32", "fast"):
         raise ConfigError(f"params: pretrain.matmul is {pre['matmul']!r}; valid: fp32, fast")
+    if pre.get("optimizer", "adamw") not in ("adamw", "muon"):
+        raise ConfigError(f"params: pretrain.optimizer is {pre['optimizer']!r}; valid: adamw, muon")
     for key in ("trim_text", "fused_optimizer"):
         if not isinstance(pre.get(key, False), bool):
             raise ConfigError(f"params: pretrain.{key} must be true or false, got {pre[key]!r}")
