@@ -6,14 +6,14 @@ vocabulary training uses, in five variants: the text batch at the full context o
 its longest caption (``pretrain.trim_text``) x matmuls in fp32 or ``pretrain.matmul: fast``
 (TF32 on CUDA; on the CPU fast is fp32), then trimmed text with torch's fused AdamW
 (``pretrain.fused_optimizer``) and with Muon on the transformer blocks' matrices
-(``pretrain.optimizer: muon``, projected over ``--muon-steps``: that recipe's step count, as it
-needs fewer steps for the same clean R@1); ``--cpu-bf16`` adds the rows of oneDNN's implicit bf16 matmuls,
+(``pretrain.optimizer: muon``, params.yaml's); each row's training time is projected over its
+recipe's steps (``--adamw-steps`` 700, ``--muon-steps`` 550: Muon needs fewer for the same
+clean R@1); ``--cpu-bf16`` adds the rows of oneDNN's implicit bf16 matmuls,
 which ``fast`` does not use because they measured slower for this model. Prints one row per
-variant: seconds per step, the speed-up over the first row, and the projected training time of
-``pretrain.steps`` steps. It changes nothing on disk.
+variant: seconds per step, the speed-up over the first row, and the projected training time. It changes nothing on disk.
 
     python benchmarks/pretrain_speed.py [--params params.yaml] [--steps 10] [--warmup 2] [--threads 2]
-                                        [--muon-steps 500] [--cpu-bf16]
+                                        [--adamw-steps 700] [--muon-steps 550] [--cpu-bf16]
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--muon-steps", type=int, default=500, help="the Muon recipe's steps (its projected time)")
+    ap.add_argument("--adamw-steps", type=int, default=700, help="the AdamW recipe's steps (its rows' projected time)")
+    ap.add_argument("--muon-steps", type=int, default=550, help="the Muon recipe's steps (its row's projected time)")
     ap.add_argument("--cpu-bf16", action="store_true", help="also time oneDNN's implicit bf16 matmuls (CPU)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -105,7 +106,7 @@ def main() -> None:
     for trim, matmul, optimizer in variants:
         sec, ran = time_steps(pc, device, trim, matmul, args.steps, args.warmup, optimizer)
         sec = round(sec, 4)
-        steps = args.muon_steps if optimizer == "muon" else int(pc["steps"])
+        steps = args.muon_steps if optimizer == "muon" else args.adamw_steps
         rows.append({"text": "trimmed" if trim else "full context", "matmul": ran,
                      "optimizer": optimizer, "s_per_step": sec,
                      "speedup": round(rows[0]["s_per_step"] / sec, 2) if rows else 1.0,
@@ -115,7 +116,7 @@ def main() -> None:
                           "steps": pc["steps"], "rows": rows}))
         return
     print(f"pretraining step cost on {device} ({args.threads} threads), batch {pc['batch_size']}, "
-          f"projected over pretrain.steps={pc['steps']} (muon: --muon-steps={args.muon_steps})")
+          f"projected over each recipe's steps (AdamW {args.adamw_steps}, Muon {args.muon_steps})")
     print(f"{'text':<14}{'matmul':<8}{'optim':<7}{'s/step':>9}{'speed-up':>10}{'steps':>7}{'train s':>9}")
     for r in rows:
         print(f"{r['text']:<14}{r['matmul']:<8}{r['optimizer']:<7}{r['s_per_step']:>9.4f}{r['speedup']:>9.2f}x"
