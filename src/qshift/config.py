@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import yaml
 
 from .errors import ConfigError, InputError
+from .method_catalog import coerce_hparam, registered_methods
 from .results import CLEAN, DIRECTIONS
 
 DEFAULT_PARAMS = "params.yaml"
@@ -33,13 +34,20 @@ TEXT_QUERIES = "data/queries/{dataset}/text/{corruption}-s{severity}.json"  # a 
 STREAM_IMAGE_QUERIES = "data/queries/{dataset}/image-stream/{stream}"  # folder: images + manifest.json
 STREAM_TEXT_QUERIES = "data/queries/{dataset}/text-stream/{stream}.json"  # a manifest
 STREAM_CIR_QUERIES = "data/queries/{dataset}/cir-stream/{stream}"  # folder: references + manifest.json (qshift.cir_streams)
+# the video-audio task's clip sets (qshift.va): the corrupted modality only, {side} video | audio
+VIDEO_QUERIES = "data/queries/{dataset}/video/{corruption}-s{severity}"  # folder: clips.json + frames.npy
+AUDIO_QUERIES = "data/queries/{dataset}/audio/{corruption}-s{severity}"  # folder: clips.json + audio.npy
+VA_STREAM_QUERIES = "data/queries/{dataset}/{side}-stream/{stream}"
 # with `seed_corruptions: true`, a run seed other than the project's reads query sets drawn
 # with that seed (qshift.corrupt.build, `draw`): the same formats under <kind>-seed<N>/
 DRAWN = {"image": "data/queries/{dataset}/image-seed{draw}/{corruption}-s{severity}",
          "text": "data/queries/{dataset}/text-seed{draw}/{corruption}-s{severity}.json",
          "image-stream": "data/queries/{dataset}/image-stream-seed{draw}/{stream}",
          "text-stream": "data/queries/{dataset}/text-stream-seed{draw}/{stream}.json",
-         "cir-stream": "data/queries/{dataset}/cir-stream-seed{draw}/{stream}"}
+         "cir-stream": "data/queries/{dataset}/cir-stream-seed{draw}/{stream}",
+         "video": "data/queries/{dataset}/video-seed{draw}/{corruption}-s{severity}",
+         "audio": "data/queries/{dataset}/audio-seed{draw}/{corruption}-s{severity}",
+         "va-stream": "data/queries/{dataset}/{side}-stream-seed{draw}/{stream}"}
 GALLERY = "data/embeddings/{model}/{dataset}/gallery.pt"
 # one folder per adaptation seed (params `seeds`): the seeds of one grid coexist
 RESULT = "results/{dataset}/{model}/{direction}/{method}/seed{seed}/{corruption}-s{severity}.json"
@@ -209,8 +217,7 @@ def _settable(cfg: dict, path: list[str], node: Any) -> set[str]:
         return set()
     keys = set(node)
     if len(path) == 2 and path[0] == "methods":
-        from .tta import METHODS
-
+        METHODS = registered_methods()
         try:
             keys |= set(METHODS.get(base_method(cfg, path[1])).defaults)
         except ConfigError:
@@ -384,7 +391,7 @@ def validate(cfg: dict) -> None:
     from .corrupt.image import check_implementation
     from .corrupt.text import validate_text_params
     from .data.karpathy import validate_dataset, validate_download
-    from .tta import METHODS
+    METHODS = registered_methods()
 
     for key in ("seed", "benchmark", "datasets", "model", "corrupt", "adapt", "methods"):
         if key not in cfg:
@@ -471,8 +478,7 @@ def validate_method_hparams(cfg: dict) -> None:
     """Every method of the grid: its hyperparameters (per direction) typed as the method's
     defaults, and sign-checked, before any job (``lr=-1`` or ``lr=abc`` would otherwise
     fail, or silently run, inside a job)."""
-    from .tta import METHODS
-    from .tta.base import _coerce
+    METHODS = registered_methods()
 
     grid = list(cfg["adapt"]["methods"]) + list((cfg.get("streams") or {}).get("methods") or [])
     for m in dict.fromkeys(grid):
@@ -482,7 +488,7 @@ def validate_method_hparams(cfg: dict) -> None:
             check_known_hparams(cfg, m, base, hp)
             for k, v in hp.items():
                 try:
-                    v = _coerce(base.name, k, v, base.defaults[k])
+                    v = coerce_hparam(base.name, k, v, base.defaults[k])
                 except ConfigError as e:
                     raise ConfigError(f"params: methods.{m}.{k} ({d}): {e}") from None
                 number = isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -582,7 +588,7 @@ def method_hparams(cfg: dict, method: str, direction: str | None = None) -> dict
 
 def class_defaults(method: str) -> dict:
     """A registered method's ``defaults`` ({} for a name that is not one: validation reports it)."""
-    from .tta import METHODS
+    METHODS = registered_methods()
 
     return copy.deepcopy(METHODS.get(method).defaults) if method in METHODS else {}
 
@@ -600,7 +606,7 @@ def is_variant(cfg: dict, method: str) -> bool:
 def base_method(cfg: dict, method: str) -> str:
     """The registered method a methods entry builds (itself unless it is a variant; a variant
     of a variant resolves through the chain)."""
-    from .tta import METHODS
+    METHODS = registered_methods()
 
     seen = [method]
     name = method
@@ -624,7 +630,7 @@ def base_method(cfg: dict, method: str) -> str:
 def check_method(cfg: dict, method: str) -> str:
     """A method or variant name given on a command line -> its base; unknown: the valid names."""
     from .errors import UnknownNameError
-    from .tta import METHODS
+    METHODS = registered_methods()
 
     if method in METHODS or is_variant(cfg, method):
         return base_method(cfg, method)
@@ -634,7 +640,7 @@ def check_method(cfg: dict, method: str) -> str:
 
 def validate_variants(cfg: dict) -> None:
     """Every variant entry: a valid name, a resolvable base, only the base's hyperparameters."""
-    from .tta import METHODS
+    METHODS = registered_methods()
 
     if not isinstance(cfg["methods"], dict):
         raise ConfigError("params: methods must be a mapping of method name -> hyperparameters")

@@ -235,13 +235,11 @@ def _va_stages() -> list[Stage]:
     """Video-audio retrieval (qshift.va; benchmark builtin-va): the corrupted video / audio query sets
     (one stage per corruption x severity) and streams (stages/corrupt_va.py, clip sets), and one
     adapt job per (direction, method, seed). Snakemake: workflow/rules/va.smk."""
-    from . import va as qva
-
     code = ("src/qshift/va.py", "src/qshift/corrupt", "src/qshift/streams.py")
     video = ("seed", "corrupt.image.implementation", "corrupt.image.mm_robustness")
     out = []
-    for side, direction, params, pattern in (("video", "v2a", video, qva.VIDEO_QUERIES),
-                                             ("audio", "a2v", ("seed", "audio_noise"), qva.AUDIO_QUERIES)):
+    for side, direction, params, pattern in (("video", "v2a", video, qc.VIDEO_QUERIES),
+                                             ("audio", "a2v", ("seed", "audio_noise"), qc.AUDIO_QUERIES)):
         out.append(Stage(
             f"corrupt_{side}", "stages/corrupt_va.py",
             f"--side {side} --corruption ${{item.corruption}} --severity ${{item.severity}}", code, (qc.DATASET_DIR,),
@@ -254,7 +252,7 @@ def _va_stages() -> list[Stage]:
                          code, (qc.DATASET_DIR,), (*video, "audio_noise", "stream"), context={"side": side},
                          matrix={"stream": f"${{streams.{side}}}"}, resources={"mem_mb": 2000, "runtime": 60},
                          when=_runs(direction), matrix_values=_used_streams,
-                         outs=(Out(_dvc_path(qva.STREAM_QUERIES, side=side, stream="${item.stream}")),)))
+                         outs=(Out(_dvc_path(qc.VA_STREAM_QUERIES, side=side, stream="${item.stream}")),)))
     base = _adapt_stage("i2t")
     folder = qc.RESULT.rsplit("/", 1)[0]
     for direction, side in (("v2a", "video"), ("a2v", "audio")):
@@ -308,8 +306,6 @@ def _drawn(base: Stage, pattern: str, **fill: str) -> Stage:
 
 
 def _drawn_stages(stages: list[Stage]) -> list[Stage]:
-    from . import va as qva
-
     by = {s.name: s for s in stages}
     cell = {"corruption": "${item.corruption}", "severity": "${item.severity}"}
     stream = {"stream": "${item.stream}"}
@@ -318,10 +314,10 @@ def _drawn_stages(stages: list[Stage]) -> list[Stage]:
             _drawn(by["corrupt_stream_image"], qc.DRAWN["image-stream"], **stream),
             _drawn(by["corrupt_stream_text"], qc.DRAWN["text-stream"], **stream),
             _drawn(by["corrupt_stream_cir"], qc.DRAWN["cir-stream"], **stream),
-            _drawn(by["corrupt_video"], qva.DRAWN["video"], **cell),
-            _drawn(by["corrupt_audio"], qva.DRAWN["audio"], **cell),
-            _drawn(by["corrupt_stream_video"], qva.DRAWN["stream"], side="video", **stream),
-            _drawn(by["corrupt_stream_audio"], qva.DRAWN["stream"], side="audio", **stream)]
+            _drawn(by["corrupt_video"], qc.DRAWN["video"], **cell),
+            _drawn(by["corrupt_audio"], qc.DRAWN["audio"], **cell),
+            _drawn(by["corrupt_stream_video"], qc.DRAWN["va-stream"], side="video", **stream),
+            _drawn(by["corrupt_stream_audio"], qc.DRAWN["va-stream"], side="audio", **stream)]
 
 
 REPORT_OUTS = ("reports/report.md", "reports/report.html", "reports/figures", "reports/summary.json",

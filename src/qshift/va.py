@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .config import AUDIO_QUERIES, DRAWN, VA_STREAM_QUERIES, VIDEO_QUERIES
 from .errors import ConfigError, InputError, UnknownNameError
 
 log = logging.getLogger("qshift.stage")
@@ -55,13 +56,6 @@ log = logging.getLogger("qshift.stage")
 FORMAT = "qshift-va-clips"
 MANIFEST_FORMAT = "qshift-va-dataset"
 CLIPS = "clips.json"
-VIDEO_QUERIES = "data/queries/{dataset}/video/{corruption}-s{severity}"
-AUDIO_QUERIES = "data/queries/{dataset}/audio/{corruption}-s{severity}"
-STREAM_QUERIES = "data/queries/{dataset}/{side}-stream/{stream}"
-# seed_corruptions: true — the same sets drawn for another run seed (as qshift.config.DRAWN for image-text)
-DRAWN = {"video": "data/queries/{dataset}/video-seed{draw}/{corruption}-s{severity}",
-         "audio": "data/queries/{dataset}/audio-seed{draw}/{corruption}-s{severity}",
-         "stream": "data/queries/{dataset}/{side}-stream-seed{draw}/{stream}"}
 SIDE = {"v2a": "video", "a2v": "audio"}
 GALLERY_KEYS = ("task", "video", "audio", "video_owner", "audio_owner", "model", "manifest_sha256", "split")
 STREAM_KINDS = ("mixed", "sequential", "segments")
@@ -315,8 +309,8 @@ def stream_path(cfg: dict, direction: str, stream: str, seed=None) -> str:
 
 def _stream_path(cfg: dict, side: str, stream: str, draw: int | None) -> str:
     if draw is not None:
-        return DRAWN["stream"].format(dataset=cfg["benchmark"], side=side, draw=draw, stream=stream)
-    return STREAM_QUERIES.format(dataset=cfg["benchmark"], side=side, stream=stream)
+        return DRAWN["va-stream"].format(dataset=cfg["benchmark"], side=side, draw=draw, stream=stream)
+    return VA_STREAM_QUERIES.format(dataset=cfg["benchmark"], side=side, stream=stream)
 
 
 def queries_path(cfg: dict, direction: str, corruption: str, severity: int, seed=None) -> str:

@@ -7,13 +7,12 @@
 from qshift import tasks as qtasks
 
 if qtasks.cfg_task(config).name == "video-audio":
-    from qshift import va as qva
 
     rule corrupt_video:
         input:
             DATASET_DIR,
         output:
-            directory(qva.VIDEO_QUERIES.format(dataset=DS, corruption="{corruption}", severity="{severity}")),
+            directory(qc.VIDEO_QUERIES.format(dataset=DS, corruption="{corruption}", severity="{severity}")),
         params:
             draw="",  # the _drawn variant: --draw-seed N
             cfg=qpipe.param_hash(config, "corrupt_video"),
@@ -32,7 +31,7 @@ if qtasks.cfg_task(config).name == "video-audio":
         input:
             DATASET_DIR,
         output:
-            directory(qva.AUDIO_QUERIES.format(dataset=DS, corruption="{corruption}", severity="{severity}")),
+            directory(qc.AUDIO_QUERIES.format(dataset=DS, corruption="{corruption}", severity="{severity}")),
         params:
             draw="",  # the _drawn variant: --draw-seed N
             cfg=qpipe.param_hash(config, "corrupt_audio"),
@@ -51,7 +50,7 @@ if qtasks.cfg_task(config).name == "video-audio":
         input:
             DATASET_DIR,
         output:
-            directory(qva.STREAM_QUERIES.format(dataset=DS, side="video", stream="{stream}")),
+            directory(qc.VA_STREAM_QUERIES.format(dataset=DS, side="video", stream="{stream}")),
         params:
             draw="",  # the _drawn variant: --draw-seed N
             cfg=lambda w: qpipe.param_hash(config, "corrupt_stream_video", stream=w.stream),
@@ -70,7 +69,7 @@ if qtasks.cfg_task(config).name == "video-audio":
         input:
             DATASET_DIR,
         output:
-            directory(qva.STREAM_QUERIES.format(dataset=DS, side="audio", stream="{stream}")),
+            directory(qc.VA_STREAM_QUERIES.format(dataset=DS, side="audio", stream="{stream}")),
         params:
             draw="",  # the _drawn variant: --draw-seed N
             cfg=lambda w: qpipe.param_hash(config, "corrupt_stream_audio", stream=w.stream),
@@ -89,7 +88,7 @@ if qtasks.cfg_task(config).name == "video-audio":
     # (src/qshift/va.py DRAWN), read by that seed's adapt jobs; the stream domains stay the project seed's
     use rule corrupt_video as corrupt_video_drawn with:
         output:
-            directory(qva.DRAWN["video"].format(dataset=DS, draw="{draw}", corruption="{corruption}",
+            directory(qc.DRAWN["video"].format(dataset=DS, draw="{draw}", corruption="{corruption}",
                                                 severity="{severity}")),
         params:
             draw=lambda w: f" --draw-seed {w.draw}",
@@ -101,7 +100,7 @@ if qtasks.cfg_task(config).name == "video-audio":
 
     use rule corrupt_audio as corrupt_audio_drawn with:
         output:
-            directory(qva.DRAWN["audio"].format(dataset=DS, draw="{draw}", corruption="{corruption}",
+            directory(qc.DRAWN["audio"].format(dataset=DS, draw="{draw}", corruption="{corruption}",
                                                 severity="{severity}")),
         params:
             draw=lambda w: f" --draw-seed {w.draw}",
@@ -113,7 +112,7 @@ if qtasks.cfg_task(config).name == "video-audio":
 
     use rule corrupt_stream_video as corrupt_stream_video_drawn with:
         output:
-            directory(qva.DRAWN["stream"].format(dataset=DS, side="video", draw="{draw}", stream="{stream}")),
+            directory(qc.DRAWN["va-stream"].format(dataset=DS, side="video", draw="{draw}", stream="{stream}")),
         params:
             draw=lambda w: f" --draw-seed {w.draw}",
             cfg=lambda w: qpipe.param_hash(config, "corrupt_stream_video", stream=w.stream),
@@ -123,7 +122,7 @@ if qtasks.cfg_task(config).name == "video-audio":
 
     use rule corrupt_stream_audio as corrupt_stream_audio_drawn with:
         output:
-            directory(qva.DRAWN["stream"].format(dataset=DS, side="audio", draw="{draw}", stream="{stream}")),
+            directory(qc.DRAWN["va-stream"].format(dataset=DS, side="audio", draw="{draw}", stream="{stream}")),
         params:
             draw=lambda w: f" --draw-seed {w.draw}",
             cfg=lambda w: qpipe.param_hash(config, "corrupt_stream_audio", stream=w.stream),

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..method_catalog import coerce_hparam
 from ..models.base import RetrievalModel
 from ..registry import Registry
 from ..runtime import autocast
@@ -78,7 +79,7 @@ class TTAMethod:
                               f"valid: {', '.join(sorted(self.defaults)) or '(none)'}")
         if steps < 1:
             raise ConfigError(f"adapt.steps must be >= 1, got {steps}")
-        self.hp = {**self.defaults, **{k: _coerce(self.name, k, v, self.defaults[k]) for k, v in (hparams or {}).items()}}
+        self.hp = {**self.defaults, **{k: coerce_hparam(self.name, k, v, self.defaults[k]) for k, v in (hparams or {}).items()}}
         self.model, self.modality, self.steps, self.amp = model, modality, steps, amp
         self.gallery = gallery.to(model.device).float()
         self.counters: Counter[str] = Counter()
@@ -246,23 +247,6 @@ class GalleryEntropyMethod(TTAMethod):
 def ema(old, new, momentum: float):
     """Exponential moving average ``momentum * old + (1 - momentum) * new``; starts at ``new``."""
     return new if old is None else momentum * old + (1 - momentum) * new
-
-
-def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
-    """Hyperparameters take the type of their default (``lr: 1e-3`` is a string in YAML 1.1)."""
-    if isinstance(default, bool) or default is None or isinstance(value, type(default)):
-        return value
-    if isinstance(default, (int, float)):
-        try:
-            as_float = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"hyperparameter {method}.{key} must be a number, got {value!r}") from None
-        if isinstance(default, int) and not isinstance(default, bool):
-            if not as_float.is_integer():
-                raise ConfigError(f"hyperparameter {method}.{key} must be an integer, got {value!r}")
-            return int(as_float)
-        return as_float
-    return value
 
 
 def build_method(name: str, model: RetrievalModel, modality: str, gallery: torch.Tensor,
