@@ -116,7 +116,7 @@ def _write(path: Path, live) -> None:
 
     try:
         write_json(path, {"format": FORMAT, "methods": specs})
-    except OSError as e:  # a read-only install: every call imports qshift.tta, as before
+    except OSError as e:  # an unwritable cache folder: each call imports qshift.tta, as before
         log.debug("method catalog not cached at %s: %s", path, e)
 
 
@@ -125,11 +125,15 @@ def registered_methods():
     cached catalog (built from it once per content of the package's sources)."""
     if "qshift.tta" in sys.modules:
         return sys.modules["qshift.tta"].METHODS
-    path = catalog_path()
-    cached = _read(path)
+    try:
+        path = catalog_path()
+    except (OSError, RuntimeError, KeyError):  # no home folder to resolve (a bare batch environment)
+        path = None
+    cached = _read(path) if path is not None else None
     if cached is not None:
         return cached
     from .tta import METHODS
 
-    _write(path, METHODS)
+    if path is not None:
+        _write(path, METHODS)
     return METHODS
