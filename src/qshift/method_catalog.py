@@ -18,6 +18,7 @@ the call then imports :mod:`qshift.tta`, which is only slower.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -120,20 +121,28 @@ def _write(path: Path, live) -> None:
         log.debug("method catalog not cached at %s: %s", path, e)
 
 
-def registered_methods():
-    """The registry of methods: ``qshift.tta.METHODS`` in a process that imported it, else the
-    cached catalog (built from it once per content of the package's sources)."""
-    if "qshift.tta" in sys.modules:
-        return sys.modules["qshift.tta"].METHODS
+@functools.lru_cache(maxsize=None)
+def _catalog() -> Registry[MethodSpec] | None:
+    """This process's cached catalog, read once (the DAG asks for the methods ~150 times); None
+    when there is none to read: it is then built from :mod:`qshift.tta`, imported here."""
     try:
         path = catalog_path()
     except (OSError, RuntimeError, KeyError):  # no home folder to resolve (a bare batch environment)
         path = None
     cached = _read(path) if path is not None else None
-    if cached is not None:
-        return cached
-    from .tta import METHODS
+    if cached is None:
+        from .tta import METHODS
 
-    if path is not None:
-        _write(path, METHODS)
-    return METHODS
+        if path is not None:
+            _write(path, METHODS)
+    return cached
+
+
+def registered_methods():
+    """The registry of methods: ``qshift.tta.METHODS`` in a process that imported it, else the
+    cached catalog (built from it once per content of the package's sources)."""
+    if "qshift.tta" not in sys.modules:
+        cached = _catalog()
+        if cached is not None:
+            return cached
+    return sys.modules["qshift.tta"].METHODS

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
+from .method_catalog import registered_methods
 
 ENTROPY_METHODS = ("tent", "eata", "sar", "read", "deyo")
 SCHEMA = 1
@@ -56,8 +57,6 @@ def validate_tune(cfg: dict) -> None:
         raise ConfigError("params: tune must be a mapping (enabled, methods, lr, tau, image, text)")
     if not isinstance(t.get("enabled", False), bool):
         raise ConfigError(f"params: tune.enabled must be true or false, got {t.get('enabled')!r}")
-    from .method_catalog import registered_methods
-
     METHODS = registered_methods()
 
     for m in t.get("methods") or []:  # methods not in adapt.methods are simply not tuned

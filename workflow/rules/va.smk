@@ -85,7 +85,7 @@ if qtasks.cfg_task(config).name == "video-audio":
             "python stages/corrupt_va.py --side audio --stream {wildcards.stream}{params.draw}"
 
     # `seed_corruptions: true`: the same query sets drawn for each run seed but the project's
-    # (src/qshift/va.py DRAWN), read by that seed's adapt jobs; the stream domains stay the project seed's
+    # (src/qshift/config.py DRAWN), read by that seed's adapt jobs; the stream domains stay the project seed's
     use rule corrupt_video as corrupt_video_drawn with:
         output:
             directory(qc.DRAWN["video"].format(dataset=DS, draw="{draw}", corruption="{corruption}",
