@@ -6,7 +6,9 @@ vocabulary training uses, in five variants: the text batch at the full context o
 its longest caption (``pretrain.trim_text``) x matmuls in fp32 or ``pretrain.matmul: fast``
 (TF32 on CUDA; on the CPU fast is fp32), then trimmed text with torch's fused AdamW
 (``pretrain.fused_optimizer``) and with Muon on the transformer blocks' matrices
-(``pretrain.optimizer: muon``, params.yaml's); each row's training time is projected over its
+(``pretrain.optimizer: muon``, params.yaml's: its Newton-Schulz iteration in fp32) and with
+Muon's iteration in torch's bf16 (``pretrain.muon_precision: bf16``: a trap on a CPU without
+bf16 matrix units, 3.6x the step on an AVX2-only one); each row's training time is projected over its
 recipe's steps (``--adamw-steps`` 700, ``--muon-steps`` 550: Muon needs fewer for the same
 clean R@1); ``--cpu-bf16`` adds the rows of oneDNN's implicit bf16 matmuls,
 which ``fast`` does not use because they measured slower for this model. Prints one row per
@@ -46,8 +48,8 @@ def _batch(pc: dict, device, caption_len: int = 24):
 
 def time_steps(pc: dict, device, trim: bool, matmul: str, steps: int, warmup: int,
                optimizer: str = "adamw") -> tuple[float, str]:
-    """Seconds per step; ``optimizer``: adamw, fused (AdamW's fused kernel) or muon — built by
-    training's own :func:`~qshift.models.train.build_optimizer`."""
+    """Seconds per step; ``optimizer``: adamw, fused (AdamW's fused kernel), muon (its iteration in
+    fp32) or muon-bf16 — built by training's own :func:`~qshift.models.train.build_optimizer`."""
     torch.manual_seed(0)
     model = build_from_config(tiny_clip_config(pc["embed_dim"], pc["vision"], pc["text"],
                                                pc["init_temperature"])).to(device).train()
@@ -57,7 +59,8 @@ def time_steps(pc: dict, device, trim: bool, matmul: str, steps: int, warmup: in
     _, lut = compact_vocabulary(model, tokens.cpu())
     tokens = lut[tokens.cpu()].to(device)
     opt = build_optimizer(model, {**pc, "fused_optimizer": optimizer == "fused",
-                                  "optimizer": "muon" if optimizer == "muon" else "adamw"})
+                                  "optimizer": "muon" if optimizer.startswith("muon") else "adamw",
+                                  "muon_precision": "bf16" if optimizer == "muon-bf16" else "fp32"})
     labels = torch.arange(len(images), device=device)
 
     def step():
@@ -100,13 +103,13 @@ def main() -> None:
     # (trimmed text, matmul, optimizer): pretrain.trim_text, pretrain.matmul,
     # pretrain.fused_optimizer (fused) / pretrain.optimizer (muon)
     variants = [(False, "fp32", "adamw"), (True, "fp32", "adamw"), (False, "fast", "adamw"), (True, "fast", "adamw"),
-                (True, "fp32", "fused"), (True, "fp32", "muon")]
+                (True, "fp32", "fused"), (True, "fp32", "muon"), (True, "fp32", "muon-bf16")]
     if args.cpu_bf16 and device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         variants += [(False, "cpu-bf16", "adamw"), (True, "cpu-bf16", "adamw")]
     for trim, matmul, optimizer in variants:
         sec, ran = time_steps(pc, device, trim, matmul, args.steps, args.warmup, optimizer)
         sec = round(sec, 4)
-        steps = args.muon_steps if optimizer == "muon" else args.adamw_steps
+        steps = args.muon_steps if optimizer.startswith("muon") else args.adamw_steps
         rows.append({"text": "trimmed" if trim else "full context", "matmul": ran,
                      "optimizer": optimizer, "s_per_step": sec,
                      "speedup": round(rows[0]["s_per_step"] / sec, 2) if rows else 1.0,
@@ -117,9 +120,9 @@ def main() -> None:
         return
     print(f"pretraining step cost on {device} ({args.threads} threads), batch {pc['batch_size']}, "
           f"projected over each recipe's steps (AdamW {args.adamw_steps}, Muon {args.muon_steps})")
-    print(f"{'text':<14}{'matmul':<8}{'optim':<7}{'s/step':>9}{'speed-up':>10}{'steps':>7}{'train s':>9}")
+    print(f"{'text':<14}{'matmul':<8}{'optim':<11}{'s/step':>9}{'speed-up':>10}{'steps':>7}{'train s':>9}")
     for r in rows:
-        print(f"{r['text']:<14}{r['matmul']:<8}{r['optimizer']:<7}{r['s_per_step']:>9.4f}{r['speedup']:>9.2f}x"
+        print(f"{r['text']:<14}{r['matmul']:<8}{r['optimizer']:<11}{r['s_per_step']:>9.4f}{r['speedup']:>9.2f}x"
               f"{r['steps']:>7}{r['train_s']:>9.1f}")
     if not all(math.isfinite(r["s_per_step"]) for r in rows):
         raise SystemExit(1)

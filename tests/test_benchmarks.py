@@ -188,10 +188,10 @@ def test_loader_pins_memory_only_for_a_cuda_model(tmp_path):
     assert loader.pin_memory is True and loader.num_workers == 2
 
 
-def test_pretrain_speed_benchmark_prints_its_six_variants(tmp_path):
-    """benchmarks/pretrain_speed.py on a tiny configuration: six rows (full/trimmed text x
-    fp32/fast matmul, then trimmed text with the fused AdamW and with Muon, each projected over
-    its recipe's steps), the first the reference, every time measured."""
+def test_pretrain_speed_benchmark_prints_its_seven_variants(tmp_path):
+    """benchmarks/pretrain_speed.py on a tiny configuration: seven rows (full/trimmed text x
+    fp32/fast matmul, then trimmed text with the fused AdamW, with Muon and with Muon's iteration
+    in bf16, each projected over its recipe's steps), the first the reference, every time measured."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["pretrain"].update(embed_dim=32, batch_size=8, vision={"image_size": 32, "patch_size": 8, "width": 32,
                                                                   "layers": 1, "heads": 2},
@@ -205,9 +205,9 @@ def test_pretrain_speed_benchmark_prints_its_six_variants(tmp_path):
     doc = json.loads(subprocess.run(cmd + ["--json"], capture_output=True, text=True, check=True, cwd=tmp_path,
                                     env=env).stdout)
     rows = doc["rows"]
-    assert [r["text"] for r in rows] == ["full context", "trimmed", "full context", "trimmed", "trimmed", "trimmed"]
-    assert [r["optimizer"] for r in rows] == ["adamw"] * 4 + ["fused", "muon"]
-    assert [r["steps"] for r in rows] == [5] * 5 + [7]
+    assert [r["text"] for r in rows] == ["full context", "trimmed", "full context", "trimmed"] + ["trimmed"] * 3
+    assert [r["optimizer"] for r in rows] == ["adamw"] * 4 + ["fused", "muon", "muon-bf16"]
+    assert [r["steps"] for r in rows] == [5] * 5 + [7, 7]
     assert rows[0]["matmul"] == rows[1]["matmul"] == "fp32" and rows[0]["speedup"] == 1.0
     assert rows[3]["matmul"] == "fp32"  # fast on the CPU
     assert all(r["s_per_step"] > 0 and r["train_s"] == round(r["s_per_step"] * r["steps"], 1) for r in rows)

@@ -341,7 +341,9 @@ def test_load_params_clean_method_outside_the_grid(tmp_path):
                                                ("pretrain.trim_text=3", "pretrain.trim_text must be true or false"),
                                                ("pretrain.fused_optimizer=maybe",
                                                 "pretrain.fused_optimizer must be true or false, got 'maybe'"),
-                                               ("pretrain.optimizer=sgd", "pretrain.optimizer is 'sgd'; valid: adamw, muon")])
+                                               ("pretrain.optimizer=sgd", "pretrain.optimizer is 'sgd'; valid: adamw, muon"),
+                                               ("pretrain.muon_precision=fp16",
+                                                "pretrain.muon_precision is 'fp16'; valid: fp32, bf16")])
 def test_load_params_bad_pretrain_speedup_names_the_value(tmp_path, override, problem):
     path = _params_with(tmp_path, lambda c: None)
     with pytest.raises(ConfigError) as e:

@@ -378,6 +378,8 @@ def validate_run_params(cfg: dict) -> None:
         raise ConfigError(f"params: pretrain.matmul is {pre['matmul']!r}; valid: fp32, fast")
     if pre.get("optimizer", "adamw") not in ("adamw", "muon"):
         raise ConfigError(f"params: pretrain.optimizer is {pre['optimizer']!r}; valid: adamw, muon")
+    if pre.get("muon_precision", "fp32") not in ("fp32", "bf16"):
+        raise ConfigError(f"params: pretrain.muon_precision is {pre['muon_precision']!r}; valid: fp32, bf16")
     for key in ("trim_text", "fused_optimizer"):
         if not isinstance(pre.get(key, False), bool):
             raise ConfigError(f"params: pretrain.{key} must be true or false, got {pre[key]!r}")
