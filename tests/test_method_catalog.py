@@ -91,10 +91,10 @@ SNAKEMAKE_WITHOUT_TORCH = ("import sys; sys.modules['torch'] = None; from snakem
 
 def test_snakemake_plans_without_torch_once_cached(tmp_path, monkeypatch):
     """What the Snakefile does on every invocation (load, validate and resolve params, plan the
-    DAG) imports no torch for an image-text benchmark once the catalog is cached: a dry run or a
-    no-op rerun saves the ~2 s torch import. The first (cold) call builds the catalog from
-    qshift.tta. (The composed-image and video-audio tasks still import torch there: their
-    validators and query-path hooks live in their torch modules, qshift.cir / qshift.va.)"""
+    DAG) imports no torch once the catalog is cached, for every task — image-text, composed image
+    retrieval (its planning half: qshift.cir_plan) and video-audio (qshift.va_plan): a dry run, a
+    no-op rerun and each SLURM job's own Snakemake save the ~2 s torch import. The first (cold) call
+    builds the catalog from qshift.tta."""
     from pipeline_utils import make_repo, run
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -104,6 +104,7 @@ def test_snakemake_plans_without_torch_once_cached(tmp_path, monkeypatch):
     assert cold.returncode != 0 and "torch" in cold.stdout + cold.stderr  # no catalog yet: it needs qshift.tta
     run([sys.executable, "-c", "from qshift.method_catalog import registered_methods as r; r()"], repo)
     assert (tmp_path / "cache" / "qshift" / "method-catalog" / f"{mc.catalog_key()}.json").is_file()
-    for preset in ("builtin", "coco-c", "flickr-c"):
+    for preset, job in (("builtin", "adapt_"), ("coco-c", "adapt_"), ("flickr-c", "adapt_"),
+                        ("builtin-cir", "adapt_cir"), ("builtin-va", "adapt_v2a")):
         out = run(dry + ["--config", f"benchmark={preset}"], repo).stdout
-        assert "adapt_" in out and "pretrain" in out, (preset, out[-2000:])
+        assert job in out and "pretrain" in out, (preset, out[-2000:])

@@ -24,7 +24,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .data.manifest import _caption_norm, image_root, normalize_caption, read_manifest
-from .errors import ConfigError, InputError
+from .cir_plan import code_extra, combiner_kind, check_cell, validate_cir  # noqa: F401  (the task's torch-free half)
+from .errors import InputError
 from .progress import tqdm
 
 TARGETS = "targets.json"
@@ -332,10 +333,6 @@ def composed_examples(dataset_dir: str | Path, sentids, md_path: str | Path | No
 
 # -- the composed model -------------------------------------------------------------------------------
 
-def combiner_kind(cfg: dict) -> str:
-    return str(cfg["model"].get("combiner", "trained"))
-
-
 def load_composed(cfg: dict, base):
     """The job's composed model: ``base`` (the loaded model) + the configured combiner."""
     from .config import MODEL_DIR
@@ -343,56 +340,6 @@ def load_composed(cfg: dict, base):
 
     return ComposedModel(base, load_combiner(combiner_kind(cfg), MODEL_DIR.format(model=cfg["model"]["name"]),
                                              embed_dim(base)))
-
-
-def validate_cir(cfg: dict) -> None:
-    from .models.composed import COMBINER_DEFAULTS, COMBINERS, is_checkpoint
-
-    kind = combiner_kind(cfg)
-    if kind not in COMBINERS and not is_checkpoint(kind):
-        raise ConfigError(f"params: model.combiner {kind!r}; valid: {', '.join(COMBINERS)} or the path of a "
-                          f"CLIP4Cir combiner checkpoint (.pt)")
-    from .config import trains_model
-
-    if kind == "trained" and "source" in (cfg.get("model") or {}) and not trains_model(cfg):
-        raise ConfigError(f"params: model.combiner: trained is the combiner the built-in CIR benchmark's pretrain "
-                          f"stage fits beside its CLIP; model.source {cfg['model']['source']!r} is a pretrained "
-                          f"model: use model.combiner: sum or the path of a CLIP4Cir combiner checkpoint (.pt)")
-    hp = (cfg.get("pretrain") or {}).get("combiner") or {}
-    if not isinstance(hp, dict):
-        raise ConfigError(f"params: pretrain.combiner must be a mapping, got {hp!r}")
-    unknown = sorted(set(hp) - set(COMBINER_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"params: pretrain.combiner has unknown key(s) {', '.join(unknown)}; valid: "
-                          f"{', '.join(COMBINER_DEFAULTS)}")
-    _validate_tune(cfg)
-    # streams.cir (multi-modal query streams): validated by the task's hook, qshift.cir_streams.validate
-
-
-def _validate_tune(cfg: dict) -> None:
-    """tune.image / tune.text may not name what a composed stream (streams.cir) reports either (the
-    grid's own cells: qshift.tune.validate_tune)."""
-    t = cfg.get("tune") or {}
-    if not isinstance(t, dict) or not t.get("enabled"):
-        return
-    from .cir_streams import domain_parts
-
-    img, txt = t.get("image") or {}, t.get("text") or {}
-    for name, spec in ((cfg.get("streams") or {}).get("cir") or {}).items():
-        try:
-            parts = domain_parts(spec)
-        except (AttributeError, TypeError, ValueError):
-            continue  # a malformed stream: its own validator (qshift.cir_streams.validate) names the key
-        images = {im[0] for _, im, _ in parts if im is not None}
-        texts = {tx for _, _, tx in parts if tx is not None}
-        for c in img.get("corruptions") or []:
-            if c in images:
-                raise ConfigError(f"params: tune.image.corruptions has {c!r}, which the composed stream "
-                                  f"streams.cir.{name} reports; use validation-only types, e.g. gaussian_blur, spatter")
-        for c in txt.get("corruptions") or []:
-            if (c, int(txt.get("level") or 0)) in texts:
-                raise ConfigError(f"params: tune.text has {c!r} at level {txt.get('level')}, a cell the composed "
-                                  f"stream streams.cir.{name} reports; pick a type or level it does not report")
 
 
 # -- tuning (stage tune, qshift.tune): the validation triplets under validation-only corruptions --------
@@ -507,24 +454,6 @@ def load_queries(cfg: dict, run) -> CIRSplit:
     return load_triplets(queries_path(cfg, run.direction, run.corruption, run.severity, run.seed), "test")
 
 
-def check_cell(cfg: dict, direction: str, corruption: str, severity: int) -> None:
-    """A single cell (the adapt stage's ``--corruption``/``--severity``): an image corruption (the
-    reference) or a text corruption (the modification), the clean run or a stream; else ConfigError."""
-    from .config import streams
-    from .corrupt import IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS
-    from .errors import UnknownNameError
-    from .results import CLEAN
-
-    named = streams(cfg, direction)
-    if corruption == CLEAN or corruption in named:
-        if severity != 0:
-            what = "the clean reference run" if corruption == CLEAN else f"stream {corruption!r}"
-            raise ConfigError(f"{what} takes --severity 0, got {severity}")
-    elif corruption not in IMAGE_CORRUPTIONS and corruption not in TEXT_CORRUPTIONS:
-        raise UnknownNameError("image or text corruption or stream for cir queries", corruption,
-                               IMAGE_CORRUPTIONS.names() + TEXT_CORRUPTIONS.names() + [CLEAN] + sorted(named))
-
-
 def job_model(cfg: dict, base):
     """The adapt job's model: the composed encoder (both towers + the configured combiner)."""
     return load_composed(cfg, base)
@@ -532,17 +461,6 @@ def job_model(cfg: dict, base):
 
 def check_queries(queries: CIRSplit, gallery: dict) -> None:
     check_targets(queries, gallery["image_owner"].numpy())
-
-
-def code_extra(cfg: dict) -> str:
-    """What a cell's fingerprint covers beyond the task's code files: a CLIP4Cir combiner
-    checkpoint's bytes (not only its path)."""
-    from .models.composed import is_checkpoint
-
-    from .cells import file_hash
-
-    kind = combiner_kind(cfg)
-    return "+" + (file_hash(kind) or "-") if is_checkpoint(kind) else ""
 
 
 class Scoring:

@@ -211,7 +211,7 @@ def _adapt_cir_stage() -> Stage:
     folder = qc.RESULT.rsplit("/", 1)[0]
     return Stage(
         "adapt_cir", base.script, "--method ${item.method} --direction cir --seed ${item.seed}",
-        base.code + ("src/qshift/cir.py", "src/qshift/tasks.py", "src/qshift/models/composed.py"), base.inputs,
+        base.code + ("src/qshift/cir.py", "src/qshift/cir_plan.py", "src/qshift/tasks.py", "src/qshift/models/composed.py"), base.inputs,
         base.params, grid=("adapt.clean_methods", "corrupt.image.names", "corrupt.image.severities",
                            "corrupt.text.names", "corrupt.text.levels", "streams.methods", "streams.cir"),
         matrix=base.matrix, resources=base.resources, when=_runs("cir"),
@@ -235,7 +235,7 @@ def _va_stages() -> list[Stage]:
     """Video-audio retrieval (qshift.va; benchmark builtin-va): the corrupted video / audio query sets
     (one stage per corruption x severity) and streams (stages/corrupt_va.py, clip sets), and one
     adapt job per (direction, method, seed). Snakemake: workflow/rules/va.smk."""
-    code = ("src/qshift/va.py", "src/qshift/corrupt", "src/qshift/streams.py")
+    code = ("src/qshift/va.py", "src/qshift/va_plan.py", "src/qshift/corrupt", "src/qshift/streams.py")
     video = ("seed", "corrupt.image.implementation", "corrupt.image.mm_robustness")
     out = []
     for side, direction, params, pattern in (("video", "v2a", video, qc.VIDEO_QUERIES),
@@ -258,7 +258,7 @@ def _va_stages() -> list[Stage]:
     for direction, side in (("v2a", "video"), ("a2v", "audio")):
         out.append(Stage(
             f"adapt_{direction}", base.script, f"--method ${{item.method}} --direction {direction} --seed ${{item.seed}}",
-            base.code + ("src/qshift/va.py", "src/qshift/tasks.py", "src/qshift/models/video_audio.py",
+            base.code + ("src/qshift/va.py", "src/qshift/va_plan.py", "src/qshift/tasks.py", "src/qshift/models/video_audio.py",
                          "src/qshift/models/tiny_va.py"), base.inputs, base.params,
             grid=("adapt.clean_methods", f"corrupt.{side}.names", f"corrupt.{side}.severities", "streams.methods",
                   f"streams.{side}"),

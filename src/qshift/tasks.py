@@ -119,11 +119,11 @@ register_task(Task(
     hooks={"validate": "qshift.cir_streams:validate", "stream_path": "qshift.cir_streams:stream_path",
            "stream_info": "qshift.cir_streams:stream_info", "stream_domains": "qshift.cir_streams:stream_domains",
            "query_owner": "qshift.cir:query_owner", "query_loader": "qshift.cir:loader_hook",
-           "load_queries": "qshift.cir:load_queries", "check_cell": "qshift.cir:check_cell",
+           "load_queries": "qshift.cir:load_queries", "check_cell": "qshift.cir_plan:check_cell",
            "job_model": "qshift.cir:job_model", "check_queries": "qshift.cir:check_queries",
-           "scoring": "qshift.cir:scoring", "code_extra": "qshift.cir:code_extra",
+           "scoring": "qshift.cir:scoring", "code_extra": "qshift.cir_plan:code_extra",
            "tune_gallery": "qshift.cir:tune_gallery", "tune_queries": "qshift.cir:tune_queries",
-           "code": ("cir.py", "models/composed.py")}))
+           "code": ("cir.py", "cir_plan.py", "models/composed.py")}))
 
 
 register_task(Task(
@@ -136,12 +136,15 @@ register_task(Task(
     adapts="the query tower's LayerNorms (video queries: the video tower's; audio queries: the audio tower's); "
            "the other tower and the gallery embeddings stay frozen",
     description="video-audio retrieval: a clip's frames <-> its soundtrack",
-    hooks={name: f"qshift.va:{name}" for name in (
-        "validate", "query_cells", "query_set_path", "queries_path", "stream_path", "check_cell", "load_queries", "query_owner",
-        "query_loader", "check_gallery", "stream_info", "prepare", "pretrain", "encode_gallery", "examples",
-        "tune_gallery", "tune_queries")}
-    | {"stream_domains": "qshift.va:reported_domains"}
-    | {"code": ("va.py", "corrupt/video.py", "corrupt/audio.py", "models/video_audio.py", "models/tiny_va.py")}))
+    # planning (torch-free: qshift.va_plan) and the jobs' clip sets, encoders and stages (qshift.va)
+    hooks={name: f"qshift.va_plan:{name}" for name in (
+        "validate", "query_cells", "query_set_path", "queries_path", "stream_path", "check_cell")}
+    | {name: f"qshift.va:{name}" for name in (
+        "load_queries", "query_owner", "query_loader", "check_gallery", "stream_info", "prepare", "pretrain",
+        "encode_gallery", "examples", "tune_gallery", "tune_queries")}
+    | {"stream_domains": "qshift.va_plan:reported_domains"}
+    | {"code": ("va.py", "va_plan.py", "corrupt/video.py", "corrupt/audio.py", "models/video_audio.py",
+                "models/tiny_va.py")}))
 
 
 def _resolve(value):
@@ -225,7 +228,7 @@ def validate_tasks(cfg: dict) -> None:
                           f"{list(cfg['adapt']['directions'])} are {task.name} directions; valid directions: "
                           f"{', '.join(x.name for x in TASKS.get(dtask).directions)}")
     if task.name == "cir":
-        from .cir import validate_cir
+        from .cir_plan import validate_cir
 
         validate_cir(cfg)
     check = hook(task.name, "validate")

@@ -47,14 +47,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, InputError
+from ..cir_plan import COMBINER_DEFAULTS, COMBINERS, is_checkpoint  # noqa: F401  (torch-free: planning reads them)
 from .base import RetrievalModel
 
-COMBINERS = ("sum", "trained")
 COMBINER_FILE = "qshift_combiner.pt"
 COMBINER_INFO = "qshift_combiner.json"
-# pretrain.combiner: the defaults (the builtin-cir preset overrides only what it changes)
-COMBINER_DEFAULTS = {"hidden": 256, "steps": 1500, "batch_size": 256, "lr": 1.0e-3, "weight_decay": 1.0e-4,
-                     "tau": 0.05, "hard_negatives": True}
 
 
 def pack(images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -114,11 +111,6 @@ class CLIP4CirCombiner(nn.Module):
         lam = self.dynamic_scalar(h)
         out = self.output_layer(self.dropout3(F.relu(self.combiner_layer(h)))) + lam * zt + (1 - lam) * zi
         return F.normalize(out, dim=-1)
-
-
-def is_checkpoint(kind: str) -> bool:
-    """``model.combiner`` names a CLIP4Cir checkpoint file (not ``sum`` / ``trained``)."""
-    return isinstance(kind, str) and kind not in COMBINERS and (kind.endswith((".pt", ".pth", ".ckpt")) or "/" in kind)
 
 
 def load_clip4cir(path: str | Path, dim: int) -> CLIP4CirCombiner:
