@@ -181,3 +181,32 @@ def test_a_failing_cell_keeps_the_cells_finished_before_it(world, tmp_path):
 def test_job_arguments_fail_with_one_clear_line(world, tmp_path, args, message):
     proc = _stage(world, _params(world, tmp_path, ["source", "tent"]), *args)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("benchmark, direction, valid, what", [
+    ("builtin", "i2t", ["gaussian_noise"], "image corruption"),
+    ("builtin", "t2i", ["char_insert"], "text corruption"),
+    ("builtin-cir", "cir", ["gaussian_noise", "char_insert"], "image or text corruption"),  # reference or modification
+    ("builtin-va", "v2a", ["gaussian_noise"], "video corruption"),
+    ("builtin-va", "a2v", ["crowd"], "audio corruption"),
+])
+def test_a_cells_corruption_is_checked_against_its_directions_queries(benchmark, direction, valid, what):
+    """One check_cell for every task: the clean run and the streams take severity 0; anything else
+    is one of the direction's query corruptions (a task names them: qshift.cir_plan, qshift.va_plan),
+    else an error naming the direction and every valid choice."""
+    from qshift.cells import check_cell
+    from qshift.errors import ConfigError, UnknownNameError
+
+    cfg = config.load_params(config.DEFAULT_PARAMS, [f"benchmark={benchmark}"])
+    for name in valid:
+        check_cell(cfg, direction, name, 3)
+    check_cell(cfg, direction, "clean", 0)
+    with pytest.raises(ConfigError, match="the clean reference run takes --severity 0, got 3"):
+        check_cell(cfg, direction, "clean", 3)
+    for stream in config.streams(cfg, direction):
+        check_cell(cfg, direction, stream, 0)
+        with pytest.raises(ConfigError, match=f"stream '{stream}' takes --severity 0, got 2"):
+            check_cell(cfg, direction, stream, 2)
+    with pytest.raises(UnknownNameError, match=f"unknown {what} or stream for {direction} queries 'nope'") as e:
+        check_cell(cfg, direction, "nope", 3)
+    assert all(f" {n}," in str(e.value) or str(e.value).endswith(n) for n in valid + ["clean"]), str(e.value)

@@ -368,7 +368,8 @@ def test_a_bad_combiner_checkpoint_is_one_clear_error(tmp_path):
 
 def test_the_composed_model_feeds_clip4cir_the_raw_features(tmp_path):
     from _tiny import make_tiny_clip_dir
-    from qshift.cir import load_composed, validate_cir
+    from qshift.cir import load_composed
+    from qshift.cir_plan import validate_cir
     from qshift.models import load_model
     from qshift.models.composed import pack
 

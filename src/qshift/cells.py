@@ -138,25 +138,36 @@ def is_up_to_date(run: Run, fp: str) -> bool:
     return isinstance(doc, dict) and doc.get("fingerprint") == fp and doc.get("status") in ("ok", "diverged")
 
 
-def check_cell(cfg: dict, direction: str, corruption: str, severity: int) -> None:
-    """A single cell's corruption/severity (the stage's ``--corruption``/``--severity``): valid or ConfigError."""
-    from .config import streams
+def query_corruptions(direction: str) -> tuple[str, tuple]:
+    """(what they are called, their registries): the corruptions a direction's queries take —
+    image-text: the query modality's; a task's own through its ``query_corruptions`` hook (cir: image
+    or text, qshift.cir_plan; video-audio: the queried side's, qshift.va_plan)."""
     from .corrupt import IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS
-    from .errors import UnknownNameError
     from .tasks import hook
 
-    task_check = hook(direction, "check_cell")  # cir: image or text corruptions (qshift.cir); video-audio: qshift.va
-    if task_check is not None:
-        return task_check(cfg, direction, corruption, severity)
+    task_corruptions = hook(direction, "query_corruptions")
+    if task_corruptions is not None:
+        return task_corruptions(direction)
     registry = IMAGE_CORRUPTIONS if direction == "i2t" else TEXT_CORRUPTIONS
+    return registry.kind, (registry,)
+
+
+def check_cell(cfg: dict, direction: str, corruption: str, severity: int) -> None:
+    """A single cell's corruption/severity (the stage's ``--corruption``/``--severity``): the clean
+    run or a stream at severity 0, or one of the direction's query corruptions; else ConfigError."""
+    from .config import streams
+    from .errors import UnknownNameError
+
     named = streams(cfg, direction)
     if corruption in named or corruption == CLEAN:
         if severity != 0:
             what = "the clean reference run" if corruption == CLEAN else f"stream {corruption!r}"
             raise ConfigError(f"{what} takes --severity 0, got {severity}")
-    elif corruption not in registry:
-        raise UnknownNameError(f"{registry.kind} or stream for {direction} queries", corruption,
-                               registry.names() + [CLEAN] + sorted(named))
+        return
+    what, registries = query_corruptions(direction)
+    if not any(corruption in r for r in registries):
+        raise UnknownNameError(f"{what} or stream for {direction} queries", corruption,
+                               [n for r in registries for n in r.names()] + [CLEAN] + sorted(named))
 
 
 class Job:

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .data.manifest import _caption_norm, image_root, normalize_caption, read_manifest
-from .cir_plan import code_extra, combiner_kind, check_cell, validate_cir  # noqa: F401  (the task's torch-free half)
+from .cir_plan import combiner_kind  # the task's torch-free half (planning): qshift.cir_plan
 from .errors import InputError
 from .progress import tqdm
 

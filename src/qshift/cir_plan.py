@@ -1,5 +1,5 @@
 """The composed image retrieval task's torch-free half: what Snakemake needs to plan a CIR
-pipeline — the combiner names, the parameter checks, a cell's check and fingerprint extra — so that
+pipeline — the combiner names, the parameter checks, a cell's corruptions and fingerprint extra — so that
 a dry run or a no-op rerun (and each SLURM job's own Snakemake) does not import torch
 (:mod:`qshift.cir` holds the queries, the composed encoder and the scoring; it re-exports these).
 """
@@ -71,22 +71,12 @@ def _validate_tune(cfg: dict) -> None:
                                   f"stream streams.cir.{name} reports; pick a type or level it does not report")
 
 
-def check_cell(cfg: dict, direction: str, corruption: str, severity: int) -> None:
-    """A single cell (the adapt stage's ``--corruption``/``--severity``): an image corruption (the
-    reference) or a text corruption (the modification), the clean run or a stream; else ConfigError."""
-    from .config import streams
+def query_corruptions(direction: str) -> tuple[str, tuple]:
+    """A cell's corruption (qshift.cells.check_cell): an image corruption (of the reference) or a
+    text corruption (of the modification)."""
     from .corrupt import IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS
-    from .errors import UnknownNameError
-    from .results import CLEAN
 
-    named = streams(cfg, direction)
-    if corruption == CLEAN or corruption in named:
-        if severity != 0:
-            what = "the clean reference run" if corruption == CLEAN else f"stream {corruption!r}"
-            raise ConfigError(f"{what} takes --severity 0, got {severity}")
-    elif corruption not in IMAGE_CORRUPTIONS and corruption not in TEXT_CORRUPTIONS:
-        raise UnknownNameError("image or text corruption or stream for cir queries", corruption,
-                               IMAGE_CORRUPTIONS.names() + TEXT_CORRUPTIONS.names() + [CLEAN] + sorted(named))
+    return "image or text corruption", (IMAGE_CORRUPTIONS, TEXT_CORRUPTIONS)
 
 
 def code_extra(cfg: dict) -> str:

@@ -42,7 +42,7 @@ function declares a *hook* (``Task.hooks``: name -> ``"module:function"``, impor
 used) and the shared function asks :func:`hook` for it — one generic line there instead of an
 ``if direction == ...`` chain. Hook names (and the functions that consult them):
 ``validate`` (config.validate), ``query_cells`` / ``query_set_path`` / ``queries_path`` /
-``stream_path`` (config), ``check_cell`` / ``load_queries`` (cells), ``query_owner`` / ``query_loader`` /
+``stream_path`` (config), ``query_corruptions`` / ``load_queries`` (cells), ``query_owner`` / ``query_loader`` /
 ``check_gallery`` (gallery), ``stream_info`` / ``stream_domains`` (streams), ``job_model`` /
 ``check_queries`` (cells: the model an adapt job adapts, a cell's queries against the gallery),
 ``scoring`` (adapt.run_stream: a benchmark's own scoring rules over a query set), ``tune_gallery`` /
@@ -119,7 +119,7 @@ register_task(Task(
     hooks={"validate": "qshift.cir_streams:validate", "stream_path": "qshift.cir_streams:stream_path",
            "stream_info": "qshift.cir_streams:stream_info", "stream_domains": "qshift.cir_streams:stream_domains",
            "query_owner": "qshift.cir:query_owner", "query_loader": "qshift.cir:loader_hook",
-           "load_queries": "qshift.cir:load_queries", "check_cell": "qshift.cir_plan:check_cell",
+           "load_queries": "qshift.cir:load_queries", "query_corruptions": "qshift.cir_plan:query_corruptions",
            "job_model": "qshift.cir:job_model", "check_queries": "qshift.cir:check_queries",
            "scoring": "qshift.cir:scoring", "code_extra": "qshift.cir_plan:code_extra",
            "tune_gallery": "qshift.cir:tune_gallery", "tune_queries": "qshift.cir:tune_queries",
@@ -138,7 +138,7 @@ register_task(Task(
     description="video-audio retrieval: a clip's frames <-> its soundtrack",
     # planning (torch-free: qshift.va_plan) and the jobs' clip sets, encoders and stages (qshift.va)
     hooks={name: f"qshift.va_plan:{name}" for name in (
-        "validate", "query_cells", "query_set_path", "queries_path", "stream_path", "check_cell")}
+        "validate", "query_cells", "query_set_path", "queries_path", "stream_path", "query_corruptions")}
     | {name: f"qshift.va:{name}" for name in (
         "load_queries", "query_owner", "query_loader", "check_gallery", "stream_info", "prepare", "pretrain",
         "encode_gallery", "examples", "tune_gallery", "tune_queries")}

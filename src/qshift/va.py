@@ -49,10 +49,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import ConfigError, InputError, UnknownNameError
-from .va_plan import (CLIPS, SIDE, STREAM_KINDS, _reported, _side_cfg, check_cell, dataset_dir,  # noqa: F401
-                      query_cells, query_set_path, queries_path, registry, reported_domains, stream_domains,
-                      stream_path, test_set, tune_cells, validate, validate_tune, validate_va_stream)
-from .va_plan import _set_path, _stream_path  # noqa: F401  (the task's torch-free half: planning)
+# the task's torch-free half (planning: cells, paths, checks): qshift.va_plan
+from .va_plan import (CLIPS, SIDE, _set_path, _side_cfg, _stream_path, dataset_dir, queries_path, registry,
+                      stream_domains, test_set, tune_cells)
 
 log = logging.getLogger("qshift.stage")
 

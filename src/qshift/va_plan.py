@@ -1,5 +1,5 @@
 """The video-audio task's torch-free half: what Snakemake needs to plan a video-audio pipeline —
-the query cells and their clip-set paths, a cell's check, the streams' domains and every parameter
+the query cells and their clip-set paths, a cell's corruptions, the streams' domains and every parameter
 check — so that a dry run or a no-op rerun (and each SLURM job's own Snakemake) does not import
 torch. :mod:`qshift.va` (clip sets, loaders, encoding, building query sets) re-exports these;
 the task's reconstruction notes are there.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import AUDIO_QUERIES, DRAWN, VA_STREAM_QUERIES, VIDEO_QUERIES
-from .errors import ConfigError, UnknownNameError
+from .errors import ConfigError
 
 CLIPS = "clips.json"
 SIDE = {"v2a": "video", "a2v": "audio"}
@@ -85,20 +85,10 @@ def registry(side: str):
     return VIDEO_CORRUPTIONS if side == "video" else AUDIO_CORRUPTIONS
 
 
-def check_cell(cfg: dict, direction: str, corruption: str, severity: int) -> None:
-    from .config import streams
-    from .results import CLEAN
-
-    named = streams(cfg, direction)
-    if corruption == CLEAN or corruption in named:
-        if severity != 0:
-            what = "the clean reference run" if corruption == CLEAN else f"stream {corruption!r}"
-            raise ConfigError(f"{what} takes --severity 0, got {severity}")
-        return
+def query_corruptions(direction: str) -> tuple[str, tuple]:
+    """A cell's corruption (qshift.cells.check_cell): one of the queried side's (video or audio)."""
     reg = registry(SIDE[direction])
-    if corruption not in reg:
-        raise UnknownNameError(f"{reg.kind} or stream for {direction} queries", corruption,
-                               reg.names() + [CLEAN] + sorted(named))
+    return reg.kind, (reg,)
 
 
 # -- streams ------------------------------------------------------------------------------------------

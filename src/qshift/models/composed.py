@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, InputError
-from ..cir_plan import COMBINER_DEFAULTS, COMBINERS, is_checkpoint  # noqa: F401  (torch-free: planning reads them)
+from ..cir_plan import COMBINER_DEFAULTS, COMBINERS, is_checkpoint  # torch-free: planning reads them there
 from .base import RetrievalModel
 
 COMBINER_FILE = "qshift_combiner.pt"
