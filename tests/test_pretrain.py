@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from _tiny import one_torch_thread
 from qshift.models import load_model
 from qshift.models.openclip import CONFIG_NAME, WEIGHTS_NAME
-from qshift.models.train import TIMING_KEYS, compact_vocabulary, expand_vocabulary, pretrain
+from qshift.models.openclip import CLIP_MEAN, CLIP_STD
+from qshift.models.train import TIMING_KEYS, compact_vocabulary, expand_vocabulary, normalise, pretrain
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_torch_thread)
 
@@ -97,6 +98,16 @@ def test_compact_and_expand_round_trip_keeps_argmax_pooling():
     rest = torch.ones(len(before), dtype=torch.bool)
     rest[used] = False
     assert torch.equal(after[rest], before[rest])
+
+
+def test_normalise_in_place_is_the_plain_expression_bit_for_bit_and_leaves_its_input():
+    g = torch.Generator().manual_seed(0)
+    u8 = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=g)
+    mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    assert torch.equal(normalise(u8), (u8.float() / 255.0 - mean) / std)
+    f32 = u8.float()  # a float input is copied, not normalised in place
+    before = f32.clone()
+    assert torch.equal(normalise(f32), (before / 255.0 - mean) / std) and torch.equal(f32, before)
 
 
 def test_trimmed_text_batch_encodes_like_the_full_context():
