@@ -100,6 +100,16 @@ def test_compact_and_expand_round_trip_keeps_argmax_pooling():
     assert torch.equal(after[rest], before[rest])
 
 
+def test_config_checks_the_choices_training_has_with_its_defaults_first():
+    from qshift.config import PRETRAIN_CHOICES
+    from qshift.models import muon, train
+
+    assert PRETRAIN_CHOICES == {"matmul": train.MATMUL, "optimizer": train.OPTIMIZERS,
+                                "muon_precision": tuple(muon.PRECISIONS)}
+    assert muon.PRECISIONS and list(muon.PRECISIONS)[0] == muon.DEFAULT_PRECISION
+    assert train.MATMUL[0] == "fp32" and train.OPTIMIZERS[0] == "adamw"  # what a recipe without the key runs
+
+
 def test_normalise_in_place_is_the_plain_expression_bit_for_bit_and_leaves_its_input():
     g = torch.Generator().manual_seed(0)
     u8 = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=g)

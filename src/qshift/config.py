@@ -340,6 +340,9 @@ def _int_param(cfg: dict, dotted: str, minimum: int, required: bool = True) -> N
 # Snakemake's adapt job granularity (params adapt_jobs): one job per direction (every method) or
 # per method (x direction); the seed is a dimension of both
 ADAPT_JOBS = ("direction", "method")
+# pretrain's named choices, the default (a recipe without the key) first; torch-free copies of
+# qshift.models.train.MATMUL / OPTIMIZERS and qshift.models.muon.PRECISIONS (tests/test_pretrain.py)
+PRETRAIN_CHOICES = {"matmul": ("fp32", "fast"), "optimizer": ("adamw", "muon"), "muon_precision": ("fp32", "bf16")}
 
 
 def adapt_job_methods(cfg: dict) -> list[list[str]]:
@@ -374,12 +377,9 @@ def validate_run_params(cfg: dict) -> None:
     _int_param(cfg, "pretrain.steps", 1, required=False)
     _int_param(cfg, "pretrain.batch_size", 1, required=False)
     pre = cfg.get("pretrain") if isinstance(cfg.get("pretrain"), dict) else {}
-    if pre.get("matmul", "fp32") not in ("fp32", "fast"):
-        raise ConfigError(f"params: pretrain.matmul is {pre['matmul']!r}; valid: fp32, fast")
-    if pre.get("optimizer", "adamw") not in ("adamw", "muon"):
-        raise ConfigError(f"params: pretrain.optimizer is {pre['optimizer']!r}; valid: adamw, muon")
-    if pre.get("muon_precision", "fp32") not in ("fp32", "bf16"):
-        raise ConfigError(f"params: pretrain.muon_precision is {pre['muon_precision']!r}; valid: fp32, bf16")
+    for key, choices in PRETRAIN_CHOICES.items():
+        if pre.get(key, choices[0]) not in choices:
+            raise ConfigError(f"params: pretrain.{key} is {pre[key]!r}; valid: {', '.join(choices)}")
     for key in ("trim_text", "fused_optimizer"):
         if not isinstance(pre.get(key, False), bool):
             raise ConfigError(f"params: pretrain.{key} must be true or false, got {pre[key]!r}")

@@ -25,6 +25,7 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 5
 EPS = 1e-7
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DEFAULT_PRECISION = "fp32"  # a recipe without `pretrain.muon_precision` (params.yaml sets it)
 
 
 def orthogonalise(update: torch.Tensor, dtype: torch.dtype, steps: int = NS_STEPS,
@@ -60,7 +61,7 @@ class Muon(torch.optim.Optimizer):
     """Muon over 2-D parameters, the Newton–Schulz iteration in ``precision`` (fp32 | bf16)."""
 
     def __init__(self, params, lr: float, weight_decay: float = 0.1, momentum: float = 0.95,
-                 precision: str = "fp32"):
+                 precision: str = DEFAULT_PRECISION):
         if precision not in PRECISIONS:
             raise ValueError(f"Muon precision {precision!r}; valid: {', '.join(PRECISIONS)}")
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum,

@@ -63,7 +63,7 @@ from ..data.manifest import Split, load_split
 from ..errors import InputError
 from ..evaluation import recall_at_k
 from ..runtime import autocast, seed_everything
-from .muon import Muon
+from .muon import DEFAULT_PRECISION, Muon
 from .openclip import CLIP_MEAN, CLIP_STD, build_from_config, save_local_dir, tiny_clip_config
 
 # run-dependent figures: reported (reports/pretrain.json), never saved in the model folder
@@ -219,7 +219,7 @@ def build_optimizer(model: torch.nn.Module, pc: dict):
     rest = _param_groups(model, pc["weight_decay"], skip=lambda n, p: _muon_matrix(n, p))
     return _Chained(torch.optim.AdamW(rest, **adamw),
                     Muon(muon, lr=pc["lr"], weight_decay=pc["weight_decay"], momentum=0.95,
-                         precision=pc.get("muon_precision", "fp32")))
+                         precision=pc.get("muon_precision", DEFAULT_PRECISION)))
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float, skip=lambda name, p: False):
@@ -336,7 +336,7 @@ def pretrain(manifest: str | Path, out_dir: str | Path, cfg: dict, seed: int, de
     # deterministic figures only: they are saved inside the model folder (timings are not)
     optimizer = pc.get("optimizer", "adamw")
     metrics = {"steps": steps, "batch_size": bs, "matmul": matmul, "optimizer": optimizer,
-               **({"muon_precision": pc.get("muon_precision", "fp32")} if optimizer == "muon" else {}),
+               **({"muon_precision": pc.get("muon_precision", DEFAULT_PRECISION)} if optimizer == "muon" else {}),
                "vocabulary": len(used) if compact_vocab else model.vocab_size,
                "final_loss": float(np.mean(losses[-20:])), "temperature": 1 / model.logit_scale.exp().item()}
     for split_name in eval_splits:
