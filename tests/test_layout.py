@@ -70,6 +70,29 @@ def test_dvc_yaml_is_generated_from_the_stage_table():
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.parametrize("benchmark", ["builtin", "builtin-cir", "builtin-va"])
+def test_dvc_deps_of_the_adapt_and_tune_stages_cover_what_a_cells_fingerprint_hashes(benchmark):
+    """Every file a cell's fingerprint hashes (qshift.cells: the adapt code and the task's own files)
+    is a DVC dep of the adapt stages and of tune (which runs the same loop on the validation split):
+    an edit to e.g. evaluation.py, which changes every result, is one `dvc repro` sees."""
+    from qshift import cells, pipeline, tasks
+    from qshift.config import read_raw_params
+
+    raw = {**read_raw_params(REPO / "params.yaml"), "benchmark": benchmark}
+    stages = yaml.safe_load(pipeline.render_dvc(raw))["stages"]
+    task = tasks.cfg_task(pipeline._Render.of(raw).resolved).name
+    src = REPO / "src" / "qshift"
+    hashed = [f for name in cells.CODE for f in ((src / name).rglob("*.py") if (src / name).is_dir() else [src / name])]
+    hashed += [src / f for f in tasks.TASKS.get(task).hooks.get("code", ())]
+    assert all(f.is_file() for f in hashed) and len(hashed) > len(cells.CODE)
+    checked = [n for n in stages if n.startswith("adapt_") or n == "tune"]
+    assert "tune" in checked and len(checked) >= 2
+    for name in checked:
+        deps = [REPO / d for d in stages[name]["deps"]]
+        missing = [str(f.relative_to(REPO)) for f in hashed if not any(f == d or d in f.parents for d in deps)]
+        assert not missing, f"dvc.yaml stage {name} ({benchmark}) lacks deps its cells' fingerprints hash: {missing}"
+
+
 def test_dvc_check_fails_on_a_stale_file(tmp_path):
     stale = tmp_path / "dvc.yaml"
     stale.write_text((REPO / "dvc.yaml").read_text().replace("- adapt.steps\n", "", 1))

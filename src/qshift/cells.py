@@ -35,7 +35,9 @@ from .results import CLEAN, SCHEMA, run_key
 
 log = logging.getLogger("qshift.stage")
 
-# what the adapt stage's code is (dvc.yaml's deps of the adapt stages): a change reruns every cell
+# what the adapt stage's code is: a change reruns every cell. qshift.pipeline lists these files (with
+# cells.py and the task's code_files) as the DVC deps of the adapt and tune stages, so a change DVC
+# sees is one the fingerprint sees, and the other way round (tests/test_layout.py)
 CODE = ("adapt.py", "streams.py", "outcomes.py", "evaluation.py", "tta")
 
 

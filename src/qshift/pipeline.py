@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import config as qc
+from .cells import CODE as _ADAPT_CODE
 from .errors import ConfigError, QShiftError
 from .io import stable_hash, write_text
 from .presets import MISSING, dataset_name, get_dotted, lookup
+from .tasks import cfg_task, code_files
 
 DVC_FILE = "dvc.yaml"
 # DVC's spelling of the wildcards a path pattern or key may contain
@@ -61,7 +63,6 @@ def _method_hparams(cfg: dict, method: str) -> dict:
     and a changed base reruns its variants. Directions: image-text's, plus the grid's own where its
     task is another (``by_direction`` of v2a / a2v / cir then reruns their jobs; image-text keys,
     and so image-text triggers, unchanged)."""
-    from .tasks import cfg_task
 
     own = tuple(d.name for d in cfg_task(cfg).directions if d.name not in qc.DIRECTIONS)
     return {str(d): qc.method_hparams(cfg, method, d) for d in (None, *qc.DIRECTIONS, *own)}
@@ -94,6 +95,11 @@ DERIVED: dict[str, Derived] = {
 }
 
 
+# the code of the adapt loop, as repository paths: what every cell's fingerprint hashes
+# (qshift.cells.CODE), the adapt and tune stages' DVC deps
+ADAPT_CODE = tuple(f"src/qshift/{f}" for f in _ADAPT_CODE)
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -120,6 +126,9 @@ class Stage:
     matrix_values: Callable[[dict], dict[str, list]] | None = None
     command_args: Callable[[dict], str] | None = None  # args the resolved params decide (written out)
     key: str = ""  # its STAGES key where two stages share a name (default: the name)
+    # DVC deps also list the selected task's code (qshift.tasks.code_files): a stage shared by the
+    # tasks whose jobs run their hooks (tune: a task's validation queries and gallery)
+    task_code: bool = False
 
 
 def _runnable_text(cfg: dict) -> dict[str, list]:
@@ -191,7 +200,7 @@ def _adapt_stage(direction: str) -> Stage:
                "a new severity or one deleted results file runs just those cells.") if direction == "i2t" else ""
     return Stage(
         f"adapt_{direction}", "stages/adapt.py", f"--method ${{item.method}} --direction {direction} --seed ${{item.seed}}",
-        ("src/qshift/cells.py", "src/qshift/tta", "src/qshift/adapt.py", "src/qshift/streams.py"),
+        ("src/qshift/cells.py", *ADAPT_CODE),
         (qc.DATASET_DIR, "data/queries/{dataset}", qc.GALLERY, qc.MODEL_DIR, qc.TUNED.replace("{method}", "${item.method}")),
         ("seed", "amp", "adapt.batch_size", "adapt.steps", "adapt.order", "method", "grad_angle"),
         grid=("adapt.clean_methods", f"corrupt.{side}.names", f"corrupt.{side}.{levels}", "streams.methods",
@@ -211,7 +220,7 @@ def _adapt_cir_stage() -> Stage:
     folder = qc.RESULT.rsplit("/", 1)[0]
     return Stage(
         "adapt_cir", base.script, "--method ${item.method} --direction cir --seed ${item.seed}",
-        base.code + ("src/qshift/cir.py", "src/qshift/cir_plan.py", "src/qshift/tasks.py", "src/qshift/models/composed.py"), base.inputs,
+        base.code + code_files("cir"), base.inputs,
         base.params, grid=("adapt.clean_methods", "corrupt.image.names", "corrupt.image.severities",
                            "corrupt.text.names", "corrupt.text.levels", "streams.methods", "streams.cir"),
         matrix=base.matrix, resources=base.resources, when=_runs("cir"),
@@ -258,8 +267,7 @@ def _va_stages() -> list[Stage]:
     for direction, side in (("v2a", "video"), ("a2v", "audio")):
         out.append(Stage(
             f"adapt_{direction}", base.script, f"--method ${{item.method}} --direction {direction} --seed ${{item.seed}}",
-            base.code + ("src/qshift/va.py", "src/qshift/va_plan.py", "src/qshift/tasks.py", "src/qshift/models/video_audio.py",
-                         "src/qshift/models/tiny_va.py"), base.inputs, base.params,
+            base.code + code_files("video-audio"), base.inputs, base.params,
             grid=("adapt.clean_methods", f"corrupt.{side}.names", f"corrupt.{side}.severities", "streams.methods",
                   f"streams.{side}"),
             matrix=base.matrix, resources=base.resources, when=_runs(direction),
@@ -361,8 +369,10 @@ def _main_stages() -> list[Stage]:
               resources={"mem_mb": 4000, "runtime": 60, **GPU},
               inputs=(qc.DATASET_DIR, qc.MODEL_DIR), params=("model",), outs=(Out(qc.GALLERY),)),
         Stage("tune", "stages/tune.py", "--method ${item.method}",
-              ("src/qshift/tune.py", "src/qshift/tta", "src/qshift/adapt.py"), (qc.DATASET_DIR, qc.MODEL_DIR),
-              ("seed", "amp", "adapt", "tune", "method"), matrix={"method": "${adapt.methods}"},
+              # the adapt loop on the validation split's gallery and queries, corrupted in the job
+              ("src/qshift/tune.py", "src/qshift/gallery.py", "src/qshift/corrupt", *ADAPT_CODE),
+              (qc.DATASET_DIR, qc.MODEL_DIR),
+              ("seed", "amp", "adapt", "tune", "method"), matrix={"method": "${adapt.methods}"}, task_code=True,
               resources={"mem_mb": 4000, "runtime": 60, **GPU},
               outs=(Out(qc.TUNED.replace("{method}", "${item.method}"), **nocache),),
               comment="hyperparameter selection on the validation split (src/qshift/tune.py), one stage per method;\n"
@@ -536,7 +546,8 @@ def _dvc_stage(s: Stage, r: _Render) -> list[str]:
                                     for k, v in s.matrix.items()]
     args = s.command_args(r.resolved) if s.command_args else s.args
     lines.append(f"    cmd: python {s.script}" + (f" {args}" if args else ""))
-    lines += ["    deps:"] + [f"      - {d}" for d in (s.script, *s.code, *(_dvc_path(p) for p in s.inputs))]
+    code = (*s.code, *(code_files(cfg_task(r.resolved).name) if s.task_code else ()))
+    lines += ["    deps:"] + [f"      - {d}" for d in (s.script, *code, *(_dvc_path(p) for p in s.inputs))]
     params = r.params(s)
     if params:
         lines += ["    params:"] + [f"      - {k}" for k in params]

@@ -164,6 +164,14 @@ def hook(direction_or_task: str, name: str):
     return None if value is None else _resolve(value)
 
 
+def code_files(task_name: str) -> tuple[str, ...]:
+    """The task's own code (``Task.hooks["code"]``) as repository paths, with tasks.py where it
+    has any: what its cells' fingerprints hash beyond the adapt code (qshift.cells.task_code), and
+    so what its adapt and tune stages list as DVC deps (qshift.pipeline); () for image-text."""
+    files = TASKS.get(task_name).hooks.get("code") or ()
+    return ("src/qshift/tasks.py", *(f"src/qshift/{f}" for f in files)) if files else ()
+
+
 def modality_task(modality: str) -> Task | None:
     """The task whose directions query ``modality`` (video, audio), or None for image/text/composed."""
     for task in (TASKS.get(n) for n in TASKS.names()):
