@@ -14,7 +14,7 @@ Rerun semantics stay per cell. Every results file records its *fingerprint*: a h
 the cell's result depends on — the method and its hyperparameters (tuned values included),
 the adapt settings and seeds, the model's source, the stamps (size and modification time) of
 its query set, the gallery and the model folder, the tuned file's content, and the code of
-the adapt stage (what dvc.yaml lists as the stage's code). A job runs only the cells whose
+the adapt stage (:data:`CODE`, and the task's own files: what dvc.yaml lists as the stage's code). A job runs only the cells whose
 results file is missing, unreadable or has another fingerprint, and writes each finished cell
 atomically before starting the next, so a killed job keeps the cells it finished. Deleting one
 results file reruns exactly that cell (inside its job: the job's process start and model load
@@ -38,7 +38,7 @@ log = logging.getLogger("qshift.stage")
 # what the adapt stage's code is: a change reruns every cell. qshift.pipeline lists these files (with
 # cells.py and the task's code_files) as the DVC deps of the adapt and tune stages, so a change DVC
 # sees is one the fingerprint sees, and the other way round (tests/test_layout.py)
-CODE = ("adapt.py", "streams.py", "outcomes.py", "evaluation.py", "tta")
+CODE = ("adapt.py", "gallery.py", "streams.py", "outcomes.py", "evaluation.py", "tta")  # gallery: the query loaders
 
 
 def job_cells(cfg: dict, method: str, direction: str, seed: int) -> list[Run]:

@@ -370,7 +370,7 @@ def _main_stages() -> list[Stage]:
               inputs=(qc.DATASET_DIR, qc.MODEL_DIR), params=("model",), outs=(Out(qc.GALLERY),)),
         Stage("tune", "stages/tune.py", "--method ${item.method}",
               # the adapt loop on the validation split's gallery and queries, corrupted in the job
-              ("src/qshift/tune.py", "src/qshift/gallery.py", "src/qshift/corrupt", *ADAPT_CODE),
+              ("src/qshift/tune.py", "src/qshift/corrupt", *ADAPT_CODE),
               (qc.DATASET_DIR, qc.MODEL_DIR),
               ("seed", "amp", "adapt", "tune", "method"), matrix={"method": "${adapt.methods}"}, task_code=True,
               resources={"mem_mb": 4000, "runtime": 60, **GPU},
