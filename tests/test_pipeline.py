@@ -267,7 +267,7 @@ def _dvc_changed(repo: Path) -> set[str]:
 def test_dvc_reruns_exactly_the_stages_that_read_a_changed_key(dvc_repo):
     """The stage table's parameter keys, under DVC: a method's value reruns that method's tune and
     adapt stages; a new severity its corruption stages, the i2t adapt stages and the report; nothing
-    touches pretrain; the same file again changes nothing."""
+    touches pretrain; the same file again changes nothing. An edit to evaluation.py: every tune and adapt stage."""
     path = dvc_repo / "params.yaml"
     original = path.read_text()
     params = yaml.safe_load(original)
@@ -288,6 +288,18 @@ def test_dvc_reruns_exactly_the_stages_that_read_a_changed_key(dvc_repo):
         assert got == new | i2t | {"report"}, got
     finally:
         path.write_text(original)
+    assert _dvc_changed(dvc_repo) == set()
+    # an edit to the code every cell's result runs through (R@K: qshift.cells.CODE) reruns every tune and
+    # adapt stage, and nothing else
+    code = dvc_repo / "src/qshift/evaluation.py"
+    text = code.read_text()
+    try:
+        code.write_text(text + "\n# an edit\n")
+        methods = params["adapt"]["methods"]
+        assert _dvc_changed(dvc_repo) == {*(f"tune@{m}" for m in methods),
+                                          *(f"adapt_{d}@{m}-{s}" for d in ("i2t", "t2i") for m in methods for s in seeds)}
+    finally:
+        code.write_text(text)
     assert _dvc_changed(dvc_repo) == set()
 
 
