@@ -61,6 +61,7 @@ def main() -> None:
         raise ConfigError("--corruption and --severity go together (one cell), or neither (the whole job)")
 
     from qshift import cells
+    from qshift.gallery import QUERY_IMAGES, set_query_cache
 
     if args.corruption is not None:  # one cell
         if len(methods) > 1:
@@ -70,6 +71,7 @@ def main() -> None:
                   args.severity, seed)
         cli.start_log(LOGS["adapt"].format(**run.key))
         set_threads(cfg.get("threads", 0))
+        set_query_cache(cfg.get("query_cache_mb", 0))
         queries = cells.load_queries(cfg, run)  # a bad query set fails before the model is loaded
         job = cells.Job(cfg, stage_file=__file__, progress=cli.progress_enabled(args))
         job.run(run, queries=queries)
@@ -83,11 +85,14 @@ def main() -> None:
     cells.require_inputs(cfg, [r for mine in todo.values() for r in mine])
     log = cli.start_log(adapt_job_log(cfg["benchmark"], cfg["model"]["name"], args.direction, methods, seed))
     set_threads(cfg.get("threads", 0))
+    set_query_cache(cfg.get("query_cache_mb", 0))  # a query set read by several methods is decoded once
     job = cells.Job(cfg, stage_file=__file__, progress=cli.progress_enabled(args))
     for m in methods:
         done = cells.run_job(job, todo[m], force=args.force)
         log.info(f"adapt: {m} {args.direction} seed {seed}: {done['run']} cells run "
                  f"({done['seconds']:.1f}s adapting), {done['up_to_date']} up to date")
+    if QUERY_IMAGES.hits or QUERY_IMAGES.misses:
+        log.info(f"adapt: {QUERY_IMAGES.summary()}")
 
 
 

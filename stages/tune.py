@@ -32,9 +32,11 @@ def main() -> None:
     log = cli.start_log(LOGS["tune"].format(**where))
     model = None
     if tunes(cfg, args.method):
+        from qshift.gallery import set_query_cache
         from qshift.models import load_model
 
         set_threads(cfg.get("threads", 0))
+        set_query_cache(cfg.get("query_cache_mb", 0))  # every grid point reads the same validation images
         model = load_model(cfg["model"]["source"], pick_device(cfg["device"]), cfg["model"].get("cache_dir"))
         from qshift.tasks import cfg_task, hook
 
@@ -44,6 +46,10 @@ def main() -> None:
     doc = run_tune(cfg, model, MANIFEST.format(dataset=cfg["benchmark"]), log=log, progress=cli.progress_enabled(args),
                    only=[args.method])
     doc["method"] = args.method
+    if model is not None:
+        from qshift.gallery import QUERY_IMAGES
+
+        log.info(f"tune: {QUERY_IMAGES.summary()}")
     write_json(out, doc)
     log.info(f"tune: {out}: " + ("not tuned (params' hyperparameters)" if not doc["table"] else
              f"{len(doc['table'])} settings in {doc['seconds']:.1f}s; best " +

@@ -68,3 +68,60 @@ def test_run_stream_twice_on_the_same_model_object(world):
     a = _run(world, "i2t", seed=7, model=model)
     b = _run(world, "i2t", seed=7, model=model)
     assert a["online"] == b["online"]
+
+
+@pytest.fixture
+def query_cache():
+    from qshift.gallery import QUERY_IMAGES, set_query_cache
+
+    yield QUERY_IMAGES
+    set_query_cache(0)  # off again: the library default
+
+
+def _same(a, b):
+    assert a["metrics"] == b["metrics"] and a["online"] == b["online"]
+    for k in a["outcomes"]:
+        assert np.array_equal(np.asarray(a["outcomes"][k]), np.asarray(b["outcomes"][k])), k
+
+
+def test_reused_query_images_give_the_same_results_bit_for_bit(world, query_cache):
+    """A job's methods reuse the query set's preprocessed images (params query_cache_mb): every
+    method's numbers, curves and per-query ranks are those of decoding each time."""
+    from qshift.gallery import set_query_cache
+
+    model = load_model(f"local-dir:{world['clip']}")  # one model, restored between runs as a job's cells are
+    plain = {m: _run(world, "i2t", 3, method=m, model=model) for m in ("tent", "deyo", "tcr")}
+    set_query_cache(64)
+    cached = {m: _run(world, "i2t", 3, method=m, model=model) for m in ("tent", "deyo", "tcr")}
+    assert query_cache.misses == 40 and query_cache.hits == 80  # decoded once, reused by the next two
+    for m in plain:
+        assert plain[m]["counters"]["steps"] > 0
+        _same(plain[m], cached[m])
+    other = load_model(f"local-dir:{world['clip']}")  # another model: its own transform, a fresh cache
+    _same(plain["tent"], _run(world, "i2t", 3, method="tent", model=other))
+    assert query_cache.misses == 40 and query_cache.hits == 0
+
+
+def test_the_query_cache_sees_a_rewritten_image_and_stops_at_its_budget(world, query_cache, tmp_path):
+    import dataclasses
+
+    from PIL import Image
+
+    from qshift.gallery import make_loader, set_query_cache
+
+    model = load_model(f"local-dir:{world['clip']}")
+    q = world["queries"]
+    paths = [tmp_path / f"{i}.png" for i in range(4)]
+    for p, src in zip(paths, q.image_paths[:4]):
+        Image.open(src).save(p)
+    split = dataclasses.replace(q, image_paths=paths, image_ids=q.image_ids[:4])
+    one = next(iter(make_loader(model, "image", split, batch_size=4)))[0].nbytes  # one preprocessed image
+    set_query_cache(1)
+    query_cache.budget = 2 * one + one // 2  # room for two images
+    first = next(iter(make_loader(model, "image", split, batch_size=4, cache=True)))
+    assert query_cache.misses == 4 and len(query_cache.items) == 2 and query_cache.used <= query_cache.budget
+    Image.open(q.image_paths[9]).save(paths[0])  # another picture under the same name
+    again = next(iter(make_loader(model, "image", split, batch_size=4, cache=True)))
+    plain = next(iter(make_loader(model, "image", split, batch_size=4)))
+    assert torch.equal(again, plain) and not torch.equal(again[0], first[0])
+    assert torch.equal(again[1:], first[1:]) and query_cache.hits == 1  # image 1 cached; 0 rewritten, 2-3 over budget

@@ -79,7 +79,8 @@ def run_stream(model: RetrievalModel, method: str, hparams: dict, direction: str
     tta = build_method(method, model, q_mod, g_emb, hparams, steps=steps, amp=amp)
     task_scoring = hook(direction, "scoring")  # a benchmark's own rules (CIRR, FashionIQ: qshift.cir.Scoring)
     scoring = None if task_scoring is None else task_scoring(queries, gallery, ks)
-    loader = make_loader(model, q_mod, queries, order=order, batch_size=batch_size, num_workers=num_workers)
+    loader = make_loader(model, q_mod, queries, order=order, batch_size=batch_size, num_workers=num_workers,
+                         cache=True)
 
     hits = {k: 0 for k in ks}
     ranks: list[torch.Tensor] = []  # per query, in arrival order (qshift.outcomes)

@@ -21,21 +21,96 @@ from .models.base import RetrievalModel
 GALLERY_KEYS = ("image", "text", "image_owner", "text_owner", "model", "manifest_sha256")
 
 
+class QueryImageCache:
+    """Preprocessed query images kept in memory across the cells of one job (params
+    ``query_cache_mb``; off until :func:`set_query_cache` is called, as the adapt and tune stages do).
+
+    A job runs the same query set under several methods (adapt) or grid points (tune), and each
+    run would decode and preprocess every image again. The transform is deterministic and the
+    DataLoader's collate copies each item into a fresh batch, so a cached tensor gives the same
+    batch bit for bit. An entry is keyed by the image's path, size and modification time and by
+    the model whose transform made it; when the budget is spent, later images are simply decoded
+    as before (no eviction: a scan bigger than the budget keeps what it has). In-process only:
+    DataLoader workers (``num_workers`` > 0) decode as before."""
+
+    def __init__(self) -> None:
+        self.budget = 0
+        self.clear()
+
+    def clear(self) -> None:
+        self.used = 0
+        self.items: dict[tuple, torch.Tensor] = {}
+        self.owner = None  # a weak reference to the model the entries belong to
+        self.hits = self.misses = 0
+
+    def configure(self, megabytes: int) -> None:
+        self.budget = int(megabytes) * 2 ** 20
+        self.clear()
+
+    def get(self, model, path, make):
+        import os
+        import weakref
+
+        if self.budget <= 0 or torch.utils.data.get_worker_info() is not None:
+            return make()
+        if self.owner is None or self.owner() is not model:
+            self.clear()
+            self.owner = weakref.ref(model)
+        st = os.stat(path)
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        hit = self.items.get(key)
+        if hit is not None:
+            self.hits += 1
+            return hit
+        self.misses += 1
+        value = make()
+        size = value.element_size() * value.nelement()
+        if self.used + size <= self.budget:
+            self.items[key] = value
+            self.used += size
+        return value
+
+    def summary(self) -> str:
+        """One log line: what the cache saved."""
+        if self.budget <= 0:
+            return "query image cache: off (query_cache_mb: 0)"
+        return (f"query image cache: {self.hits} images reused, {self.misses} decoded, "
+                f"{self.used / 2 ** 20:.0f} of {self.budget / 2 ** 20:.0f} MiB held")
+
+
+QUERY_IMAGES = QueryImageCache()
+
+
+def set_query_cache(megabytes: int) -> None:
+    """Keep up to ``megabytes`` of preprocessed query images across this process's runs (0: off)."""
+    QUERY_IMAGES.configure(megabytes)
+
+
 class ImageFiles(Dataset):
-    def __init__(self, paths, transform):
-        self.paths, self.transform = list(paths), transform
+    def __init__(self, paths, transform, cache_for=None):
+        """``cache_for``: the model whose transform this is, to reuse its preprocessed images
+        (:data:`QUERY_IMAGES`); None decodes every time."""
+        self.paths, self.transform, self.cache_for = list(paths), transform, cache_for
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i):
+    def _load(self, path):
         from PIL import Image, UnidentifiedImageError
 
-        path = self.paths[i]
         try:
             with Image.open(path) as im:
                 return self.transform(im.convert("RGB"))
         except (OSError, UnidentifiedImageError) as e:
+            raise InputError(f"cannot read image {path}: {e}") from None
+
+    def __getitem__(self, i):
+        path = self.paths[i]
+        if self.cache_for is None:
+            return self._load(path)
+        try:
+            return QUERY_IMAGES.get(self.cache_for, path, lambda: self._load(path))
+        except FileNotFoundError as e:
             raise InputError(f"cannot read image {path}: {e}") from None
 
 
@@ -51,8 +126,9 @@ class Captions(Dataset):
 
 
 def make_loader(model: RetrievalModel, modality: str, split: Split, order=None, batch_size: int = 64,
-                num_workers: int = 0) -> DataLoader:
-    """Batches of preprocessed queries/gallery items in ``order`` (default: file order)."""
+                num_workers: int = 0, cache: bool = False) -> DataLoader:
+    """Batches of preprocessed queries/gallery items in ``order`` (default: file order);
+    ``cache``: reuse this process's preprocessed images (:data:`QUERY_IMAGES`, query streams)."""
     from .tasks import hook, modality_task
 
     task = modality_task(modality)  # another task's query modality (video-audio: video, audio)
@@ -60,7 +136,7 @@ def make_loader(model: RetrievalModel, modality: str, split: Split, order=None, 
         return hook(task.name, "query_loader")(model, modality, split, order, batch_size, num_workers)
     if modality == "image":
         paths = split.image_paths if order is None else [split.image_paths[i] for i in order]
-        ds, collate = ImageFiles(paths, model.image_transform()), None
+        ds, collate = ImageFiles(paths, model.image_transform(), model if cache else None), None
     else:
         caps = split.captions if order is None else [split.captions[i] for i in order]
         ds, collate = Captions(caps), model.tokenize
