@@ -63,7 +63,6 @@ def _method_hparams(cfg: dict, method: str) -> dict:
     and a changed base reruns its variants. Directions: image-text's, plus the grid's own where its
     task is another (``by_direction`` of v2a / a2v / cir then reruns their jobs; image-text keys,
     and so image-text triggers, unchanged)."""
-
     own = tuple(d.name for d in cfg_task(cfg).directions if d.name not in qc.DIRECTIONS)
     return {str(d): qc.method_hparams(cfg, method, d) for d in (None, *qc.DIRECTIONS, *own)}
 
