@@ -372,3 +372,32 @@ def test_snakemake_schedules_the_drawn_composed_queries(tmp_path):
             "python stages/corrupt_stream.py --direction cir --stream joint --draw-seed 7",
             "python stages/corrupt_images.py --corruption gaussian_noise --severity 3 --draw-seed 7",
             "python stages/corrupt_text.py --corruption ocr --level 2 --draw-seed 7"} <= cmds, cmds
+
+
+def test_reused_reference_images_give_the_same_composed_results(world):
+    """The adapt / tune jobs' query image cache (params query_cache_mb) on composed queries: the
+    reference images decoded once, the same numbers and per-query ranks as decoding each time."""
+    import numpy as np
+
+    from qshift.adapt import run_stream
+    from qshift.config import method_hparams
+    from qshift.gallery import QUERY_IMAGES, set_query_cache
+
+    model, gallery = world["model"], _gallery(world)
+    queries = _corrupted_queries(world, "image")
+    hp = method_hparams({"methods": {"tcr": {}}}, "tcr", "cir")
+
+    def run():
+        return run_stream(model, "tcr", dict(hp), "cir", queries, gallery, batch_size=16, steps=2, seed=0,
+                          progress=False)
+
+    plain = run()
+    try:
+        set_query_cache(64)
+        first, second = run(), run()
+        assert QUERY_IMAGES.hits >= SPLITS["n_test"] and QUERY_IMAGES.misses <= SPLITS["n_test"]
+    finally:
+        set_query_cache(0)
+    for out in (first, second):
+        assert out["metrics"] == plain["metrics"] and out["online"] == plain["online"]
+        assert np.array_equal(np.asarray(out["outcomes"]["rank"]), np.asarray(plain["outcomes"]["rank"]))

@@ -150,28 +150,30 @@ def check_targets(queries: CIRSplit, gallery_ids) -> None:
 # -- batches ------------------------------------------------------------------------------------------
 
 class _Triplets(Dataset):
-    def __init__(self, paths, texts, transform):
-        self.paths, self.texts, self.transform = list(paths), list(texts), transform
+    def __init__(self, paths, texts, transform, cache_for=None):
+        from .gallery import ImageFiles
+
+        self.images, self.texts = ImageFiles(paths, transform, cache_for), list(texts)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.texts)
 
     def __getitem__(self, i):
-        from PIL import Image, UnidentifiedImageError
-
         try:
-            with Image.open(self.paths[i]) as im:
-                return self.transform(im.convert("RGB")), self.texts[i]
-        except (OSError, UnidentifiedImageError) as e:
-            raise InputError(f"cannot read reference image {self.paths[i]}: {e}") from None
+            return self.images[i], self.texts[i]
+        except InputError as e:
+            raise InputError(f"reference image: {e}") from None
 
 
-def query_loader(model, queries: CIRSplit, order=None, batch_size: int = 64, num_workers: int = 0) -> DataLoader:
-    """Batches of packed composed queries (:func:`qshift.models.composed.pack`) in ``order``."""
+def query_loader(model, queries: CIRSplit, order=None, batch_size: int = 64, num_workers: int = 0,
+                 cache: bool = False) -> DataLoader:
+    """Batches of packed composed queries (:func:`qshift.models.composed.pack`) in ``order``;
+    ``cache``: reuse this process's preprocessed reference images (:data:`qshift.gallery.QUERY_IMAGES`)."""
     from .models.composed import pack
 
     idx = range(queries.n_queries) if order is None else order
-    ds = _Triplets([queries.image_paths[i] for i in idx], [queries.captions[i] for i in idx], model.image_transform())
+    ds = _Triplets([queries.image_paths[i] for i in idx], [queries.captions[i] for i in idx], model.image_transform(),
+                   model if cache else None)
 
     def collate(items):
         return pack(torch.stack([x for x, _ in items]), model.tokenize([t for _, t in items]))
@@ -442,9 +444,10 @@ def query_owner(split: CIRSplit, direction: str) -> np.ndarray:
     return split.targets
 
 
-def loader_hook(model, modality: str, split: CIRSplit, order, batch_size: int, num_workers: int) -> DataLoader:
+def loader_hook(model, modality: str, split: CIRSplit, order, batch_size: int, num_workers: int,
+                cache: bool = False) -> DataLoader:
     """:func:`qshift.gallery.make_loader` for composed queries."""
-    return query_loader(model, split, order=order, batch_size=batch_size, num_workers=num_workers)
+    return query_loader(model, split, order=order, batch_size=batch_size, num_workers=num_workers, cache=cache)
 
 
 def load_queries(cfg: dict, run) -> CIRSplit:

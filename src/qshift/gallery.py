@@ -133,7 +133,7 @@ def make_loader(model: RetrievalModel, modality: str, split: Split, order=None, 
 
     task = modality_task(modality)  # another task's query modality (video-audio: video, audio)
     if task is not None and hook(task.name, "query_loader") is not None:
-        return hook(task.name, "query_loader")(model, modality, split, order, batch_size, num_workers)
+        return hook(task.name, "query_loader")(model, modality, split, order, batch_size, num_workers, cache=cache)
     if modality == "image":
         paths = split.image_paths if order is None else [split.image_paths[i] for i in order]
         ds, collate = ImageFiles(paths, model.image_transform(), model if cache else None), None

@@ -249,7 +249,10 @@ def clip_loader(model, modality: str, clips: ClipSet, order=None, batch_size: in
                       num_workers=num_workers)
 
 
-def query_loader(model, modality: str, queries: ClipSet, order=None, batch_size: int = 64, num_workers: int = 0):
+def query_loader(model, modality: str, queries: ClipSet, order=None, batch_size: int = 64, num_workers: int = 0,
+                 cache: bool = False):
+    """:func:`qshift.gallery.make_loader` for clips (``cache`` not used: a clip set's frames and
+    waveforms come from one array file per set, read once per run, not one file per query)."""
     return clip_loader(model, modality, queries, order, batch_size, num_workers)
 
 
