@@ -30,7 +30,6 @@ def main() -> None:
     from qshift.config import LOGS, Run, adapt_job_log, check_method, run_seeds
     from qshift.errors import ConfigError, UnknownNameError
     from qshift.results import CLEAN
-    from qshift.runtime import set_threads
 
     p = cli.parser(__doc__)
     p.add_argument("--method", required=True)
@@ -61,7 +60,7 @@ def main() -> None:
         raise ConfigError("--corruption and --severity go together (one cell), or neither (the whole job)")
 
     from qshift import cells
-    from qshift.gallery import QUERY_IMAGES, set_query_cache
+    from qshift.gallery import QUERY_IMAGES, query_job_settings
 
     if args.corruption is not None:  # one cell
         if len(methods) > 1:
@@ -70,8 +69,7 @@ def main() -> None:
         run = Run(cfg["benchmark"], cfg["model"]["name"], args.direction, methods[0], args.corruption,
                   args.severity, seed)
         cli.start_log(LOGS["adapt"].format(**run.key))
-        set_threads(cfg.get("threads", 0))
-        set_query_cache(cfg.get("query_cache_mb", 0))
+        query_job_settings(cfg)
         queries = cells.load_queries(cfg, run)  # a bad query set fails before the model is loaded
         job = cells.Job(cfg, stage_file=__file__, progress=cli.progress_enabled(args))
         job.run(run, queries=queries)
@@ -84,16 +82,14 @@ def main() -> None:
                               f"adapt.directions, adapt.clean_methods, streams.methods)")
     cells.require_inputs(cfg, [r for mine in todo.values() for r in mine])
     log = cli.start_log(adapt_job_log(cfg["benchmark"], cfg["model"]["name"], args.direction, methods, seed))
-    set_threads(cfg.get("threads", 0))
-    set_query_cache(cfg.get("query_cache_mb", 0))  # a query set read by several methods is decoded once
+    query_job_settings(cfg)  # threads; a query set read by several methods is decoded once
     job = cells.Job(cfg, stage_file=__file__, progress=cli.progress_enabled(args))
     for m in methods:
         done = cells.run_job(job, todo[m], force=args.force)
         log.info(f"adapt: {m} {args.direction} seed {seed}: {done['run']} cells run "
                  f"({done['seconds']:.1f}s adapting), {done['up_to_date']} up to date")
-    if QUERY_IMAGES.hits or QUERY_IMAGES.misses:
-        log.info(f"adapt: {QUERY_IMAGES.summary()}")
-
+    if line := QUERY_IMAGES.summary():
+        log.info(f"adapt: {line}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from qshift import cli
 def main() -> None:
     from qshift.config import LOGS, MANIFEST, TUNED
     from qshift.io import write_json
-    from qshift.runtime import pick_device, set_threads
+    from qshift.runtime import pick_device
     from qshift.errors import UnknownNameError
     from qshift.tune import run_tune, tunes, validate_tune
 
@@ -32,11 +32,10 @@ def main() -> None:
     log = cli.start_log(LOGS["tune"].format(**where))
     model = None
     if tunes(cfg, args.method):
-        from qshift.gallery import set_query_cache
+        from qshift.gallery import query_job_settings
         from qshift.models import load_model
 
-        set_threads(cfg.get("threads", 0))
-        set_query_cache(cfg.get("query_cache_mb", 0))  # every grid point reads the same validation images
+        query_job_settings(cfg)  # threads; every grid point reads the same validation images
         model = load_model(cfg["model"]["source"], pick_device(cfg["device"]), cfg["model"].get("cache_dir"))
         from qshift.tasks import cfg_task, hook
 
@@ -49,7 +48,8 @@ def main() -> None:
     if model is not None:
         from qshift.gallery import QUERY_IMAGES
 
-        log.info(f"tune: {QUERY_IMAGES.summary()}")
+        if line := QUERY_IMAGES.summary():
+            log.info(f"tune: {line}")
     write_json(out, doc)
     log.info(f"tune: {out}: " + ("not tuned (params' hyperparameters)" if not doc["table"] else
              f"{len(doc['table'])} settings in {doc['seconds']:.1f}s; best " +

@@ -6,6 +6,8 @@ images the gallery of t2i — plus their owner ids, so adaptation jobs never re-
 
 from __future__ import annotations
 
+import os
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +50,6 @@ class QueryImageCache:
         self.clear()
 
     def get(self, model, path, make):
-        import os
-        import weakref
-
         if self.budget <= 0 or torch.utils.data.get_worker_info() is not None:
             return make()
         if self.owner is None or self.owner() is not model:
@@ -70,10 +69,13 @@ class QueryImageCache:
             self.used += size
         return value
 
-    def summary(self) -> str:
-        """One log line: what the cache saved."""
+    def summary(self) -> str | None:
+        """One log line: what the cache saved (None when it was on but no image went through it:
+        a job of text queries)."""
         if self.budget <= 0:
             return "query image cache: off (query_cache_mb: 0)"
+        if not (self.hits or self.misses):
+            return None
         return (f"query image cache: {self.hits} images reused, {self.misses} decoded, "
                 f"{self.used / 2 ** 20:.0f} of {self.budget / 2 ** 20:.0f} MiB held")
 
@@ -86,6 +88,15 @@ def set_query_cache(megabytes: int) -> None:
     QUERY_IMAGES.configure(megabytes)
 
 
+def query_job_settings(cfg: dict) -> None:
+    """What a job that runs query sets (adapt, tune) sets first: torch's threads (params
+    ``threads``) and the query image cache (``query_cache_mb``)."""
+    from .runtime import set_threads
+
+    set_threads(cfg.get("threads", 0))
+    set_query_cache(cfg.get("query_cache_mb", 0))
+
+
 class ImageFiles(Dataset):
     def __init__(self, paths, transform, cache_for=None):
         """``cache_for``: the model whose transform this is, to reuse its preprocessed images
@@ -95,22 +106,19 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _load(self, path):
-        from PIL import Image, UnidentifiedImageError
+    def _decode(self, path):
+        from PIL import Image
 
-        try:
-            with Image.open(path) as im:
-                return self.transform(im.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as e:
-            raise InputError(f"cannot read image {path}: {e}") from None
+        with Image.open(path) as im:
+            return self.transform(im.convert("RGB"))
 
     def __getitem__(self, i):
         path = self.paths[i]
-        if self.cache_for is None:
-            return self._load(path)
-        try:
-            return QUERY_IMAGES.get(self.cache_for, path, lambda: self._load(path))
-        except FileNotFoundError as e:
+        try:  # a missing file (the cache's stat or PIL's open) or a corrupt one: PIL's errors are OSErrors
+            if self.cache_for is None:
+                return self._decode(path)
+            return QUERY_IMAGES.get(self.cache_for, path, lambda: self._decode(path))
+        except OSError as e:
             raise InputError(f"cannot read image {path}: {e}") from None
 
 
