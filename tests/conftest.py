@@ -5,6 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
+
+from qshift.runtime import set_cpu_kernels
+
+# the CPU kernels the stages run (params cpu_kernels) for the tests' in-process computations too, set
+# before any test module imports torch, so a number computed here and one from a stage process agree
+set_cpu_kernels((yaml.safe_load((Path(__file__).parent.parent / "params.yaml").read_text()) or {})
+                .get("cpu_kernels", "native"))
 
 
 @pytest.fixture(scope="session")

@@ -23,9 +23,13 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def load(args: argparse.Namespace) -> dict:
+    """The stage's params; sets their CPU kernels (``cpu_kernels``) before the stage imports torch."""
     from .config import default_params_path, load_params
+    from .runtime import set_cpu_kernels
 
-    return load_params(args.params or default_params_path(), args.overrides)
+    cfg = load_params(args.params or default_params_path(), args.overrides)
+    set_cpu_kernels(cfg.get("cpu_kernels", "native"))
+    return cfg
 
 
 def start_log(path: str) -> logging.Logger:

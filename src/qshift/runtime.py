@@ -1,12 +1,15 @@
-"""Device selection, seeding, threads and run provenance (git commit, SLURM job, host)."""
+"""Device selection, seeding, threads, CPU kernels and run provenance (git commit, SLURM job, host)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import platform
 import random
 import socket
 import subprocess
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -53,6 +56,53 @@ def set_threads(n: int) -> None:
 
     if n and n > 0:
         torch.set_num_threads(n)
+
+
+# params `cpu_kernels`: which code paths torch's CPU libraries take. An x86-64 CPU with AVX-512
+# (or AMX) otherwise runs other kernels than an AVX2-only one — ATen's vectorised ops (GELU,
+# LayerNorm, softmax, attention), MKL's GEMMs, oneDNN's convolutions — whose float sums round
+# differently, so the same params and seed train a source model that differs in the last bits,
+# and tuning picks and tables can follow (README: *Same numbers on another CPU*). `avx2` pins all
+# three to their AVX2 paths (MKL's conditional numerical reproducibility branch), so x86-64 CPUs
+# with AVX2 compute the same bits at the same thread count; `native` leaves them to pick.
+# The variables must be set before torch is loaded: each stage does it in qshift.cli.load.
+CPU_KERNELS = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "native": {},
+}
+
+
+def cpu_kernel_env(kind: str) -> dict[str, str]:
+    """The environment variables ``cpu_kernels: kind`` sets (none off x86-64: the pinned paths are
+    x86 ones)."""
+    if kind not in CPU_KERNELS:
+        raise ConfigError(f"params: cpu_kernels is {kind!r}; valid: {', '.join(CPU_KERNELS)}")
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    return dict(CPU_KERNELS[kind])
+
+
+def set_cpu_kernels(kind: str) -> None:
+    """Put ``cpu_kernels: kind``'s variables in this process's environment (and so its children's).
+    Call it before torch is imported; after, torch may have fixed its kernels already, which is
+    logged (not an error: a library caller's process keeps working, only its last bits may differ)."""
+    env = cpu_kernel_env(kind)
+    changed = [k for k, v in env.items() if os.environ.get(k) != v]
+    os.environ.update(env)
+    if changed and "torch" in sys.modules:
+        logging.getLogger("qshift.runtime").warning(
+            f"cpu_kernels: {kind} set after torch was imported in this process ({', '.join(changed)}); "
+            f"it holds for new processes, this one may keep its own kernels")
+
+
+def cpu_capability() -> str | None:
+    """The vectorised code path ATen runs (AVX2, AVX512, ...), for a result's provenance."""
+    import torch
+
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def job_cpus() -> int:
@@ -120,4 +170,5 @@ def provenance(device: "torch.device | str") -> dict:
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "torch": torch.__version__,
+        "cpu_kernels": cpu_capability(),
     }
