@@ -18,7 +18,6 @@ from qshift import cli
 def main() -> None:
     from qshift.config import LOGS, check_draw
     from qshift.errors import ConfigError
-    from qshift.va import build_query_set, build_stream
 
     p = cli.parser(__doc__)
     p.add_argument("--side", required=True, choices=("video", "audio"))
@@ -28,7 +27,9 @@ def main() -> None:
     p.add_argument("--draw-seed", type=int, default=None,
                    help="draw the corruptions for this run seed (params seed_corruptions)")
     args = p.parse_args()
-    cfg = cli.load(args)
+    cfg = cli.load(args)  # first: it sets the CPU kernels (cpu_kernels) before torch is imported
+    from qshift.va import build_query_set, build_stream
+
     draw = check_draw(cfg, args.draw_seed)
     ds = cfg["benchmark"]
     if args.stream is not None:

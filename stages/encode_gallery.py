@@ -9,12 +9,13 @@ from qshift import cli
 
 def main() -> None:
     from qshift.config import GALLERY, LOGS, MANIFEST
+
+    args = cli.parser(__doc__).parse_args()
+    cfg = cli.load(args)  # first: it sets the CPU kernels (cpu_kernels) before torch is imported
     from qshift.gallery import encode_gallery
     from qshift.models import load_model
     from qshift.runtime import pick_device, set_threads
 
-    args = cli.parser(__doc__).parse_args()
-    cfg = cli.load(args)
     log = cli.start_log(LOGS["encode_gallery"].format(model=cfg["model"]["name"], dataset=cfg["benchmark"]))
     set_threads(cfg.get("threads", 0))
     model = load_model(cfg["model"]["source"], pick_device(cfg["device"]), cfg["model"].get("cache_dir"),

@@ -213,6 +213,32 @@ def test_pretrain_speed_benchmark_prints_its_seven_variants(tmp_path):
     assert all(r["s_per_step"] > 0 and r["train_s"] == round(r["s_per_step"] * r["steps"], 1) for r in rows)
 
 
+def test_cpu_kernels_benchmark_trains_under_each_choice(tmp_path):
+    """benchmarks/cpu_kernels.py on a tiny configuration: one row per cpu_kernels choice, each from
+    its own interpreter (avx2 runs ATen's AVX2 kernels where the CPU has them), the weights' digest
+    the same on a second run (so equal digests across machines mean equal bits, not luck)."""
+    from test_cpu_kernels import _has_avx2
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["pretrain"].update(embed_dim=32, vision={"image_size": 32, "patch_size": 8, "width": 32,
+                                                    "layers": 1, "heads": 2},
+                              text={"context_length": 40, "width": 32, "layers": 1, "heads": 2})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, str(REPO / "benchmarks/cpu_kernels.py"), "--params", str(tmp_path / "params.yaml"),
+           "--steps", "2", "--batch-size", "8", "--threads", "1"]
+    text = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    assert "2 pretraining steps of batch 8 on 1 threads" in text and "sha256" in text
+    runs = [json.loads(subprocess.run(cmd + ["--json"], capture_output=True, text=True, check=True,
+                                      cwd=tmp_path).stdout) for _ in range(2)]
+    rows = runs[0]["rows"]
+    assert [r["cpu_kernels"] for r in rows] == ["avx2", "native"]
+    assert all(r["s_per_step"] > 0 and len(r["sha256"]) == 64 for r in rows)
+    if _has_avx2():
+        assert rows[0]["capability"] == "AVX2"
+    assert [r["sha256"] for r in runs[1]["rows"]] == [r["sha256"] for r in rows]
+    assert runs[0]["same_bits"] == (rows[0]["sha256"] == rows[1]["sha256"])
+
+
 def test_a_stage_logs_its_cpu_seconds_last(tmp_path):
     """qshift.cli.run closes the stage's log with the CPU seconds of the process and its children,
     in the form benchmarks/pipeline_cost.py reads (a busy child's seconds are counted)."""
