@@ -21,7 +21,7 @@ numbers never depend on the tracking store. Schema (``schema: 2``)::
       "hparams": {...},                 # the method's effective hyperparameters
       "timing": {"seconds": 3.2, "queries_per_s": 310.0},
       "env": {"git_commit": "...", "params_hash": "...", "host": "...", "device": "cpu",
-              "slurm_job_id": null, "torch": "2.14.1"},
+              "slurm_job_id": null, "torch": "2.14.1", "cpu_kernels": "AVX2"},   # ATen's code path
       "mlflow": {"logged": true, "run_id": "...", "error": null}
     }
 
