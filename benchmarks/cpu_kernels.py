@@ -30,13 +30,12 @@ def worker(kind: str, params: str, steps: int, batch_size: int, threads: int) ->
 
     set_cpu_kernels(kind)  # before torch, as qshift.cli.load does in a stage
     import torch
-    import torch.nn.functional as F
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from pretrain_speed import _batch
+    from pretrain_speed import _batch, make_step
     from qshift.config import load_params
     from qshift.models.openclip import build_from_config, tiny_clip_config
-    from qshift.models.train import build_optimizer, compact_vocabulary, encode_text_trimmed, normalise
+    from qshift.models.train import build_optimizer, compact_vocabulary
     from qshift.runtime import cpu_capability
 
     torch.set_num_threads(threads)
@@ -48,24 +47,17 @@ def worker(kind: str, params: str, steps: int, batch_size: int, threads: int) ->
     images, tokens = _batch(pc, torch.device("cpu"))
     _, lut = compact_vocabulary(model, tokens)
     tokens = lut[tokens]
-    opt = build_optimizer(model, pc)
-    labels = torch.arange(len(images))
+    step = make_step(model, build_optimizer(model, pc), images, tokens, True, torch.device("cpu"))
     t0 = time.perf_counter()
     for _ in range(steps):
-        img = F.normalize(model.encode_image(normalise(images)), dim=-1)
-        txt = F.normalize(encode_text_trimmed(model, tokens), dim=-1)
-        logits = model.logit_scale.exp() * img @ txt.T
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss = step()
     seconds = (time.perf_counter() - t0) / steps
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().contiguous().numpy().tobytes())
     return {"cpu_kernels": kind, "capability": cpu_capability(), "s_per_step": round(seconds, 4),
-            "loss": float(loss.detach()), "sha256": digest.hexdigest()}
+            "loss": float(loss), "sha256": digest.hexdigest()}
 
 
 def main() -> None:

@@ -46,6 +46,25 @@ def _batch(pc: dict, device, caption_len: int = 24):
     return images.to(device), tokens.to(device)
 
 
+def make_step(model, opt, images, tokens, trim: bool, device):
+    """One training step of the recipe on a fixed batch (symmetric InfoNCE); returns the loss."""
+    labels = torch.arange(len(images), device=device)
+
+    def step():
+        img = F.normalize(model.encode_image(normalise(images.cpu()).to(device)), dim=-1)
+        txt = F.normalize(encode_text_trimmed(model, tokens) if trim else model.encode_text(tokens), dim=-1)
+        logits = model.logit_scale.exp() * img @ txt.T
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return loss.detach()
+
+    return step
+
+
 def time_steps(pc: dict, device, trim: bool, matmul: str, steps: int, warmup: int,
                optimizer: str = "adamw") -> tuple[float, str]:
     """Seconds per step; ``optimizer``: adamw, fused (AdamW's fused kernel), muon (its iteration in
@@ -61,19 +80,7 @@ def time_steps(pc: dict, device, trim: bool, matmul: str, steps: int, warmup: in
     opt = build_optimizer(model, {**pc, "fused_optimizer": optimizer == "fused",
                                   "optimizer": "muon" if optimizer.startswith("muon") else "adamw",
                                   "muon_precision": "bf16" if optimizer == "muon-bf16" else "fp32"})
-    labels = torch.arange(len(images), device=device)
-
-    def step():
-        img = F.normalize(model.encode_image(normalise(images.cpu()).to(device)), dim=-1)
-        txt = F.normalize(encode_text_trimmed(model, tokens) if trim else model.encode_text(tokens), dim=-1)
-        logits = model.logit_scale.exp() * img @ txt.T
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
+    step = make_step(model, opt, images, tokens, trim, device)
     ctx = _fp32_precision(torch.backends.mkldnn.matmul, "bf16") if matmul == "cpu-bf16" else matmul_precision(
         matmul, device)
     with ctx as ran:
