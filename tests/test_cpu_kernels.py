@@ -117,3 +117,24 @@ def test_every_stage_reads_its_params_before_it_imports_torch():
         early[stage] = json.loads(out.stdout.strip().splitlines()[-1])["torch_before_load"]
     assert len(early) >= 12
     assert [s for s, before in early.items() if before] == []
+
+
+def test_a_cpu_without_avx2_gets_no_avx2_request_and_a_warning(monkeypatch, caplog, tmp_path):
+    """ATen takes ATEN_CPU_CAPABILITY=avx2 on trust (it does not check the CPU), so on a CPU without
+    AVX2 the request would crash the first vectorised kernel: nothing is set there, and it says so."""
+    import qshift.runtime as runtime
+
+    monkeypatch.setattr(runtime.platform, "machine", lambda: "x86_64")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse sse2 avx f16c\n")  # an Ivy Bridge: AVX, no AVX2
+    real_path = runtime.Path
+    monkeypatch.setattr(runtime, "Path", lambda p: cpuinfo if str(p) == "/proc/cpuinfo" else real_path(p))
+    assert runtime.cpu_kernel_env("avx2") == {}
+    for k in PINNED:
+        monkeypatch.delenv(k, raising=False)
+    with caplog.at_level(logging.WARNING, logger="qshift.runtime"):
+        set_cpu_kernels("avx2")
+    assert "needs a CPU with AVX2 and FMA" in caplog.text
+    assert {k: os.environ.get(k) for k in PINNED} == {k: None for k in PINNED}
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse sse2 avx fma avx2 f16c\n")
+    assert runtime.cpu_kernel_env("avx2") == PINNED

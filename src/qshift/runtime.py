@@ -73,13 +73,25 @@ CPU_KERNELS = {
 
 
 def cpu_kernel_env(kind: str) -> dict[str, str]:
-    """The environment variables ``cpu_kernels: kind`` sets (none off x86-64: the pinned paths are
-    x86 ones)."""
+    """The environment variables ``cpu_kernels: kind`` sets: none off x86-64 (the pinned paths are
+    x86 ones), and none on an x86-64 CPU without AVX2 and FMA, where ATen would take the AVX2
+    request on trust and stop at the first AVX2 instruction (it does not check the CPU)."""
     if kind not in CPU_KERNELS:
         raise ConfigError(f"params: cpu_kernels is {kind!r}; valid: {', '.join(CPU_KERNELS)}")
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if not CPU_KERNELS[kind] or platform.machine().lower() not in ("x86_64", "amd64") or not _x86_has_avx2():
         return {}
     return dict(CPU_KERNELS[kind])
+
+
+def _x86_has_avx2() -> bool:
+    """Whether this x86-64 CPU has AVX2 and FMA, what ATen's AVX2 kernels need (Linux's
+    /proc/cpuinfo; elsewhere assumed, as on every x86-64 Mac and PC since 2013)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
+    return flags is None or {"avx2", "fma"} <= set(flags)
 
 
 def set_cpu_kernels(kind: str) -> None:
@@ -87,10 +99,14 @@ def set_cpu_kernels(kind: str) -> None:
     Call it before torch is imported; after, torch may have fixed its kernels already, which is
     logged (not an error: a library caller's process keeps working, only its last bits may differ)."""
     env = cpu_kernel_env(kind)
+    log = logging.getLogger("qshift.runtime")
+    if CPU_KERNELS[kind] and not env and platform.machine().lower() in ("x86_64", "amd64"):
+        log.warning(f"cpu_kernels: {kind} needs a CPU with AVX2 and FMA, which this one lacks; torch picks "
+                    f"its own kernels, so the numbers match only CPUs like this one")
     changed = [k for k, v in env.items() if os.environ.get(k) != v]
     os.environ.update(env)
     if changed and "torch" in sys.modules:
-        logging.getLogger("qshift.runtime").warning(
+        log.warning(
             f"cpu_kernels: {kind} set after torch was imported in this process ({', '.join(changed)}); "
             f"it holds for new processes, this one may keep its own kernels")
 
