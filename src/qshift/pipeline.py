@@ -285,6 +285,24 @@ def resources(stage: str) -> dict[str, Any]:
     return dict(STAGES[stage].resources)
 
 
+# the backward-pass cost of a method's step relative to the others' (SAM's two passes), for tune_priority
+_TUNE_PASSES = {"sar": 2}
+
+
+def tune_priority(cfg: dict, method: str) -> int:
+    """Snakemake's ``priority`` of a tune job: its estimated cost, the grid points it runs over the
+    tuned directions (times SAR's second pass). Longest first: the tune jobs all finish before any
+    adapt job starts, and on a 2-core laptop a long job started last left one core idle (the default
+    run: SAR's 40 s grid began fourth, TCR's 14 s ran alone at the end). A job that tunes nothing: 0."""
+    from .tune import grid, tunes
+
+    if not tunes(cfg, method):
+        return 0
+    points = sum(len(grid(cfg, method, d)) for d in cfg["adapt"]["directions"]
+                 if d in ("i2t", "t2i", "cir"))
+    return points * _TUNE_PASSES.get(cfg["methods"].get(method, {}).get("base", method), 1)
+
+
 def adapt_resources(direction: str, n_methods: int) -> dict[str, Any]:
     """An adapt job's resources: the stage's, its runtime (one method's cells) times the methods
     the job runs (params adapt_jobs: direction runs them all in one job)."""

@@ -84,6 +84,8 @@ rule tune:
     params:
         cfg=lambda w: qpipe.param_hash(config, "tune", method=w.method),
     threads: 1
+    # longest grid first, so no long job is left to run alone at the end (qshift.pipeline.tune_priority)
+    priority: lambda w: qpipe.tune_priority(config, w.method)
     resources:
         **qpipe.resources("tune"),
     benchmark: f"logs/benchmarks/tune/{DS}/{MODEL}/{{method}}.tsv"
