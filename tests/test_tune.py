@@ -61,15 +61,18 @@ def test_grid_has_the_params_value_first_and_tau_only_for_entropy_methods():
 
 def test_tune_jobs_run_longest_grid_first():
     """Snakemake's priority of a tune job (qshift.pipeline.tune_priority, the rule's `priority:`):
-    the grid points it runs, SAR's counted twice for its second pass; a job that tunes nothing 0."""
+    the grid points it runs, SAR's and REST's counted twice (two gradients a step); a job that
+    tunes nothing 0."""
     from qshift.pipeline import tune_priority
 
     cfg = _cfg()
     prio = {m: tune_priority(cfg, m) for m in cfg["adapt"]["methods"]}
     points = {m: sum(len(tune.grid(cfg, m, d)) for d in cfg["adapt"]["directions"]) for m in prio}
     assert prio["source"] == prio["tcr_untrain"] == 0  # not in tune.methods: a "not tuned" file
-    assert prio["sar"] == 2 * points["sar"] and prio["tent"] == points["tent"] > 0
+    assert prio["sar"] == 2 * points["sar"] and prio["rest"] == 2 * points["rest"]
+    assert prio["tent"] == points["tent"] > 0 and prio["tcr"] == points["tcr"]
     assert max(prio, key=prio.get) == "sar" and prio["tcr"] < prio["tent"]  # tau only for entropy methods
+    assert prio["rest"] > prio["tent"]  # REST's grid is smaller, its steps cost twice as much
     assert tune_priority(_cfg(enabled=False), "sar") == 0
     cfg["tune"]["lr"] = cfg["tune"]["lr"][:1]  # a smaller grid: a lower priority
     assert tune_priority(cfg, "tent") < prio["tent"]

@@ -285,15 +285,18 @@ def resources(stage: str) -> dict[str, Any]:
     return dict(STAGES[stage].resources)
 
 
-# the backward-pass cost of a method's step relative to the others' (SAM's two passes), for tune_priority
-_TUNE_PASSES = {"sar": 2}
+# a step's cost relative to the others', for tune_priority: two gradients per step (SAR: its
+# perturbed point's; REST: the adaptation and source losses' apart, for the decoupling). Measured on
+# the default grids: ~4 s per grid point for both, 2.0-2.5 s for the other methods
+_TUNE_PASSES = {"sar": 2, "rest": 2}
 
 
 def tune_priority(cfg: dict, method: str) -> int:
     """Snakemake's ``priority`` of a tune job: its estimated cost, the grid points it runs over the
-    tuned directions (times SAR's second pass). Longest first: the tune jobs all finish before any
-    adapt job starts, and on a 2-core laptop a long job started last left one core idle (the default
-    run: SAR's 40 s grid began fourth, TCR's 14 s ran alone at the end). A job that tunes nothing: 0."""
+    tuned directions (times two for SAR and REST, two gradients a step). Longest first: the tune jobs
+    all finish before any adapt job starts, and on a 2-core laptop a long job started last leaves one
+    core idle (the default run: SAR's 40 s grid began fourth, TCR's 14 s ran alone at the end; with
+    the grid points alone, REST's 24 s). A job that tunes nothing: 0."""
     from .tune import grid, tunes
 
     if not tunes(cfg, method):
