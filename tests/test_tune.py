@@ -74,6 +74,14 @@ def test_tune_jobs_run_longest_grid_first():
     assert max(prio, key=prio.get) == "sar" and prio["tcr"] < prio["tent"]  # tau only for entropy methods
     assert prio["rest"] > prio["tent"]  # REST's grid is smaller, its steps cost twice as much
     assert tune_priority(_cfg(enabled=False), "sar") == 0
+    variant = copy.deepcopy(cfg)  # a variant of SAR (methods.<name>: {method: sar}): SAR's two gradients
+    variant["methods"]["sar_x"] = {"method": "sar"}
+    variant["adapt"]["methods"].append("sar_x")
+    variant["tune"]["methods"].append("sar_x")
+    assert tune_priority(variant, "sar_x") == 2 * sum(len(tune.grid(variant, "sar_x", d))
+                                                      for d in cfg["adapt"]["directions"]) > 0
+    va = load_params(REPO / "params.yaml", ["benchmark=builtin-va"])  # every task's directions count
+    assert tune_priority(va, "sar") == 2 * sum(len(tune.grid(va, "sar", d)) for d in ("v2a", "a2v")) > 0
     cfg["tune"]["lr"] = cfg["tune"]["lr"][:1]  # a smaller grid: a lower priority
     assert tune_priority(cfg, "tent") < prio["tent"]
 

@@ -301,9 +301,8 @@ def tune_priority(cfg: dict, method: str) -> int:
 
     if not tunes(cfg, method):
         return 0
-    points = sum(len(grid(cfg, method, d)) for d in cfg["adapt"]["directions"]
-                 if d in ("i2t", "t2i", "cir"))
-    return points * _TUNE_PASSES.get(cfg["methods"].get(method, {}).get("base", method), 1)
+    points = sum(len(grid(cfg, method, d)) for d in cfg["adapt"]["directions"])
+    return points * _TUNE_PASSES.get(qc.base_method(cfg, method), 1)
 
 
 def adapt_resources(direction: str, n_methods: int) -> dict[str, Any]:
