@@ -373,9 +373,9 @@ def validate_run_params(cfg: dict) -> None:
     _int_param(cfg, "num_workers", 0, required=False)
     _int_param(cfg, "threads", 0, required=False)
     _int_param(cfg, "query_cache_mb", 0, required=False)
-    from .runtime import cpu_kernel_env
+    from .runtime import check_cpu_kernels
 
-    cpu_kernel_env(cfg.get("cpu_kernels", "native"))  # a name of runtime.CPU_KERNELS
+    check_cpu_kernels(cfg.get("cpu_kernels", "native"))
     if cfg.get("adapt_jobs", "method") not in ADAPT_JOBS:
         raise ConfigError(f"params: adapt_jobs is {cfg['adapt_jobs']!r}; valid: {', '.join(ADAPT_JOBS)}")
     _int_param(cfg, "pretrain.steps", 1, required=False)

@@ -72,15 +72,24 @@ CPU_KERNELS = {
 }
 
 
+def check_cpu_kernels(kind: str) -> None:
+    """``cpu_kernels`` names a choice of :data:`CPU_KERNELS` (params validation: the name only)."""
+    if kind not in CPU_KERNELS:
+        raise ConfigError(f"params: cpu_kernels is {kind!r}; valid: {', '.join(CPU_KERNELS)}")
+
+
 def cpu_kernel_env(kind: str) -> dict[str, str]:
     """The environment variables ``cpu_kernels: kind`` sets: none off x86-64 (the pinned paths are
     x86 ones), and none on an x86-64 CPU without AVX2 and FMA, where ATen would take the AVX2
     request on trust and stop at the first AVX2 instruction (it does not check the CPU)."""
-    if kind not in CPU_KERNELS:
-        raise ConfigError(f"params: cpu_kernels is {kind!r}; valid: {', '.join(CPU_KERNELS)}")
-    if not CPU_KERNELS[kind] or platform.machine().lower() not in ("x86_64", "amd64") or not _x86_has_avx2():
+    check_cpu_kernels(kind)
+    if not CPU_KERNELS[kind] or not _on_x86() or not _x86_has_avx2():
         return {}
     return dict(CPU_KERNELS[kind])
+
+
+def _on_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
 
 
 def _x86_has_avx2() -> bool:
@@ -100,7 +109,7 @@ def set_cpu_kernels(kind: str) -> None:
     logged (not an error: a library caller's process keeps working, only its last bits may differ)."""
     env = cpu_kernel_env(kind)
     log = logging.getLogger("qshift.runtime")
-    if CPU_KERNELS[kind] and not env and platform.machine().lower() in ("x86_64", "amd64"):
+    if CPU_KERNELS[kind] and not env and _on_x86():  # asked for, and only the CPU's flags refused it
         log.warning(f"cpu_kernels: {kind} needs a CPU with AVX2 and FMA, which this one lacks; torch picks "
                     f"its own kernels, so the numbers match only CPUs like this one")
     changed = [k for k, v in env.items() if os.environ.get(k) != v]
