@@ -32,22 +32,17 @@ def worker(kind: str, params: str, steps: int, batch_size: int, threads: int) ->
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from pretrain_speed import _batch, make_step
+    from pretrain_speed import make_step, model_and_batch
     from qshift.config import load_params
-    from qshift.models.openclip import build_from_config, tiny_clip_config
-    from qshift.models.train import build_optimizer, compact_vocabulary
+    from qshift.models.train import build_optimizer
     from qshift.runtime import cpu_capability
 
     torch.set_num_threads(threads)
     cfg = load_params(params)
     pc = {**cfg["pretrain"], "batch_size": batch_size}
-    torch.manual_seed(cfg["seed"])
-    model = build_from_config(tiny_clip_config(pc["embed_dim"], pc["vision"], pc["text"],
-                                               pc["init_temperature"])).train()
-    images, tokens = _batch(pc, torch.device("cpu"))
-    _, lut = compact_vocabulary(model, tokens)
-    tokens = lut[tokens]
-    step = make_step(model, build_optimizer(model, pc), images, tokens, True, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    model, images, tokens = model_and_batch(pc, cpu, seed=cfg["seed"])
+    step = make_step(model, build_optimizer(model, pc), images, tokens, True, cpu)
     t0 = time.perf_counter()
     for _ in range(steps):
         loss = step()

@@ -46,6 +46,18 @@ def _batch(pc: dict, device, caption_len: int = 24):
     return images.to(device), tokens.to(device)
 
 
+def model_and_batch(pc: dict, device, seed: int = 0):
+    """The configured model (initial weights from ``seed``) in training mode and a synthetic batch,
+    its text over the compact vocabulary, as training does: the text tower over the ids the batch
+    uses, not the 49,408-row table (its AdamW update over the full table adds a few per cent to the step)."""
+    torch.manual_seed(seed)
+    model = build_from_config(tiny_clip_config(pc["embed_dim"], pc["vision"], pc["text"],
+                                               pc["init_temperature"])).to(device).train()
+    images, tokens = _batch(pc, device)
+    _, lut = compact_vocabulary(model, tokens.cpu())
+    return model, images, lut[tokens.cpu()].to(device)
+
+
 def make_step(model, opt, images, tokens, trim: bool, device):
     """One training step of the recipe on a fixed batch (symmetric InfoNCE); returns the loss."""
     labels = torch.arange(len(images), device=device)
@@ -69,14 +81,7 @@ def time_steps(pc: dict, device, trim: bool, matmul: str, steps: int, warmup: in
                optimizer: str = "adamw") -> tuple[float, str]:
     """Seconds per step; ``optimizer``: adamw, fused (AdamW's fused kernel), muon (its iteration in
     fp32) or muon-bf16 — built by training's own :func:`~qshift.models.train.build_optimizer`."""
-    torch.manual_seed(0)
-    model = build_from_config(tiny_clip_config(pc["embed_dim"], pc["vision"], pc["text"],
-                                               pc["init_temperature"])).to(device).train()
-    images, tokens = _batch(pc, device)
-    # as training does: the text tower over the ids the batch uses, not the 49,408-row table
-    # (its AdamW update over the full table adds a few per cent to the step)
-    _, lut = compact_vocabulary(model, tokens.cpu())
-    tokens = lut[tokens.cpu()].to(device)
+    model, images, tokens = model_and_batch(pc, device)
     opt = build_optimizer(model, {**pc, "fused_optimizer": optimizer == "fused",
                                   "optimizer": "muon" if optimizer.startswith("muon") else "adamw",
                                   "muon_precision": "bf16" if optimizer == "muon-bf16" else "fp32"})
